@@ -1,0 +1,45 @@
+# Quarry: `make run` starts the whole service, `make test` runs every check. Both set themselves up.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: run test lint typecheck unit integration eval clean
+
+$(VENV)/.requirements: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.requirements-dev: $(VENV)/.requirements requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+run: $(VENV)/.requirements
+	$(PY) -m devstack
+
+test: $(VENV)/.requirements-dev lint typecheck
+	$(PY) -m pytest
+
+lint: $(VENV)/.requirements-dev
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+typecheck: $(VENV)/.requirements-dev
+	$(PY) -m mypy
+
+unit: $(VENV)/.requirements-dev
+	$(PY) -m pytest tests/unit
+
+integration: $(VENV)/.requirements-dev
+	$(PY) -m pytest tests/integration
+
+# Retrieval quality through the running service (start it first with `make run`).
+eval: $(VENV)/.requirements-dev
+	$(PY) -m bench.eval_beir ../shared/data/scifact-train --split train --url http://127.0.0.1:8000
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

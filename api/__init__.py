@@ -1,0 +1,26 @@
+"""The HTTP API: `create_app(settings=None)` is the only way to build it."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from api import problems
+from api.routes import bp, health_bp
+from api.services import Services
+from common.settings import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the Flask app; nothing connects until a request needs it."""
+    settings = settings or get_settings()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["quarry"] = Services(settings)
+    problems.register(app)
+    app.register_blueprint(bp)
+    app.register_blueprint(health_bp)
+    logging.basicConfig(level=logging.INFO)
+    return app

@@ -1,0 +1,53 @@
+"""Request bodies, validated by pydantic; limits that depend on settings are checked by the views."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+COLLECTION_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+CollectionName = Annotated[str, StringConstraints(pattern=COLLECTION_PATTERN)]
+NonBlank = Annotated[str, StringConstraints(min_length=1)]
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+class DocumentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = None
+    text: NonBlank
+    title: Annotated[str, StringConstraints(max_length=2048)] = ""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    _text_not_blank = field_validator("text")(_not_blank)
+
+    @field_validator("id")
+    @classmethod
+    def _id_fits(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or len(value.encode()) > 512):
+            raise ValueError("must be non-blank and at most 512 bytes of UTF-8")
+        return value
+
+
+class IngestRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    documents: list[DocumentIn] = Field(min_length=1)
+    collection: CollectionName | None = None
+
+
+class AskRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    question: NonBlank
+    top_k: int | None = Field(default=None, ge=1)
+    collection: CollectionName | None = None
+    rerank: bool | None = None
+
+    _question_not_blank = field_validator("question")(_not_blank)

@@ -1,0 +1,84 @@
+"""Store submitted documents in the shared upload directory; workers read them from there."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from flask import request
+from werkzeug.datastructures import FileStorage
+
+from api.schemas import DocumentIn
+from common.errors import InvalidRequest, UnsupportedMediaType
+from common.settings import Settings
+from common.types import Document
+from ingestion.parsing import SUPPORTED_SUFFIXES, sanitize_filename, write_documents_jsonl
+
+Source = dict[str, Any]
+
+
+def _job_dir(job_id: str, settings: Settings) -> Path:
+    path = settings.uploads / job_id
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def content_id(text: str) -> str:
+    """A stable id for documents sent without one, so re-sending the same text updates, not duplicates."""
+    return "sha256-" + hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def save_json_documents(job_id: str, docs: list[DocumentIn], settings: Settings) -> tuple[Source, int]:
+    if len(docs) > settings.max_documents_per_request:
+        raise InvalidRequest(f"at most {settings.max_documents_per_request} documents per request")
+    parsed = [
+        Document(id=doc.id or content_id(doc.text), text=doc.text, title=doc.title, metadata=doc.metadata)
+        for doc in docs
+    ]
+    _reject_duplicate_ids([doc.id for doc in parsed])
+    path = _job_dir(job_id, settings) / "documents.jsonl"
+    write_documents_jsonl(path, parsed)
+    return {"kind": "jsonl", "path": f"{job_id}/documents.jsonl"}, len(parsed)
+
+
+def _reject_duplicate_ids(ids: list[str]) -> None:
+    duplicates = sorted(doc_id for doc_id, count in Counter(ids).items() if count > 1)
+    if duplicates:
+        raise InvalidRequest(f"duplicate document ids in one request: {', '.join(duplicates[:10])}")
+
+
+def _uploaded_files() -> list[FileStorage]:
+    files = [item for key in request.files for item in request.files.getlist(key)]
+    if not files:
+        raise InvalidRequest("multipart upload has no files: send one or more .txt/.md file parts")
+    return files
+
+
+def _check_file(name: str) -> None:
+    suffix = Path(name).suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        supported = ", ".join(sorted(SUPPORTED_SUFFIXES))
+        raise UnsupportedMediaType(
+            f"{name}: unsupported file type {suffix or '(none)'}; supported: {supported}"
+        )
+
+
+def save_uploaded_files(job_id: str, settings: Settings) -> tuple[Source, int]:
+    files = _uploaded_files()
+    if len(files) > settings.max_documents_per_request:
+        raise InvalidRequest(f"at most {settings.max_documents_per_request} files per request")
+    names = [sanitize_filename(item.filename or "file") for item in files]
+    for name in names:
+        _check_file(name)
+    _reject_duplicate_ids(names)
+    job_dir = _job_dir(job_id, settings)
+    saved = []
+    for index, (item, name) in enumerate(zip(files, names, strict=True)):
+        stored = f"{index:05d}-{name}"
+        item.save(job_dir / stored)
+        if (job_dir / stored).stat().st_size == 0:
+            raise InvalidRequest(f"{name}: the file is empty")
+        saved.append({"path": f"{job_id}/{stored}", "name": name})
+    return {"kind": "files", "files": saved}, len(saved)

@@ -1,0 +1,1 @@
+"""Benchmarks that measure Quarry from the outside, through its HTTP API."""

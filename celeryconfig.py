@@ -1,0 +1,47 @@
+"""Every Celery setting, derived from Quarry's settings object (the only source of configuration)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from common.settings import Settings
+
+INGEST_TASK = "quarry.ingest"
+ASK_TASK = "quarry.ask"
+INGEST_QUEUE = "ingest"
+QUERY_QUEUE = "query"
+
+
+def from_settings(settings: Settings) -> dict[str, Any]:
+    """Celery configuration; the API and the workers build their apps from the same dict."""
+    return {
+        "broker_url": settings.broker,
+        "result_backend": settings.result_backend,
+        "broker_connection_retry_on_startup": True,
+        # JSON only: tasks take ids, paths and small JSON, never pickles.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # Queues per kind of work, so a bulk ingest never starves questions.
+        "task_routes": {
+            INGEST_TASK: {"queue": INGEST_QUEUE},
+            ASK_TASK: {"queue": QUERY_QUEUE},
+        },
+        "task_default_queue": QUERY_QUEUE,
+        "task_create_missing_queues": True,
+        # At-least-once: ack after the task ran, one message in flight per process.
+        "task_acks_late": True,
+        "worker_prefetch_multiplier": 1,
+        "task_soft_time_limit": settings.task_soft_time_limit_s,
+        "task_time_limit": settings.task_time_limit_s,
+        # Redis redelivers unacked messages after this; it must outlast the longest task.
+        "broker_transport_options": {"visibility_timeout": settings.task_time_limit_s + 600},
+        "result_backend_transport_options": {"retry_policy": {"timeout": 5.0}},
+        # Results live in Quarry's job records; Celery keeps only failures (used to spot lost workers).
+        "task_ignore_result": True,
+        "task_store_errors_even_if_ignored": True,
+        "result_expires": settings.job_ttl_s,
+        "worker_send_task_events": False,
+        "worker_hijack_root_logger": False,
+    }

@@ -1,0 +1,1 @@
+"""Shared, torch-free code: settings, domain errors, job records and request models."""

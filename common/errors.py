@@ -1,0 +1,57 @@
+"""The closed set of domain errors. HTTP statuses are assigned in `api.problems`, nowhere else."""
+
+from __future__ import annotations
+
+
+class QuarryError(Exception):
+    """Base of every error Quarry raises on purpose; `detail` is written for a person."""
+
+    title = "Quarry error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class InvalidRequest(QuarryError):
+    """The client sent something that cannot be accepted as it is."""
+
+    title = "Invalid request"
+
+    def __init__(self, detail: str, errors: list[dict[str, object]] | None = None) -> None:
+        super().__init__(detail)
+        self.errors = errors or []
+
+
+class NotFound(QuarryError):
+    title = "Not found"
+
+
+class PayloadTooLarge(QuarryError):
+    title = "Payload too large"
+
+
+class UnsupportedMediaType(QuarryError):
+    title = "Unsupported media type"
+
+
+class Conflict(QuarryError):
+    """The request is valid but contradicts stored state (e.g. another embedding model)."""
+
+    title = "Conflict"
+
+
+class ServiceUnavailable(QuarryError):
+    """A dependency (Redis, broker, Milvus) cannot be reached; retrying later may work."""
+
+    title = "Service unavailable"
+
+
+class DocumentError(QuarryError):
+    """One document could not be parsed or ingested; not retriable."""
+
+    title = "Document failed"
+
+
+RETRIABLE_ERRORS: tuple[type[Exception], ...] = (ServiceUnavailable, ConnectionError, TimeoutError)
+"""What a task may retry: transient infrastructure failures, never bad input."""

@@ -1,0 +1,193 @@
+"""Job records in Redis: written when a job is submitted, updated by the worker, read in one round trip.
+
+Celery reports unknown ids as PENDING and loses track of jobs whose process died, so Quarry keeps its own
+record per job and only consults Celery's result backend (in the same round trip) to notice failures that
+Celery recorded from the parent process (worker lost, hard time limit).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import redis
+
+from common.errors import ServiceUnavailable
+
+KEY_PREFIX = "quarry:job:"
+CELERY_META_PREFIX = "celery-task-meta-"
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED)
+
+
+_CELERY_STATES = {
+    "PENDING": JobState.QUEUED,
+    "RECEIVED": JobState.QUEUED,
+    "STARTED": JobState.RUNNING,
+    "RETRY": JobState.RUNNING,
+    "SUCCESS": JobState.SUCCEEDED,
+    "FAILURE": JobState.FAILED,
+    "REVOKED": JobState.FAILED,
+    "REJECTED": JobState.FAILED,
+}
+
+
+def state_from_celery(celery_state: str) -> JobState:
+    """Quarry's state for a Celery state; unknown custom states count as running."""
+    return _CELERY_STATES.get(celery_state.upper(), JobState.RUNNING)
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class JobRecord:
+    job_id: str
+    kind: str
+    state: JobState = JobState.QUEUED
+    progress: dict[str, int] = field(default_factory=lambda: {"done": 0, "total": 0})
+    result: Any = None
+    error: str | None = None
+    created_at: str = field(default_factory=now_iso)
+    started_at: str | None = None
+    finished_at: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["state"] = str(self.state)
+        return data
+
+
+def _encode(fields: dict[str, Any]) -> dict[str, str]:
+    return {name: json.dumps(value) for name, value in fields.items()}
+
+
+def _decode(job_id: str, raw: dict[bytes, bytes]) -> JobRecord:
+    values = {key.decode(): json.loads(value) for key, value in raw.items()}
+    values["job_id"] = job_id
+    values["state"] = JobState(values.get("state", "queued"))
+    known = JobRecord.__dataclass_fields__
+    return JobRecord(**{name: value for name, value in values.items() if name in known})
+
+
+def _celery_failure(meta_raw: bytes | None) -> str | None:
+    """The failure reason Celery stored for a task, if it stored one."""
+    if not meta_raw:
+        return None
+    meta = json.loads(meta_raw)
+    if state_from_celery(str(meta.get("status", ""))) is not JobState.FAILED:
+        return None
+    result = meta.get("result") or {}
+    message = result.get("exc_message") if isinstance(result, dict) else result
+    if isinstance(message, list):
+        message = " ".join(str(part) for part in message)
+    kind = result.get("exc_type", "Error") if isinstance(result, dict) else "Error"
+    return f"{kind}: {message}" if message else str(kind)
+
+
+class JobStore:
+    """All reads and writes of job records; every Redis failure surfaces as ServiceUnavailable."""
+
+    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
+        self.client = client
+        self.ttl_s = ttl_s
+
+    @staticmethod
+    def key(job_id: str) -> str:
+        return KEY_PREFIX + job_id
+
+    @staticmethod
+    def channel(job_id: str) -> str:
+        return KEY_PREFIX + job_id + ":events"
+
+    def create(self, job_id: str, kind: str, total: int) -> JobRecord:
+        record = JobRecord(job_id=job_id, kind=kind, progress={"done": 0, "total": total})
+        fields = record.to_json()
+        fields.pop("job_id")
+        self._write(job_id, fields)
+        return record
+
+    def get(self, job_id: str) -> JobRecord | None:
+        """One round trip: the record and Celery's own meta, reconciled."""
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hgetall(self.key(job_id))
+            pipe.get(CELERY_META_PREFIX + job_id)
+            raw, meta = pipe.execute()
+        except redis.RedisError as exc:
+            raise ServiceUnavailable(f"job store (Redis) unreachable: {exc}") from exc
+        if not raw:
+            return None
+        record = _decode(job_id, raw)
+        if not record.state.terminal:
+            reason = _celery_failure(meta)
+            if reason:
+                record.state, record.error = JobState.FAILED, reason
+        return record
+
+    def mark_running(self, job_id: str) -> None:
+        self._write(job_id, {"state": JobState.RUNNING.value, "started_at": now_iso(), "error": None})
+
+    def set_progress(self, job_id: str, done: int, total: int) -> None:
+        self._write(job_id, {"progress": {"done": done, "total": total}})
+
+    def mark_succeeded(self, job_id: str, result: Any) -> None:
+        self._finish(job_id, {"state": JobState.SUCCEEDED.value, "result": result, "error": None})
+
+    def mark_failed(self, job_id: str, error: str) -> None:
+        self._finish(job_id, {"state": JobState.FAILED.value, "error": error})
+
+    def note_retry(self, job_id: str, error: str) -> None:
+        self._write(job_id, {"error": f"retrying after: {error}"})
+
+    def wait(self, job_id: str, timeout_s: float) -> JobRecord | None:
+        """Return as soon as the job is terminal, or after `timeout_s` with its current record."""
+        deadline = time.monotonic() + timeout_s
+        try:
+            with self.client.pubsub(ignore_subscribe_messages=True) as pubsub:
+                pubsub.subscribe(self.channel(job_id))
+                record = self.get(job_id)
+                while record is not None and not record.state.terminal:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    pubsub.get_message(timeout=min(remaining, 1.0))
+                    record = self.get(job_id)
+                return record
+        except redis.RedisError as exc:
+            raise ServiceUnavailable(f"job store (Redis) unreachable: {exc}") from exc
+
+    def _finish(self, job_id: str, fields: dict[str, Any]) -> None:
+        self._write(job_id, {**fields, "finished_at": now_iso()})
+        try:
+            self.client.publish(self.channel(job_id), fields["state"])
+        except redis.RedisError as exc:
+            raise ServiceUnavailable(f"job store (Redis) unreachable: {exc}") from exc
+
+    def _write(self, job_id: str, fields: dict[str, Any]) -> None:
+        try:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hset(self.key(job_id), mapping=_encode(fields))  # type: ignore[arg-type]
+            pipe.expire(self.key(job_id), self.ttl_s)
+            pipe.execute()
+        except redis.RedisError as exc:
+            raise ServiceUnavailable(f"job store (Redis) unreachable: {exc}") from exc
+
+
+def connect_redis(url: str) -> redis.Redis:
+    """A client with timeouts, so a dead Redis fails fast instead of hanging a request."""
+    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=30)

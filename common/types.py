@@ -1,0 +1,102 @@
+"""Shared value types and the narrow facades (protocols) that workers and ingestion depend on.
+
+Kept free of torch and pymilvus so the API can import it cheaply; numpy arrays are typed loosely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+Vector = npt.NDArray[np.float32]
+Metadata = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Document:
+    """A parsed document, ready to chunk."""
+
+    id: str
+    text: str
+    title: str = ""
+    metadata: Metadata = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One piece of a document; `text` is what gets embedded and indexed for BM25."""
+
+    doc_id: str
+    index: int
+    text: str
+    title: str = ""
+    metadata: Metadata = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One chunk returned by the vector store, with the fused hybrid score."""
+
+    doc_id: str
+    chunk_index: int
+    text: str
+    title: str
+    metadata: Metadata
+    fusion_score: float
+    dense_score: float | None = None
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """A reranked passage: `index` into the passages given, `score` orders the result."""
+
+    index: int
+    score: float
+    model_score: float
+
+
+class Tokenizer(Protocol):
+    """What chunking needs from a tokenizer: character spans of the tokens, no special tokens."""
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]: ...
+
+
+class Embedder(Protocol):
+    model_name: str
+    dimension: int
+    max_tokens: int
+
+    def embed_documents(self, texts: Sequence[str]) -> npt.NDArray[np.float32]: ...
+
+    def embed_queries(self, texts: Sequence[str]) -> npt.NDArray[np.float32]: ...
+
+    def token_vectors(self, texts: Sequence[str], *, query: bool) -> list[npt.NDArray[np.float32]]: ...
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]: ...
+
+
+class Reranker(Protocol):
+    name: str
+
+    def rerank(self, query: str, passages: Sequence[str], top_k: int) -> list[Ranked]: ...
+
+
+class VectorStore(Protocol):
+    def insert(self, collection: str, chunks: Sequence[Chunk], vectors: npt.NDArray[np.float32]) -> int: ...
+
+    def search(
+        self,
+        collection: str,
+        query_text: str,
+        query_vector: npt.NDArray[np.float32],
+        limit: int,
+        filters: dict[str, Any] | None = None,
+    ) -> list[Hit]: ...
+
+    def delete(self, collection: str, doc_ids: Sequence[str] | None = None) -> int: ...
+
+    def flush(self) -> None: ...

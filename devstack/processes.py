@@ -1,0 +1,186 @@
+"""Start, watch and stop the service's processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+from urllib.parse import urlparse
+
+import redis
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def redis_answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def wait_until(
+    check: Callable[[], bool], timeout_s: float, what: str, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode} before it was ready")
+        time.sleep(0.2)
+    raise TimeoutError(f"{what} not ready after {timeout_s:.0f} s")
+
+
+@dataclass
+class Supervisor:
+    """Children in their own process groups, stopped in reverse order of start."""
+
+    env: dict[str, str]
+    log_dir: Path | None = None  # None: children write to this terminal
+    procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        out: IO[bytes] | None = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            out = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the child
+        proc = subprocess.Popen(
+            argv, env=self.env, stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True
+        )
+        self.procs.append((name, proc))
+        return proc
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        for _name, proc in reversed(self.procs):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for name, proc in reversed(self.procs):
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                print(f"devstack: {name} did not stop in time; killing it", file=sys.stderr)
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.procs.clear()
+
+    def first_exited(self) -> tuple[str, int] | None:
+        for name, proc in self.procs:
+            if proc.poll() is not None:
+                return name, proc.returncode
+        return None
+
+
+def start_redis(sup: Supervisor, url: str, data_dir: Path) -> None:
+    """Start a redis-server for `url` unless one already answers there."""
+    if redis_answers(url):
+        return
+    server = shutil.which("redis-server")
+    if server is None:
+        raise RuntimeError(
+            f"no Redis answers at {url} and redis-server is not installed (apt-get install redis-server)"
+        )
+    parsed = urlparse(url)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    proc = sup.start(
+        "redis",
+        [
+            server,
+            "--bind",
+            parsed.hostname or "127.0.0.1",
+            "--port",
+            str(parsed.port or 6379),
+            "--dir",
+            str(data_dir),
+            "--appendonly",
+            "yes",
+            "--maxmemory-policy",
+            "noeviction",
+        ],
+    )
+    wait_until(lambda: redis_answers(url), 20, "redis-server", proc)
+
+
+def start_milvus(sup: Supervisor, uri: str, data_dir: Path) -> None:
+    """Start a milvus-lite server that every process shares over `uri` (never a .db file: it locks)."""
+    parsed = urlparse(uri)
+    host, port = parsed.hostname or "127.0.0.1", parsed.port or 19530
+    if port_open(host, port):
+        return
+    exe = str(Path(sys.executable).with_name("milvus-lite"))
+    proc = sup.start(
+        "milvus", [exe, "server", "--data-dir", str(data_dir), "--host", host, "--port", str(port)]
+    )
+    wait_until(lambda: _milvus_ready(uri), 60, "milvus-lite", proc)
+
+
+def _milvus_ready(uri: str) -> bool:
+    from pymilvus import MilvusClient
+
+    try:
+        MilvusClient(uri=uri, timeout=2).get_server_version(timeout=2)
+        return True
+    except Exception:  # not up yet
+        return False
+
+
+def celery_argv(queue: str, concurrency: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.app",
+        "worker",
+        "-Q",
+        queue,
+        "-c",
+        str(concurrency),
+        "-n",
+        f"{queue}@%h",
+        "--loglevel",
+        "INFO",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+
+
+def api_argv(host: str, port: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        f"{host}:{port}",
+        "--workers",
+        "2",
+        "--worker-class",
+        "gthread",
+        "--threads",
+        "8",
+        "--timeout",
+        "120",
+        "--graceful-timeout",
+        "10",
+        "--no-control-socket",
+        "api:create_app()",
+    ]

@@ -1,0 +1,1 @@
+"""Parsing and chunking of documents; plain functions the ingest tasks call."""

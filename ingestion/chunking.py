@@ -1,0 +1,178 @@
+"""Token-aware chunking: split a Document into Chunks that fit the embedding model's window.
+
+Windows are counted in the embedding model's own tokens (via `Tokenizer.token_spans`) so no chunk is
+silently truncated by the model. Ends prefer sentence ends, then word boundaries, so chunks read well
+and re-tokenise to the same tokens.
+"""
+
+from __future__ import annotations
+
+from common.errors import DocumentError
+from common.types import Chunk, Document, Tokenizer
+
+SPECIAL_TOKENS = 2
+"""[CLS] and [SEP] (or <s> and </s>) that the model adds around every embedded text."""
+
+MIN_CHUNK_TOKENS = 16
+"""Below this many text tokens per chunk (after the title) chunks are too small to be worth indexing."""
+
+BOUNDARY_SEARCH_FRACTION = 0.25
+"""How far back from a window's hard end we look for a natural cut (fraction of the budget)."""
+
+SENTENCE_ENDS = ".!?"
+CLOSERS = "\"')]}»”’"
+"""Closing quotes/brackets allowed between a sentence's final punctuation and the whitespace after it."""
+
+Span = tuple[int, int]
+Window = tuple[int, int]
+"""Half-open range [first token, end token) of token indices."""
+
+
+def embedding_text(chunk: Chunk, include_title: bool) -> str:
+    """The exact string that is embedded and BM25-indexed; `chunk_document` budgets for precisely this."""
+    prefix = _title_prefix(chunk.title, include_title)
+    return prefix + chunk.text
+
+
+def chunk_document(
+    doc: Document,
+    tokenizer: Tokenizer,
+    *,
+    chunk_tokens: int,
+    overlap_tokens: int,
+    max_tokens: int,
+    include_title: bool,
+) -> list[Chunk]:
+    """Split `doc` into overlapping chunks whose `embedding_text` fits in `max_tokens` model tokens.
+
+    Raises DocumentError for a document without text or whose title leaves no room for text.
+    """
+    if not doc.text.strip():
+        raise DocumentError(f"document {doc.id} has no text")
+    budget = _token_budget(doc, tokenizer, chunk_tokens, max_tokens, include_title)
+    overlap = max(0, min(overlap_tokens, budget - 1))
+    text = doc.text
+    spans = tokenizer.token_spans(text)
+    if not spans:  # text the tokenizer ignores entirely: nothing to split
+        pieces = [text.strip()]
+    else:
+        windows = _windows(text, spans, budget, overlap, tokenizer)
+        pieces = [_window_text(text, spans, w) for w in windows]
+    pieces = [p for p in pieces if p]
+    return [
+        Chunk(doc_id=doc.id, index=i, text=p, title=doc.title, metadata=dict(doc.metadata))
+        for i, p in enumerate(pieces)
+    ]
+
+
+def _title_prefix(title: str, include_title: bool) -> str:
+    """What precedes the chunk text in `embedding_text`; shared so budget and embedded text agree."""
+    title = title.strip()
+    return f"{title}\n" if include_title and title else ""
+
+
+def _token_budget(
+    doc: Document, tokenizer: Tokenizer, chunk_tokens: int, max_tokens: int, include_title: bool
+) -> int:
+    """Text tokens per chunk: the configured size, shrunk so special tokens and the title still fit."""
+    if chunk_tokens < 1 or max_tokens <= SPECIAL_TOKENS:
+        raise ValueError(f"invalid chunking limits: chunk_tokens={chunk_tokens}, max_tokens={max_tokens}")
+    prefix = _title_prefix(doc.title, include_title)
+    # +1: the "\n" separator may become a token of its own in some tokenizers (SentencePiece).
+    title_tokens = len(tokenizer.token_spans(prefix)) + 1 if prefix else 0
+    budget = min(chunk_tokens, max_tokens - SPECIAL_TOKENS - title_tokens)
+    if budget < min(chunk_tokens, MIN_CHUNK_TOKENS):
+        raise DocumentError(
+            f"document {doc.id}: title is too long ({title_tokens} tokens) to leave room for text "
+            f"within the embedding model's {max_tokens}-token limit"
+        )
+    return budget
+
+
+def _windows(text: str, spans: list[Span], budget: int, overlap: int, tokenizer: Tokenizer) -> list[Window]:
+    """Cover every token with windows of at most `budget` tokens, consecutive ones sharing `overlap`."""
+    n = len(spans)
+    windows: list[Window] = []
+    start = 0
+    while True:
+        end = n if start + budget >= n else _cut(text, spans, start, start + budget)
+        end = _fit(text, spans, (start, end), budget, tokenizer)
+        windows.append((start, end))
+        if end >= n:
+            return windows
+        start = _next_start(text, spans, (start, end), overlap, budget)
+
+
+def _cut(text: str, spans: list[Span], start: int, limit: int) -> int:
+    """Where a window that could run to `limit` should end: the last sentence end in its final
+    quarter, else the last word boundary there, else `limit` itself (mid-word, as a last resort)."""
+    lowest = max(start + 1, limit - max(1, int((limit - start) * BOUNDARY_SEARCH_FRACTION)))
+    candidates = range(limit, lowest - 1, -1)
+    for test in (_is_sentence_end, _is_word_boundary):
+        for k in candidates:
+            if test(text, spans, k):
+                return k
+    return limit
+
+
+def _fit(text: str, spans: list[Span], window: Window, budget: int, tokenizer: Tokenizer) -> int:
+    """Shrink the window's end until its text re-tokenises within budget.
+
+    Cutting a text can change how its edges tokenise (e.g. a word split mid-way); this check makes
+    the budget a guarantee for any tokenizer rather than an assumption about one.
+    """
+    start, end = window
+    while end > start + 1:
+        excess = len(tokenizer.token_spans(_window_text(text, spans, (start, end)))) - budget
+        if excess <= 0:
+            break
+        end = max(start + 1, end - excess)
+    return end
+
+
+def _next_start(text: str, spans: list[Span], window: Window, overlap: int, budget: int) -> int:
+    """First token of the next window: `overlap` tokens before this window's end, moved back to a
+    word start when it falls mid-word (a word's tail re-tokenises differently on its own)."""
+    start, end = window
+    first = max(start + 1, end - overlap)
+    lowest = max(start + 1, first - budget // 4)
+    for k in range(first, lowest - 1, -1):
+        if _is_word_boundary(text, spans, k):
+            return k
+    return first
+
+
+def _is_sentence_end(text: str, spans: list[Span], k: int) -> bool:
+    """True when the boundary before token k is a newline or follows `.`, `!` or `?` plus whitespace."""
+    if not 0 < k < len(spans):
+        return k == len(spans)
+    gap = text[spans[k - 1][1] : spans[k][0]]
+    if "\n" in gap:
+        return True
+    if not gap or not gap[0].isspace():
+        return False
+    i = spans[k - 1][1] - 1
+    floor = max(0, i - 3)  # a few closing quotes/brackets at most
+    while i > floor and text[i] in CLOSERS:
+        i -= 1
+    return i >= 0 and text[i] in SENTENCE_ENDS
+
+
+def _is_word_boundary(text: str, spans: list[Span], k: int) -> bool:
+    """True unless the boundary before token k splits a word (two letters/digits with no gap)."""
+    if not 0 < k < len(spans):
+        return True
+    left, right = spans[k - 1][1], spans[k][0]
+    if right > left:
+        return True
+    if left < 1 or right >= len(text):
+        return True
+    return not (text[left - 1].isalnum() and text[right].isalnum())
+
+
+def _window_text(text: str, spans: list[Span], window: Window) -> str:
+    """Chunk text of a window; the first and last windows reach the text's ends so nothing is lost."""
+    start, end = window
+    first_char = 0 if start == 0 else spans[start][0]
+    end_char = len(text) if end >= len(spans) else spans[end - 1][1]
+    return text[first_char:end_char].strip()

@@ -1,0 +1,96 @@
+"""Real parts: Redis (reused or started), a milvus-lite server, two Celery workers and the API (gunicorn).
+
+Started once per test session through `devstack`, the same code `make run` uses.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import requests
+
+from devstack.processes import (
+    Supervisor,
+    api_argv,
+    celery_argv,
+    free_port,
+    redis_answers,
+    start_milvus,
+    start_redis,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+TEST_REDIS_DB = 15  # keeps test queues and jobs apart from a `make run` stack on the same server
+
+
+@dataclass
+class Stack:
+    url: str
+    redis_url: str
+    logs: Path
+
+    def post(self, path: str, **kwargs: Any) -> requests.Response:
+        return requests.post(self.url + path, timeout=30, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        return requests.get(self.url + path, timeout=60, **kwargs)
+
+    def wait_job(self, job_id: str, timeout_s: float = 180) -> dict[str, Any]:
+        """Long-poll until the job ends, as a client would."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            body = self.get(f"/api/v1/jobs/{job_id}", params={"wait": 10}).json()
+            if body["state"] in ("succeeded", "failed"):
+                return body  # type: ignore[no-any-return]
+        raise AssertionError(f"job {job_id} did not finish in {timeout_s} s; logs in {self.logs}")
+
+
+def _redis_url(sup: Supervisor, tmp: Path) -> str:
+    url = f"redis://127.0.0.1:6379/{TEST_REDIS_DB}"
+    if not redis_answers(url):
+        url = f"redis://127.0.0.1:{free_port()}/{TEST_REDIS_DB}"
+        start_redis(sup, url, tmp / "redis")
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("quarry")
+    api_port, milvus_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "DATA_DIR": str(tmp / "data"),
+        "MILVUS_URI": f"http://127.0.0.1:{milvus_port}",
+        "MILVUS_COLLECTION": "quarry_test",
+        "API_PORT": str(api_port),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+    sup = Supervisor(env=env, log_dir=tmp / "logs")
+    try:
+        env["REDIS_URL"] = _redis_url(sup, tmp)
+        start_milvus(sup, env["MILVUS_URI"], tmp / "milvus")
+        sup.start("ingest-worker", celery_argv("ingest", 1))
+        sup.start("query-worker", celery_argv("query", 1))
+        api = sup.start("api", api_argv("127.0.0.1", api_port))
+        url = f"http://127.0.0.1:{api_port}"
+        wait_until(lambda: _healthy(url), 60, "API", api)
+        yield Stack(url=url, redis_url=env["REDIS_URL"], logs=tmp / "logs")
+    finally:
+        sup.stop()
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return requests.get(url + "/healthz", timeout=5).status_code == 200
+    except requests.RequestException:
+        return False

@@ -1,0 +1,231 @@
+"""End to end on real Redis, Milvus, Celery workers and the bundled model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import requests
+
+from tests.integration.conftest import Stack
+
+DOCUMENTS = [
+    {
+        "id": "volcano",
+        "title": "Volcanoes",
+        "text": "A volcano is a rupture in the crust of a planet that allows hot lava, volcanic ash and "
+        "gases to escape from a magma chamber below the surface. Mount Etna in Sicily erupts often.",
+    },
+    {
+        "id": "photosynthesis",
+        "title": "Photosynthesis",
+        "text": "Photosynthesis is the process by which green plants use sunlight, water and carbon "
+        "dioxide to make glucose and release oxygen. It happens in the chloroplasts of leaf cells.",
+    },
+    {
+        "id": "tides",
+        "title": "Ocean tides",
+        "text": "Tides are the rise and fall of sea levels caused by the gravitational pull of the Moon and "
+        "the Sun on the oceans of the Earth.",
+        "metadata": {"lang": "en"},
+    },
+    {
+        "id": "espresso",
+        "title": "Espresso",
+        "text": "Espresso is coffee brewed by forcing a small amount of nearly boiling water under pressure "
+        "through finely ground coffee beans, topped by a crema.",
+    },
+    {
+        "id": "rust",
+        "title": "Iron oxide",
+        "text": "Rust is iron oxide, formed when iron reacts with oxygen in the presence of water or "
+        "moist air over time.",
+    },
+]
+
+
+def _submit(stack: Stack, path: str, **kwargs: Any) -> str:
+    response = stack.post(path, **kwargs)
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert response.headers["Location"] == body["status_url"] == f"/api/v1/jobs/{body['job_id']}"
+    return str(body["job_id"])
+
+
+@pytest.fixture(scope="module")
+def ingested(stack: Stack) -> dict[str, Any]:
+    job_id = _submit(stack, "/api/v1/documents", json={"documents": DOCUMENTS, "collection": "science"})
+    job = stack.wait_job(job_id)
+    assert job["state"] == "succeeded", job
+    return job
+
+
+def test_health_names_every_dependency(stack: Stack) -> None:
+    body = stack.get("/healthz").json()
+    assert body["status"] == "ok"
+    assert {"redis", "broker", "milvus"} <= body["checks"].keys()
+
+
+def test_ingest_job_reports_progress_and_result(ingested: dict[str, Any]) -> None:
+    assert ingested["kind"] == "ingest"
+    assert ingested["progress"] == {"done": 5, "total": 5}
+    assert ingested["result"]["documents"] == 5 and ingested["result"]["chunks"] >= 5
+    assert ingested["created_at"] <= ingested["started_at"] <= ingested["finished_at"]
+    assert ingested["error"] is None
+
+
+@pytest.mark.parametrize(
+    ("question", "expected"),
+    [
+        ("Why does the sea level rise and fall every day?", "tides"),
+        ("How do plants turn light into sugar?", "photosynthesis"),
+        ("Which mountain in Sicily spits lava?", "volcano"),
+    ],
+)
+def test_ask_returns_the_answering_document_first(
+    stack: Stack, ingested: dict[str, Any], question: str, expected: str
+) -> None:
+    job = stack.wait_job(_submit(stack, "/api/v1/ask", json={"question": question, "collection": "science"}))
+    assert job["state"] == "succeeded", job
+    passages = job["result"]["passages"]
+    assert passages[0]["doc_id"] == expected
+    assert len(passages) == 5
+    first = passages[0]
+    assert {"doc_id", "chunk_index", "title", "text", "metadata", "scores"} <= first.keys()
+    assert {"fusion", "dense", "rerank", "final"} <= first["scores"].keys()
+
+
+def test_ask_without_reranker_and_other_collection(stack: Stack, ingested: dict[str, Any]) -> None:
+    job = stack.wait_job(
+        _submit(
+            stack,
+            "/api/v1/ask",
+            json={
+                "question": "coffee brewed under pressure",
+                "collection": "science",
+                "rerank": False,
+                "top_k": 2,
+            },
+        )
+    )
+    assert job["result"]["passages"][0]["doc_id"] == "espresso"
+    assert job["result"]["reranker"] is None and len(job["result"]["passages"]) == 2
+    empty = stack.wait_job(_submit(stack, "/api/v1/ask", json={"question": "coffee", "collection": "other"}))
+    assert empty["state"] == "succeeded" and empty["result"]["passages"] == []
+
+
+def test_multipart_upload_of_text_files(stack: Stack) -> None:
+    files = [
+        (
+            "files",
+            (
+                "notes.md",
+                b"# Glaciers\n\nGlaciers are slow rivers of ice that carve valleys.",
+                "text/markdown",
+            ),
+        ),
+        ("files", ("plain.txt", b"Honey bees communicate with a waggle dance.", "text/plain")),
+    ]
+    job = stack.wait_job(_submit(stack, "/api/v1/documents", files=files, data={"collection": "uploads"}))
+    assert job["state"] == "succeeded", job
+    answer = stack.wait_job(
+        _submit(
+            stack, "/api/v1/ask", json={"question": "how do bees talk to each other", "collection": "uploads"}
+        )
+    )
+    assert answer["result"]["passages"][0]["doc_id"] == "plain.txt"
+    glacier = stack.wait_job(
+        _submit(stack, "/api/v1/ask", json={"question": "ice carving valleys", "collection": "uploads"})
+    )
+    assert glacier["result"]["passages"][0]["title"] == "Glaciers"
+
+
+def test_reingesting_a_document_replaces_its_chunks(stack: Stack) -> None:
+    long_text = " ".join(f"Sentence number {i} talks about lighthouses and ships." for i in range(120))
+    first = stack.wait_job(
+        _submit(
+            stack,
+            "/api/v1/documents",
+            json={"collection": "replace", "documents": [{"id": "doc", "text": long_text}]},
+        )
+    )
+    assert first["result"]["chunks"] > 1
+    second = stack.wait_job(
+        _submit(
+            stack,
+            "/api/v1/documents",
+            json={
+                "collection": "replace",
+                "documents": [{"id": "doc", "text": "Now it is about submarines."}],
+            },
+        )
+    )
+    assert second["result"]["chunks"] == 1
+    answer = stack.wait_job(
+        _submit(
+            stack,
+            "/api/v1/ask",
+            json={"question": "lighthouses", "collection": "replace", "top_k": 10, "rerank": False},
+        )
+    )
+    assert [p["chunk_index"] for p in answer["result"]["passages"]] == [0]
+
+
+def test_failing_task_marks_the_job_failed_with_reason(stack: Stack) -> None:
+    files = [("files", ("latin1.txt", "caf\xe9 cr\xe8me".encode("latin-1"), "text/plain"))]
+    job = stack.wait_job(_submit(stack, "/api/v1/documents", files=files))
+    assert job["state"] == "failed"
+    assert "latin1.txt" in job["error"] and "UTF-8" in job["error"]
+    assert job["result"] is None and job["finished_at"]
+
+
+def test_unknown_job_is_404_problem(stack: Stack) -> None:
+    for job_id in ("0" * 32, "not-a-job"):
+        response = stack.get(f"/api/v1/jobs/{job_id}")
+        assert response.status_code == 404
+        assert response.headers["Content-Type"] == "application/problem+json"
+        assert response.json()["status"] == 404
+
+
+def test_long_poll_returns_when_job_ends(stack: Stack, ingested: dict[str, Any]) -> None:
+    job_id = _submit(stack, "/api/v1/ask", json={"question": "espresso crema", "collection": "science"})
+    body = stack.get(f"/api/v1/jobs/{job_id}", params={"wait": 25}).json()
+    assert body["state"] == "succeeded"
+
+
+BAD_REQUESTS = [
+    ("post", "/api/v1/ask", {"data": "{not json", "headers": {"Content-Type": "application/json"}}, 400),
+    ("post", "/api/v1/ask", {"data": "question=hi", "headers": {"Content-Type": "text/plain"}}, 415),
+    ("post", "/api/v1/ask", {"json": {}}, 422),
+    ("post", "/api/v1/ask", {"json": {"question": "   "}}, 422),
+    ("post", "/api/v1/ask", {"json": {"question": "x" * 5000}}, 422),
+    ("post", "/api/v1/ask", {"json": {"question": "hi", "top_k": 0}}, 422),
+    ("post", "/api/v1/ask", {"json": {"question": "hi", "top_k": 1000}}, 422),
+    ("post", "/api/v1/ask", {"json": {"question": "hi", "collection": "Bad Name!"}}, 422),
+    ("post", "/api/v1/ask", {"json": {"question": "hi", "surprise": 1}}, 422),
+    ("post", "/api/v1/ask", {"json": ["question"]}, 422),
+    ("post", "/api/v1/documents", {"json": {"documents": []}}, 422),
+    ("post", "/api/v1/documents", {"json": {"documents": [{"text": ""}]}}, 422),
+    (
+        "post",
+        "/api/v1/documents",
+        {"json": {"documents": [{"id": "a", "text": "x"}, {"id": "a", "text": "y"}]}},
+        422,
+    ),
+    ("post", "/api/v1/documents", {"files": [("f", ("evil.exe", b"MZ", "application/octet-stream"))]}, 415),
+    ("post", "/api/v1/documents", {"files": [("f", ("empty.txt", b"", "text/plain"))]}, 422),
+    ("get", "/api/v1/jobs/" + "0" * 32 + "?wait=abc", {}, 422),
+    ("get", "/api/v1/nowhere", {}, 404),
+    ("delete", "/api/v1/ask", {}, 405),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "kwargs", "status"), BAD_REQUESTS)
+def test_bad_input_gets_problem_json(
+    stack: Stack, method: str, path: str, kwargs: dict[str, Any], status: int
+) -> None:
+    response = requests.request(method, stack.url + path, timeout=30, **kwargs)
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"] == "application/problem+json"
+    body = response.json()
+    assert body["status"] == status and body["detail"]

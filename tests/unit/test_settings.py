@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from common.settings import OFFLINE_EMBEDDING_MODEL, Settings
+
+
+def test_defaults_run_offline_on_the_bundled_model() -> None:
+    settings = Settings()
+    assert settings.embedding_model == OFFLINE_EMBEDDING_MODEL
+    assert settings.reranker_backend == "maxsim"
+    assert settings.broker == settings.redis_url == settings.result_backend
+    assert settings.uploads == settings.data_dir / "uploads"
+
+
+def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MILVUS_URI", "http://milvus:19530")
+    monkeypatch.setenv("HNSW_M", "32")
+    monkeypatch.setenv("BROKER_URL", "amqp://guest@localhost//")
+    settings = Settings()
+    assert settings.milvus_uri == "http://milvus:19530"
+    assert settings.hnsw_m == 32
+    assert settings.broker == "amqp://guest@localhost//"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"chunk_tokens": 100, "chunk_overlap_tokens": 100},
+        {"task_soft_time_limit_s": 100, "task_time_limit_s": 50},
+        {"default_top_k": 50, "max_top_k": 10},
+        {"embedding_model": "  "},
+        {"reranker_backend": "magic"},
+    ],
+)
+def test_inconsistent_settings_are_refused(overrides: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        Settings(**overrides)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("ingest", "query", "expected"),
+    [(1, 1, 1), (1, 3, 1)],
+)
+def test_threads_never_oversubscribe_cores(
+    monkeypatch: pytest.MonkeyPatch, ingest: int, query: int, expected: int
+) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    settings = Settings(ingest_concurrency=ingest, query_concurrency=query)
+    assert settings.threads_per_worker == expected
+    assert Settings(torch_threads=3).threads_per_worker == 3
+
+
+def test_celery_config_follows_settings() -> None:
+    import celeryconfig
+
+    config = celeryconfig.from_settings(Settings(task_time_limit_s=600, task_soft_time_limit_s=500))
+    assert config["task_acks_late"] is True
+    assert config["worker_prefetch_multiplier"] == 1
+    assert config["accept_content"] == ["json"]
+    assert config["broker_transport_options"]["visibility_timeout"] > config["task_time_limit"] == 600
+    assert config["task_routes"][celeryconfig.INGEST_TASK]["queue"] == "ingest"
+    assert config["task_routes"][celeryconfig.ASK_TASK]["queue"] == "query"

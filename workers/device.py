@@ -1,0 +1,61 @@
+"""Where and in which precision the models run, decided once per worker process from Settings."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """Device, weight dtype and batching limits for one worker's models."""
+
+    device: str
+    dtype: torch.dtype
+    token_budget: int  # padded tokens (longest length x batch size) per forward pass
+    max_batch: int
+
+
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """True when the CPU executes bf16 natively; emulated bf16 is slower than fp32, so we need the flag."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return bool(_BF16_CPU_FLAGS.intersection(line.split(":", 1)[-1].split()))
+    return False
+
+
+def cuda_available() -> bool:
+    """Indirection so tests can pretend a GPU exists."""
+    return torch.cuda.is_available()
+
+
+def choose_device(settings: Settings) -> DeviceConfig:
+    """CUDA in fp16 when available and allowed; otherwise CPU in bf16 (native only) or fp32."""
+    if settings.device == "cuda" and not cuda_available():
+        raise RuntimeError("device='cuda' was requested but torch sees no CUDA device")
+    if settings.device in ("auto", "cuda") and cuda_available():
+        return DeviceConfig("cuda", torch.float16, settings.cuda_token_budget, settings.embed_max_batch)
+    dtype = torch.bfloat16 if settings.cpu_bf16 and cpu_has_native_bf16() else torch.float32
+    return DeviceConfig("cpu", dtype, settings.embed_token_budget, settings.embed_max_batch)
+
+
+def configure_threads(settings: Settings) -> None:
+    """Cap intra-op threads so concurrent worker processes don't oversubscribe the cores (call after fork)."""
+    if choose_device(settings).device != "cpu":
+        return
+    threads = settings.threads_per_worker
+    torch.set_num_threads(threads)
+    log.info("torch intra-op threads set to %d", threads)

@@ -1,0 +1,126 @@
+"""Rerankers over hybrid-search candidates: MaxSim late interaction (cheap, CPU) or a cross-encoder."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from sentence_transformers import CrossEncoder
+
+from common.settings import Settings
+from common.types import Embedder, Ranked, Reranker
+from workers.device import DeviceConfig, choose_device
+from workers.embedder import plan_batches, run_halving
+
+log = logging.getLogger(__name__)
+
+
+def maxsim_scores(
+    query_tokens: npt.NDArray[np.float32], passage_tokens: Sequence[npt.NDArray[np.float32]]
+) -> npt.NDArray[np.float32]:
+    """Mean over query tokens of the best cosine to any passage token (vectors already unit length)."""
+    if not passage_tokens:
+        return np.zeros(0, dtype=np.float32)
+    width = max(1, *(len(p) for p in passage_tokens))
+    padded = np.zeros((len(passage_tokens), width, query_tokens.shape[1]), dtype=np.float32)
+    valid = np.zeros((len(passage_tokens), width), dtype=bool)
+    for i, tokens in enumerate(passage_tokens):
+        padded[i, : len(tokens)] = tokens
+        valid[i, : len(tokens)] = True
+    sims = padded @ query_tokens.T  # (passages, passage tokens, query tokens)
+    sims[~valid] = -np.inf
+    best = sims.max(axis=1)  # (passages, query tokens)
+    best[~np.isfinite(best)] = 0.0  # a passage without tokens matches nothing
+    scores: npt.NDArray[np.float32] = best.mean(axis=1).astype(np.float32)
+    return scores
+
+
+def fuse_ranks(model_scores: npt.NDArray[np.float32], k: int) -> npt.NDArray[np.float64]:
+    """RRF of the given (best-first) input order and the model's order: 1/(k+rank_in) + 1/(k+rank_model)."""
+    n = len(model_scores)
+    model_order = np.argsort(-model_scores, kind="stable")
+    model_rank = np.empty(n, dtype=np.int64)
+    model_rank[model_order] = np.arange(1, n + 1)
+    input_rank = np.arange(1, n + 1)
+    return 1.0 / (k + input_rank) + 1.0 / (k + model_rank)
+
+
+def top_ranked(scores: Sequence[float], model_scores: Sequence[float], top_k: int) -> list[Ranked]:
+    """Best first; ties broken by model score, then input order, so results are deterministic."""
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], -model_scores[i], i))
+    return [Ranked(i, float(scores[i]), float(model_scores[i])) for i in order[: max(0, top_k)]]
+
+
+class MaxSimReranker:
+    """Late interaction with the embedding model's own token vectors: no extra model in memory."""
+
+    def __init__(self, embedder: Embedder, fusion_k: int | None) -> None:
+        self.name = "maxsim"
+        self._embedder = embedder
+        self._fusion_k = fusion_k
+
+    def rerank(self, query: str, passages: Sequence[str], top_k: int) -> list[Ranked]:
+        if not passages or top_k <= 0:
+            return []
+        query_tokens = self._embedder.token_vectors([query], query=True)[0]
+        passage_tokens = self._embedder.token_vectors(list(passages), query=False)
+        model_scores = maxsim_scores(query_tokens, passage_tokens)
+        if self._fusion_k is None:
+            scores: Sequence[float] = model_scores.tolist()
+        else:
+            scores = fuse_ranks(model_scores, self._fusion_k).tolist()
+        return top_ranked(scores, model_scores.tolist(), top_k)
+
+
+class CrossEncoderReranker:
+    """Scores (query, passage) pairs jointly; score = model_score = raw logit (no sigmoid)."""
+
+    def __init__(self, model_name_or_path: str, device_config: DeviceConfig) -> None:
+        self.name = f"cross-encoder:{model_name_or_path}"
+        self._device = device_config
+        self._model = CrossEncoder(
+            model_name_or_path, device=device_config.device, activation_fn=torch.nn.Identity()
+        )
+        if device_config.dtype != torch.float32:
+            self._model.to(device_config.dtype)
+        self._model.eval()
+        self.max_tokens = int(self._model.max_seq_length or self._model.tokenizer.model_max_length)
+
+    def rerank(self, query: str, passages: Sequence[str], top_k: int) -> list[Ranked]:
+        if not passages or top_k <= 0:
+            return []
+        encoded = self._model.tokenizer(
+            [query] * len(passages), list(passages), truncation=True, max_length=self.max_tokens
+        )
+        lengths = [len(ids) for ids in encoded["input_ids"]]
+        order = sorted(range(len(passages)), key=lambda i: lengths[i], reverse=True)
+        budget, max_batch = self._device.token_budget, self._device.max_batch
+        scores = np.zeros(len(passages), dtype=np.float64)
+        for start, end in plan_batches([lengths[i] for i in order], budget, max_batch):
+            batch = order[start:end]
+            batch_scores = run_halving(batch, lambda b: self._predict(query, passages, b))
+            scores[batch] = batch_scores
+        values = scores.tolist()
+        return top_ranked(values, values, top_k)
+
+    def _predict(self, query: str, passages: Sequence[str], batch: Sequence[int]) -> list[float]:
+        pairs = [(query, passages[i]) for i in batch]
+        with torch.inference_mode():
+            raw = self._model.predict(
+                pairs, batch_size=len(pairs), convert_to_numpy=True, show_progress_bar=False
+            )
+        first_logit: list[float] = np.asarray(raw, dtype=np.float64).reshape(len(pairs), -1)[:, 0].tolist()
+        return first_logit
+
+
+def load_reranker(settings: Settings, embedder: Embedder) -> Reranker | None:
+    """The configured reranker, or None when reranking is switched off."""
+    if settings.reranker_backend == "none":
+        return None
+    if settings.reranker_backend == "maxsim":
+        return MaxSimReranker(embedder, settings.rerank_fusion_k)
+    log.info("loading cross-encoder %s", settings.reranker_model)
+    return CrossEncoderReranker(settings.reranker_model, choose_device(settings))

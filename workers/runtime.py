@@ -1,0 +1,64 @@
+"""Heavy per-process resources (models, Milvus client), created lazily on first use after the fork.
+
+Never at import and never in `worker_process_init` (Celery gives that 4 s): the first task a process
+runs pays the load, every later task reuses it. A fork resets the cache (checked by pid).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from common.jobs import JobStore, connect_redis
+from common.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from common.types import Embedder, Reranker
+    from workers.vectorstore import MilvusStore
+
+
+class Runtime:
+    """What tasks need, each built on first access."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @cached_property
+    def jobs(self) -> JobStore:
+        return JobStore(connect_redis(self.settings.redis_url), self.settings.job_ttl_s)
+
+    @cached_property
+    def embedder(self) -> Embedder:
+        from workers.device import configure_threads
+        from workers.embedder import load_embedder
+
+        configure_threads(self.settings)
+        return load_embedder(self.settings)
+
+    @cached_property
+    def reranker(self) -> Reranker | None:
+        from workers.reranker import load_reranker
+
+        return load_reranker(self.settings, self.embedder)
+
+    @cached_property
+    def store(self) -> MilvusStore:
+        from workers.vectorstore import MilvusStore
+
+        embedder = self.embedder
+        store = MilvusStore(self.settings, embedder.model_name, embedder.dimension)
+        store.ensure_collection()
+        return store
+
+
+_RUNTIMES: dict[int, Runtime] = {}  # keyed by pid: a forked child never reuses its parent's models
+
+
+def runtime() -> Runtime:
+    """This process's Runtime, built on first use."""
+    pid = os.getpid()
+    if pid not in _RUNTIMES:
+        _RUNTIMES.clear()
+        _RUNTIMES[pid] = Runtime(get_settings())
+    return _RUNTIMES[pid]

@@ -1,0 +1,211 @@
+"""Milvus facade: one physical collection, tenants as a partition key, dense HNSW + BM25 hybrid search."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from pymilvus import AnnSearchRequest, DataType, Function, FunctionType, MilvusClient, RRFRanker
+from pymilvus.exceptions import MilvusException
+
+from common.errors import Conflict, ServiceUnavailable
+from common.filters import render_filter
+from common.settings import Settings
+from common.types import Chunk, Hit
+from ingestion.chunking import embedding_text
+
+OUTPUT_FIELDS = ["doc_id", "chunk_index", "title", "text", "metadata", "dense"]
+WRITE_BATCH = 1000
+MODEL_PROPERTY = "quarry.embedding_model"
+DIMENSION_PROPERTY = "quarry.dimension"
+_UNAVAILABLE_HINTS = ("connect", "unavailable", "deadline", "timeout", "timed out", "not ready")
+
+
+def chunk_pk(collection: str, doc_id: str, index: int) -> str:
+    """Deterministic id, so a retried or repeated write upserts instead of duplicating."""
+    return hashlib.sha256(f"{collection}\x00{doc_id}\x00{index}".encode()).hexdigest()[:32]
+
+
+@contextmanager
+def milvus_errors(action: str) -> Iterator[None]:
+    """Map pymilvus failures to domain errors; only unreachability is retriable."""
+    try:
+        yield
+    except MilvusException as exc:
+        message = str(exc)
+        if any(hint in message.lower() for hint in _UNAVAILABLE_HINTS):
+            raise ServiceUnavailable(f"Milvus unavailable during {action}: {message}") from exc
+        raise
+    except (ConnectionError, TimeoutError) as exc:
+        raise ServiceUnavailable(f"Milvus unavailable during {action}: {exc}") from exc
+
+
+class MilvusStore:
+    """VectorStore over pymilvus; works with milvus-lite server, standalone, cluster or Zilliz."""
+
+    def __init__(self, settings: Settings, model_name: str, dimension: int) -> None:
+        self.settings = settings
+        self.name = settings.milvus_collection
+        self.model_name = model_name
+        self.dimension = dimension
+        with milvus_errors("connect"):
+            self.client = MilvusClient(
+                uri=settings.milvus_uri, token=settings.milvus_token or "", timeout=settings.milvus_timeout_s
+            )
+
+    def ensure_collection(self) -> None:
+        """Create the collection once (idempotent, safe when two workers race) and check its model."""
+        with milvus_errors("ensure_collection"):
+            if not self.client.has_collection(self.name):
+                try:
+                    self._create()
+                except MilvusException:
+                    if not self.client.has_collection(self.name):
+                        raise
+            self._check_model()
+            self.client.load_collection(self.name)
+
+    def _create(self) -> None:
+        # Properties, not the description: milvus-lite does not keep descriptions.
+        properties = {MODEL_PROPERTY: self.model_name, DIMENSION_PROPERTY: str(self.dimension)}
+        self.client.create_collection(
+            self.name, schema=self._schema(), index_params=self._index_params(), properties=properties
+        )
+
+    def _schema(self) -> Any:
+        schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=64)
+        schema.add_field("collection", DataType.VARCHAR, max_length=64, is_partition_key=True)
+        schema.add_field("doc_id", DataType.VARCHAR, max_length=1024)
+        schema.add_field("chunk_index", DataType.INT64)
+        schema.add_field("title", DataType.VARCHAR, max_length=8192)
+        schema.add_field("text", DataType.VARCHAR, max_length=65535)
+        analyzer = {"type": "standard"}
+        schema.add_field(
+            "content", DataType.VARCHAR, max_length=65535, enable_analyzer=True, analyzer_params=analyzer
+        )
+        schema.add_field("metadata", DataType.JSON)
+        schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+        schema.add_field("dense", DataType.FLOAT_VECTOR, dim=self.dimension)
+        schema.add_function(
+            Function(
+                name="content_bm25",
+                function_type=FunctionType.BM25,
+                input_field_names=["content"],
+                output_field_names=["sparse"],
+            )
+        )
+        return schema
+
+    def _index_params(self) -> Any:
+        s = self.settings
+        params = self.client.prepare_index_params()
+        # Nested "params": milvus-lite silently ignores M/efConstruction given flat.
+        params.add_index(
+            field_name="dense",
+            index_type="HNSW",
+            metric_type="COSINE",
+            params={"params": {"M": s.hnsw_m, "efConstruction": s.hnsw_ef_construction}},
+        )
+        params.add_index(
+            field_name="sparse",
+            index_type="SPARSE_INVERTED_INDEX",
+            metric_type="BM25",
+            params={"bm25_k1": s.bm25_k1, "bm25_b": s.bm25_b},
+        )
+        return params
+
+    def _check_model(self) -> None:
+        properties = self.client.describe_collection(self.name).get("properties") or {}
+        model, dim = properties.get(MODEL_PROPERTY), properties.get(DIMENSION_PROPERTY)
+        if model != self.model_name or dim != str(self.dimension):
+            raise Conflict(
+                f"Milvus collection {self.name!r} was built with embedding model {model!r} (dim {dim}); "
+                f"this worker runs {self.model_name!r} (dim {self.dimension}). Re-ingest into a new "
+                "MILVUS_COLLECTION or set EMBEDDING_MODEL back."
+            )
+
+    def insert(self, collection: str, chunks: Sequence[Chunk], vectors: npt.NDArray[np.float32]) -> int:
+        """Upsert chunks with their vectors; the caller flushes once per task."""
+        rows = [self._row(collection, chunk, vector) for chunk, vector in zip(chunks, vectors, strict=True)]
+        with milvus_errors("insert"):
+            for start in range(0, len(rows), WRITE_BATCH):
+                self.client.upsert(self.name, rows[start : start + WRITE_BATCH])
+        return len(rows)
+
+    def _row(self, collection: str, chunk: Chunk, vector: npt.NDArray[np.float32]) -> dict[str, Any]:
+        return {
+            "pk": chunk_pk(collection, chunk.doc_id, chunk.index),
+            "collection": collection,
+            "doc_id": chunk.doc_id,
+            "chunk_index": chunk.index,
+            "title": chunk.title,
+            "text": chunk.text,
+            "content": embedding_text(chunk, self.settings.chunk_include_title),
+            "metadata": chunk.metadata,
+            "dense": vector.astype(np.float32).tolist(),
+        }
+
+    def delete(self, collection: str, doc_ids: Sequence[str] | None = None) -> int:
+        conditions: dict[str, Any] = {"collection": collection}
+        if doc_ids is not None:
+            conditions["doc_id"] = list(doc_ids)
+        with milvus_errors("delete"):
+            result = self.client.delete(self.name, filter=render_filter(conditions))
+        return int(result.get("delete_count", 0)) if isinstance(result, dict) else len(result)
+
+    def flush(self) -> None:
+        """Milvus-lite searches unflushed rows very slowly: flush once at the end of each write task."""
+        with milvus_errors("flush"):
+            self.client.flush(self.name)
+
+    def search(
+        self,
+        collection: str,
+        query_text: str,
+        query_vector: npt.NDArray[np.float32],
+        limit: int,
+        filters: dict[str, Any] | None = None,
+    ) -> list[Hit]:
+        """One hybrid_search: dense HNSW and BM25 over the same filter, fused by RRF in Milvus."""
+        s = self.settings
+        expr = render_filter({"collection": collection, **(filters or {})})
+        dense_limit, bm25_limit = max(limit, s.dense_candidates), max(limit, s.bm25_candidates)
+        dense = AnnSearchRequest(
+            data=[query_vector.astype(np.float32).tolist()],
+            anns_field="dense",
+            param={"metric_type": "COSINE", "params": {"ef": max(s.search_ef, dense_limit)}},
+            limit=dense_limit,
+            expr=expr,
+        )
+        bm25 = AnnSearchRequest(
+            data=[query_text], anns_field="sparse", param={"metric_type": "BM25"}, limit=bm25_limit, expr=expr
+        )
+        with milvus_errors("search"):
+            results = self.client.hybrid_search(
+                self.name, [dense, bm25], RRFRanker(s.rrf_k), limit=limit, output_fields=OUTPUT_FIELDS
+            )
+        return [_hit(raw, query_vector) for raw in results[0]] if results else []
+
+    def ping(self) -> str:
+        with milvus_errors("ping"):
+            return str(self.client.get_server_version())
+
+
+def _hit(raw: dict[str, Any], query_vector: npt.NDArray[np.float32]) -> Hit:
+    entity = raw.get("entity", raw)
+    vector = np.asarray(entity.get("dense", []), dtype=np.float32)
+    dense_score = float(vector @ query_vector) if vector.size == query_vector.size else None
+    return Hit(
+        doc_id=entity["doc_id"],
+        chunk_index=int(entity["chunk_index"]),
+        text=entity["text"],
+        title=entity.get("title") or "",
+        metadata=entity.get("metadata") or {},
+        fusion_score=float(raw["distance"]),
+        dense_score=dense_score,
+    )
