@@ -6,7 +6,8 @@ import time
 from typing import Any
 
 from common.settings import Settings
-from common.types import Embedder, Hit, Ranked, Reranker, VectorStore
+from common.types import Chunk, Embedder, Hit, Ranked, Reranker, VectorStore
+from ingestion.chunking import embedding_text
 
 
 def _ms(start: float) -> float:
@@ -33,7 +34,7 @@ def rerank_hits(
 ) -> list[tuple[Hit, Ranked | None]]:
     """Rerank the first `candidates` hits; the rest keep their fused order behind them."""
     head, tail = hits[:candidates], hits[candidates:]
-    passages = [f"{hit.title}\n{hit.text}" if hit.title else hit.text for hit in head]
+    passages = [embedding_text(Chunk(hit.doc_id, hit.chunk_index, hit.text, hit.title), True) for hit in head]
     ranked = reranker.rerank(question, passages, top_k=len(head))
     reordered: list[tuple[Hit, Ranked | None]] = [(head[r.index], r) for r in ranked]
     return reordered + [(hit, None) for hit in tail]
