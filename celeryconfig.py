@@ -8,6 +8,7 @@ from common.settings import Settings
 
 INGEST_TASK = "quarry.ingest"
 ASK_TASK = "quarry.ask"
+DELETE_TASK = "quarry.delete"
 INGEST_QUEUE = "ingest"
 QUERY_QUEUE = "query"
 
@@ -26,6 +27,8 @@ def from_settings(settings: Settings) -> dict[str, Any]:
         # Queues per kind of work, so a bulk ingest never starves questions.
         "task_routes": {
             INGEST_TASK: {"queue": INGEST_QUEUE},
+            # Deletes are writes: they share the ingest queue (milvus-lite allows one writer at a time).
+            DELETE_TASK: {"queue": INGEST_QUEUE},
             ASK_TASK: {"queue": QUERY_QUEUE},
         },
         "task_default_queue": QUERY_QUEUE,

@@ -6,7 +6,7 @@ import logging
 
 from flask import Flask
 
-from api import problems
+from api import collections, problems
 from api.routes import bp, health_bp
 from api.services import Services
 from common.settings import Settings, get_settings
@@ -21,6 +21,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["quarry"] = Services(settings)
     problems.register(app)
     app.register_blueprint(bp)
+    app.register_blueprint(collections.bp)
     app.register_blueprint(health_bp)
     logging.basicConfig(level=logging.INFO)
     return app

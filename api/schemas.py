@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
@@ -35,11 +35,35 @@ class DocumentIn(BaseModel):
         return value
 
 
+OnDuplicate = Literal["skip", "replace", "error"]
+ColumnName = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
+
 class IngestRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     documents: list[DocumentIn] = Field(min_length=1)
     collection: CollectionName | None = None
+    on_duplicate: OnDuplicate = "skip"
+
+
+class UploadForm(BaseModel):
+    """Form fields that come with a multipart upload."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    collection: CollectionName | None = None
+    on_duplicate: OnDuplicate = "skip"
+    text_column: ColumnName = "text"
+    id_column: ColumnName = "id"
+    title_column: ColumnName | None = None
+
+    def parse_options(self) -> dict[str, str | None]:
+        return {
+            "text_column": self.text_column,
+            "id_column": self.id_column,
+            "title_column": self.title_column,
+        }
 
 
 class AskRequest(BaseModel):
@@ -49,5 +73,6 @@ class AskRequest(BaseModel):
     top_k: int | None = Field(default=None, ge=1)
     collection: CollectionName | None = None
     rerank: bool | None = None
+    filters: dict[str, Any] = Field(default_factory=dict)
 
     _question_not_blank = field_validator("question")(_not_blank)

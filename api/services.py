@@ -4,18 +4,49 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
+from collections.abc import Callable
 from typing import Any
 
 import redis
-from flask import current_app
+from flask import Response, current_app, jsonify, url_for
 from kombu.exceptions import KombuError, OperationalError
 
 from common.errors import ServiceUnavailable
 from common.jobs import JobStore, connect_redis
 from common.queueing import make_celery
+from common.reports import DocumentReports
 from common.settings import Settings
+from store.catalog import Catalog
+from store.milvus import MilvusStore
 
 log = logging.getLogger(__name__)
+
+
+class CollectionNames:
+    """Names of the collections clients have written to (counts always come from Milvus)."""
+
+    KEY = "quarry:collections"
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def add(self, name: str) -> None:
+        self._call(lambda: self.client.sadd(self.KEY, name))
+
+    def remove(self, name: str) -> None:
+        self._call(lambda: self.client.srem(self.KEY, name))
+
+    def names(self) -> set[str]:
+        raw = self._call(lambda: self.client.smembers(self.KEY))
+        return {item.decode() for item in raw}
+
+    @staticmethod
+    def _call(action: Callable[[], Any]) -> Any:
+        try:
+            return action()
+        except redis.RedisError as exc:
+            raise ServiceUnavailable(f"Redis unreachable: {exc}") from exc
 
 
 class Services:
@@ -25,9 +56,19 @@ class Services:
         self.settings = settings
         self.redis = connect_redis(settings.redis_url)
         self.jobs = JobStore(self.redis, settings.job_ttl_s)
+        self.reports = DocumentReports(self.redis, settings.job_ttl_s)
+        self.collections = CollectionNames(self.redis)
         self.celery = make_celery(settings)
-        self._milvus: Any = None
         self._milvus_lock = threading.Lock()
+        self._catalog: Catalog | None = None
+
+    @property
+    def catalog(self) -> Catalog:
+        """Read-only Milvus views, connected on first use (pymilvus, never torch)."""
+        with self._milvus_lock:
+            if self._catalog is None:
+                self._catalog = Catalog(MilvusStore(self.settings))
+            return self._catalog
 
     def enqueue(self, task_name: str, job_id: str, kwargs: dict[str, Any]) -> None:
         """Send by name (the API never imports task code); a broker failure fails the job record."""
@@ -65,17 +106,10 @@ class Services:
     def _check_milvus(self) -> dict[str, Any]:
         uri = _redact(self.settings.milvus_uri)
         try:
-            with self._milvus_lock:
-                if self._milvus is None:
-                    from pymilvus import MilvusClient  # imported on first probe: keeps app start fast
-
-                    self._milvus = MilvusClient(
-                        uri=self.settings.milvus_uri, token=self.settings.milvus_token or "", timeout=3
-                    )
-                version = self._milvus.get_server_version(timeout=3)
-            return {"ok": True, "uri": uri, "version": str(version)}
+            return {"ok": True, "uri": uri, "version": self.catalog.store.ping()}
         except Exception as exc:  # pymilvus raises many types; all mean "down" here
-            self._milvus = None
+            with self._milvus_lock:
+                self._catalog = None  # reconnect on the next probe
             return {"ok": False, "uri": uri, "error": str(exc).splitlines()[0][:300]}
 
 
@@ -89,3 +123,17 @@ def _redact(url: str) -> str:
 
 def services() -> Services:
     return current_app.extensions["quarry"]  # type: ignore[no-any-return]
+
+
+def submit(kind: str, task: str, build: Callable[[str], tuple[dict[str, Any], int]]) -> Response:
+    """Record a job, then enqueue it: `build(job_id)` stores what the task needs and returns its kwargs."""
+    svc = services()
+    job_id = uuid.uuid4().hex
+    kwargs, total = build(job_id)
+    svc.jobs.create(job_id, kind, total)
+    svc.enqueue(task, job_id, kwargs)
+    status_url = url_for("api.get_job", job_id=job_id)
+    response = jsonify({"job_id": job_id, "status_url": status_url})
+    response.status_code = 202
+    response.headers["Location"] = status_url
+    return response

@@ -52,26 +52,26 @@ def _reject_duplicate_ids(ids: list[str]) -> None:
 def _uploaded_files() -> list[FileStorage]:
     files = [item for key in request.files for item in request.files.getlist(key)]
     if not files:
-        raise InvalidRequest("multipart upload has no files: send one or more .txt/.md file parts")
+        raise InvalidRequest("multipart upload has no files: send one or more file parts")
     return files
 
 
-def _check_file(name: str) -> None:
-    suffix = Path(name).suffix.lower()
-    if suffix not in SUPPORTED_SUFFIXES:
+def _check_types(names: list[str]) -> None:
+    """Refuse an upload only when no file can be read; a single odd file fails alone in the job."""
+    if all(Path(name).suffix.lower() not in SUPPORTED_SUFFIXES for name in names):
         supported = ", ".join(sorted(SUPPORTED_SUFFIXES))
-        raise UnsupportedMediaType(
-            f"{name}: unsupported file type {suffix or '(none)'}; supported: {supported}"
-        )
+        shown = ", ".join(names[:5])
+        raise UnsupportedMediaType(f"no supported file in the upload ({shown}); supported: {supported}")
 
 
-def save_uploaded_files(job_id: str, settings: Settings) -> tuple[Source, int]:
+def save_uploaded_files(
+    job_id: str, settings: Settings, options: dict[str, str | None]
+) -> tuple[Source, int]:
     files = _uploaded_files()
     if len(files) > settings.max_documents_per_request:
         raise InvalidRequest(f"at most {settings.max_documents_per_request} files per request")
     names = [sanitize_filename(item.filename or "file") for item in files]
-    for name in names:
-        _check_file(name)
+    _check_types(names)
     _reject_duplicate_ids(names)
     job_dir = _job_dir(job_id, settings)
     saved = []
@@ -81,4 +81,4 @@ def save_uploaded_files(job_id: str, settings: Settings) -> tuple[Source, int]:
         if (job_dir / stored).stat().st_size == 0:
             raise InvalidRequest(f"{name}: the file is empty")
         saved.append({"path": f"{job_id}/{stored}", "name": name})
-    return {"kind": "files", "files": saved}, len(saved)
+    return {"kind": "files", "files": saved, "options": options}, len(saved)

@@ -142,8 +142,9 @@ class JobStore:
     def mark_running(self, job_id: str) -> None:
         self._write(job_id, {"state": JobState.RUNNING.value, "started_at": now_iso(), "error": None})
 
-    def set_progress(self, job_id: str, done: int, total: int) -> None:
-        self._write(job_id, {"progress": {"done": done, "total": total}})
+    def set_progress(self, job_id: str, progress: dict[str, int]) -> None:
+        """`progress` has at least done and total; ingest jobs add succeeded/failed/skipped/chunks."""
+        self._write(job_id, {"progress": progress})
 
     def mark_succeeded(self, job_id: str, result: Any) -> None:
         self._finish(job_id, {"state": JobState.SUCCEEDED.value, "result": result, "error": None})

@@ -5,7 +5,7 @@ Kept free of torch and pymilvus so the API can import it cheaply; numpy arrays a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -86,7 +86,15 @@ class Reranker(Protocol):
 
 
 class VectorStore(Protocol):
-    def insert(self, collection: str, chunks: Sequence[Chunk], vectors: npt.NDArray[np.float32]) -> int: ...
+    def insert(
+        self,
+        collection: str,
+        chunks: Sequence[Chunk],
+        vectors: npt.NDArray[np.float32],
+        hashes: Mapping[str, str],
+    ) -> int: ...
+
+    def document_hashes(self, collection: str, doc_ids: Sequence[str]) -> dict[str, str]: ...
 
     def search(
         self,

@@ -1,14 +1,16 @@
 """Turning uploaded files and stored JSON lines into Documents.
 
-Torch-free on purpose: the API imports this module (for `sanitize_filename` and the JSON-lines
-writer) and must stay light. New formats are added by registering a parser in `PARSERS`.
+Torch-free on purpose: the API imports this module (for `sanitize_filename`, `SUPPORTED_SUFFIXES`
+and the JSON-lines writer) and must stay light; format modules import their libraries lazily.
+New formats are added by registering a parser in `PARSERS` (one document per file) or
+`RECORD_PARSERS` (many documents per file).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -16,101 +18,186 @@ from typing import Any
 
 from common.errors import DocumentError, InvalidRequest
 from common.types import Document
+from ingestion.archive import ArchiveLimits, iter_zip_members, list_zip_members
+from ingestion.formats.common import (
+    DEFAULT_PARSE_OPTIONS,
+    MAX_FILENAME_CHARS,
+    MAX_SUFFIX_CHARS,
+    UTF8_BOM,
+    Failure,
+    Item,
+    ParseOptions,
+    decode_text,
+    sanitize_filename,
+)
+from ingestion.formats.html import parse_html
+from ingestion.formats.pdf import parse_pdf
+from ingestion.formats.records import iter_csv, iter_json, iter_jsonl
+from ingestion.formats.text import markdown_title, parse_markdown, parse_text
+from ingestion.formats.word import parse_docx
+
+__all__ = [
+    "ARCHIVE_SUFFIXES",
+    "MAX_FILENAME_CHARS",
+    "MAX_SUFFIX_CHARS",
+    "PARSERS",
+    "RECORD_PARSERS",
+    "SUPPORTED_SUFFIXES",
+    "UTF8_BOM",
+    "Failure",
+    "Item",
+    "ParseOptions",
+    "Parser",
+    "RecordParser",
+    "decode_text",
+    "iter_file_documents",
+    "markdown_title",
+    "parse_file",
+    "read_documents_jsonl",
+    "sanitize_filename",
+    "unsupported_reason",
+    "write_documents_jsonl",
+]
+
+log = logging.getLogger(__name__)
 
 Parser = Callable[[Path, str], Document]
 """A parser reads the stored upload at `path`; `name` is the client's (sanitised) file name."""
-
-UTF8_BOM = b"\xef\xbb\xbf"
-MAX_FILENAME_CHARS = 200
-MAX_SUFFIX_CHARS = 16
-"""A longer "suffix" (e.g. "a.<300 chars>") is not a real extension and is not preserved on truncation."""
-
-_UNSAFE_FILENAME_CHARS = re.compile(r"[^A-Za-z0-9._ -]")
-_ATX_HEADING = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
-_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
-
-
-def decode_text(data: bytes, name: str) -> str:
-    """Strict UTF-8 (optional BOM) to str with normalised newlines; errors name the byte offset."""
-    bom = len(UTF8_BOM) if data.startswith(UTF8_BOM) else 0
-    try:
-        text = data[bom:].decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DocumentError(f"{name}: not valid UTF-8 text (byte offset {bom + exc.start})") from exc
-    if "\x00" in text:
-        offset = bom + data[bom:].index(b"\x00")
-        raise DocumentError(f"{name}: contains NUL bytes, not a text file (byte offset {offset})")
-    return text.replace("\r\n", "\n").replace("\r", "\n")
-
-
-def _read_text(path: Path, name: str) -> str:
-    """Read and decode a text upload, rejecting files with nothing to index."""
-    data = path.read_bytes()
-    if not data:
-        raise DocumentError(f"{name}: file is empty")
-    text = decode_text(data, name)
-    if not text.strip():
-        raise DocumentError(f"{name}: file contains only whitespace")
-    return text
-
-
-def parse_text(path: Path, name: str) -> Document:
-    """Plain text: the whole file is the body; there is no reliable title, so none is guessed."""
-    return Document(id=name, text=_read_text(path, name))
-
-
-def parse_markdown(path: Path, name: str) -> Document:
-    """Markdown: the body is kept as written; the first ATX heading becomes the title."""
-    text = _read_text(path, name)
-    return Document(id=name, text=text, title=markdown_title(text))
-
-
-def markdown_title(text: str) -> str:
-    """Text of the first non-empty ATX heading ("# Title"), skipping front matter and code fences."""
-    in_fence = ""
-    for line in _skip_front_matter(text.split("\n")):
-        fence = _FENCE.match(line)
-        if fence:
-            marker = fence.group(1)
-            if not in_fence:
-                in_fence = marker
-            elif marker[0] == in_fence[0] and len(marker) >= len(in_fence):
-                in_fence = ""
-            continue
-        heading = _ATX_HEADING.match(line)
-        if not in_fence and heading and (heading.group(2) or "").strip():
-            return (heading.group(2) or "").strip()
-    return ""
-
-
-def _skip_front_matter(lines: list[str]) -> list[str]:
-    """Drop a leading YAML front-matter block, whose "# comments" are not headings."""
-    if lines and lines[0].strip() == "---":
-        for i, line in enumerate(lines[1:], start=1):
-            if line.strip() in ("---", "..."):
-                return lines[i + 1 :]
-    return lines
-
+RecordParser = Callable[[Path, str, ParseOptions], Iterator[Item]]
+"""Like `Parser` for files of many records: one Document or Failure per record."""
 
 PARSERS: dict[str, Parser] = {
     ".txt": parse_text,
     ".md": parse_markdown,
+    ".html": parse_html,
+    ".htm": parse_html,
+    ".pdf": parse_pdf,
+    ".docx": parse_docx,
 }
-"""File suffix (lower case, with the dot) -> parser. Register new formats here."""
+"""File suffix (lower case, with the dot) -> parser of a one-document format. Register new formats here."""
 
-SUPPORTED_SUFFIXES: tuple[str, ...] = tuple(sorted(PARSERS))
+RECORD_PARSERS: dict[str, RecordParser] = {
+    ".json": iter_json,
+    ".jsonl": iter_jsonl,
+    ".csv": iter_csv,
+}
+"""File suffix -> parser of a format holding many documents."""
+
+ARCHIVE_SUFFIXES: tuple[str, ...] = (".zip",)
+
+SUPPORTED_SUFFIXES: tuple[str, ...] = tuple(sorted({*PARSERS, *RECORD_PARSERS, *ARCHIVE_SUFFIXES}))
 
 
 def parse_file(path: Path, *, name: str) -> Document:
-    """Parse the upload stored at `path`; the format is chosen by the suffix of the client's `name`."""
-    suffix = Path(name).suffix.lower()
+    """Parse a one-document upload stored at `path`; the format is chosen by the suffix of `name`.
+
+    Files that hold many documents (records, archives) need `iter_file_documents`.
+    """
+    suffix = _suffix(name)
     parser = PARSERS.get(suffix)
-    if parser is None:
-        shown = f"'{suffix}'" if suffix else "none"
-        raise DocumentError(
-            f"{name}: unsupported file type (suffix {shown}); supported: {', '.join(SUPPORTED_SUFFIXES)}"
+    if parser is not None:
+        return parser(path, name)
+    if suffix in RECORD_PARSERS or suffix in ARCHIVE_SUFFIXES:
+        raise DocumentError(f"{name}: a {suffix} file holds many documents; read it with iter_file_documents")
+    raise DocumentError(unsupported_reason(name))
+
+
+def unsupported_reason(name: str) -> str:
+    """Why a file type is refused, naming its suffix and every supported one."""
+    suffix = _suffix(name)
+    shown = f"'{suffix}'" if suffix else "none"
+    return f"{name}: unsupported file type (suffix {shown}); supported: {', '.join(SUPPORTED_SUFFIXES)}"
+
+
+def iter_file_documents(
+    path: Path,
+    *,
+    name: str,
+    options: ParseOptions = DEFAULT_PARSE_OPTIONS,
+    archive_limits: ArchiveLimits | None = None,
+) -> Iterator[Document | Failure]:
+    """Every document of one upload, or a Failure for each that cannot be read; the rest go through.
+
+    A one-document file yields one item (its id is `name`); records and archive members yield one
+    each. Raises DocumentError only when a zip archive is refused as a whole (unreadable, unsafe
+    paths or links, zip bomb): before any document if its central directory shows it.
+    A repeated document id is a Failure: two documents must never overwrite each other silently.
+    """
+    seen: set[str] = set()
+    suffix = _suffix(name)
+    items = (
+        _archive_items(path, name, options, archive_limits or ArchiveLimits())
+        if suffix in ARCHIVE_SUFFIXES
+        else _file_items(path, name, options)
+    )
+    for item in items:
+        if isinstance(item, Document):
+            if item.id in seen:
+                yield Failure(item.id, f"{name}: duplicate document id {item.id!r}; only the first is kept")
+                continue
+            seen.add(item.id)
+        yield item
+
+
+def _file_items(path: Path, name: str, options: ParseOptions) -> Iterator[Item]:
+    """Documents of one (non-archive) file; anything that goes wrong fails this file only."""
+    try:
+        parser = RECORD_PARSERS.get(_suffix(name))
+        if parser is None:
+            yield parse_file(path, name=name)
+            return
+        count = 0
+        for item in parser(path, name, options):
+            count += 1
+            yield item
+        if not count:
+            yield Failure(name, f"{name}: contains no documents")
+    except DocumentError as exc:
+        yield Failure(name, exc.detail)
+    except Exception as exc:  # a parser bug or library crash must not cost the other files
+        log.exception("parsing %s failed unexpectedly", name)
+        yield Failure(name, f"{name}: could not be parsed ({type(exc).__name__}: {exc})")
+
+
+def _archive_items(path: Path, name: str, options: ParseOptions, limits: ArchiveLimits) -> Iterator[Item]:
+    """Documents of every supported member ("<archive>/<member path>"), a Failure for each other.
+
+    Members are extracted one at a time into a private temporary directory and deleted once read.
+    """
+    members = list_zip_members(path, name=name, limits=limits)  # refuses a bad archive up front
+    for member in members:
+        if not _is_parseable(member):
+            yield Failure(f"{name}/{member}", _member_refusal(f"{name}/{member}"))
+    with tempfile.TemporaryDirectory(prefix="quarry-zip-") as tmp:
+        extracted = iter_zip_members(
+            path,
+            Path(tmp),
+            name=name,
+            select=_is_parseable,
+            max_members=limits.max_members,
+            max_total_bytes=limits.max_total_bytes,
+            max_ratio=limits.max_ratio,
         )
-    return parser(path, name)
+        for member_path, member in extracted:
+            try:
+                yield from _file_items(member_path, f"{name}/{member}", options)
+            finally:
+                member_path.unlink(missing_ok=True)
+
+
+def _is_parseable(member: str) -> bool:
+    suffix = _suffix(member)
+    return suffix in PARSERS or suffix in RECORD_PARSERS
+
+
+def _member_refusal(doc_id: str) -> str:
+    if _suffix(doc_id) in ARCHIVE_SUFFIXES:
+        return f"{doc_id}: nested archives are not supported; unpack it and upload its files"
+    return unsupported_reason(doc_id)
+
+
+def _suffix(name: str) -> str:
+    return Path(name).suffix.lower()
 
 
 def write_documents_jsonl(path: Path, docs: Iterable[Document]) -> int:
@@ -172,18 +259,3 @@ def _parse_document_line(raw: bytes, where: str) -> Document:
     if not isinstance(metadata, dict):
         raise DocumentError(f"{where}: 'metadata' must be a JSON object")
     return Document(id=doc_id, text=text, title=title, metadata=metadata)
-
-
-def sanitize_filename(name: str) -> str:
-    """A safe base name for storing an upload: no directories, no hidden files, portable characters.
-
-    Shared by the API and the workers so both derive the same name (and document id) from a client name.
-    """
-    base = name.replace("\\", "/").rsplit("/", 1)[-1]
-    safe = _UNSAFE_FILENAME_CHARS.sub("_", base).strip().lstrip(". ")
-    if len(safe) > MAX_FILENAME_CHARS:
-        suffix = Path(safe).suffix
-        if not suffix or len(suffix) > MAX_SUFFIX_CHARS:
-            suffix = ""
-        safe = safe[: MAX_FILENAME_CHARS - len(suffix)].rstrip(" ") + suffix
-    return safe or "file"

@@ -46,6 +46,7 @@ def answer(
     collection: str,
     top_k: int,
     rerank: bool,
+    filters: dict[str, Any],
     embedder: Embedder,
     store: VectorStore,
     reranker: Reranker | None,
@@ -59,7 +60,7 @@ def answer(
     use_reranker = reranker if rerank else None
     limit = max(top_k, settings.rerank_candidates) if use_reranker else top_k
     start = time.perf_counter()
-    hits = store.search(collection, question, vector, limit)
+    hits = store.search(collection, question, vector, limit, filters)
     timings["search_ms"] = _ms(start)
 
     ranked: list[tuple[Hit, Ranked | None]] = [(hit, None) for hit in hits]

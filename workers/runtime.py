@@ -11,11 +11,12 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from common.jobs import JobStore, connect_redis
+from common.reports import DocumentReports
 from common.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from common.types import Embedder, Reranker
-    from workers.vectorstore import MilvusStore
+    from store.milvus import MilvusStore
 
 
 class Runtime:
@@ -27,6 +28,10 @@ class Runtime:
     @cached_property
     def jobs(self) -> JobStore:
         return JobStore(connect_redis(self.settings.redis_url), self.settings.job_ttl_s)
+
+    @cached_property
+    def reports(self) -> DocumentReports:
+        return DocumentReports(self.jobs.client, self.settings.job_ttl_s)
 
     @cached_property
     def embedder(self) -> Embedder:
@@ -44,11 +49,10 @@ class Runtime:
 
     @cached_property
     def store(self) -> MilvusStore:
-        from workers.vectorstore import MilvusStore
+        from store.milvus import MilvusStore
 
-        embedder = self.embedder
-        store = MilvusStore(self.settings, embedder.model_name, embedder.dimension)
-        store.ensure_collection()
+        store = MilvusStore(self.settings)
+        store.ensure_collection(self.embedder.model_name, self.embedder.dimension)
         return store
 
 

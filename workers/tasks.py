@@ -12,9 +12,10 @@ from typing import Any
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from celeryconfig import ASK_TASK, INGEST_TASK
+from celeryconfig import ASK_TASK, DELETE_TASK, INGEST_TASK
 from common.errors import RETRIABLE_ERRORS, QuarryError
-from ingestion.pipeline import ingest_documents, load_documents
+from common.reports import Outcome
+from ingestion.pipeline import OnDuplicate, Tally, ingest_documents, load_documents
 from workers.app import app
 from workers.retrieval import answer
 from workers.runtime import runtime
@@ -55,32 +56,64 @@ class JobTask(Task):  # type: ignore[misc]
 
 
 @app.task(name=INGEST_TASK, base=JobTask, bind=True)
-def ingest(self: JobTask, *, collection: str, source: dict[str, Any], total: int) -> dict[str, Any]:
+def ingest(
+    self: JobTask,
+    *,
+    collection: str,
+    source: dict[str, Any],
+    total: int,
+    on_duplicate: OnDuplicate = "skip",
+) -> dict[str, Any]:
     rt = runtime()
     job_id = self.request.id
+
+    def report(outcomes: list[Outcome], tally: Tally) -> None:
+        rt.reports.record(job_id, outcomes)
+        rt.jobs.set_progress(job_id, tally.progress())
+
     return ingest_documents(
         load_documents(source, rt.settings.uploads),
         collection=collection,
         total=total,
+        on_duplicate=on_duplicate,
         embedder=rt.embedder,
         store=rt.store,
         settings=rt.settings,
-        progress=lambda done, of: rt.jobs.set_progress(job_id, done, of),
+        report=report,
     )
 
 
 @app.task(name=ASK_TASK, base=JobTask, bind=True)
-def ask(self: JobTask, *, question: str, collection: str, top_k: int, rerank: bool) -> dict[str, Any]:
+def ask(
+    self: JobTask,
+    *,
+    question: str,
+    collection: str,
+    top_k: int,
+    rerank: bool,
+    filters: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     rt = runtime()
     result = answer(
         question,
         collection=collection,
         top_k=top_k,
         rerank=rerank,
+        filters=filters or {},
         embedder=rt.embedder,
         store=rt.store,
         reranker=rt.reranker,
         settings=rt.settings,
     )
-    rt.jobs.set_progress(self.request.id, 1, 1)
+    rt.jobs.set_progress(self.request.id, {"done": 1, "total": 1})
     return result
+
+
+@app.task(name=DELETE_TASK, base=JobTask, bind=True)
+def delete(self: JobTask, *, collection: str, doc_ids: list[str] | None = None) -> dict[str, Any]:
+    """Delete documents (or, without ids, the whole collection) and flush, so search never sees them."""
+    rt = runtime()
+    deleted = rt.store.delete(collection, doc_ids)
+    rt.store.flush()
+    rt.jobs.set_progress(self.request.id, {"done": 1, "total": 1})
+    return {"collection": collection, "doc_ids": doc_ids, "deleted_chunks": deleted}

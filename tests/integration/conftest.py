@@ -43,12 +43,15 @@ class Stack:
     def get(self, path: str, **kwargs: Any) -> requests.Response:
         return requests.get(self.url + path, timeout=60, **kwargs)
 
+    def delete(self, path: str, **kwargs: Any) -> requests.Response:
+        return requests.delete(self.url + path, timeout=30, **kwargs)
+
     def wait_job(self, job_id: str, timeout_s: float = 180) -> dict[str, Any]:
         """Long-poll until the job ends, as a client would."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             body = self.get(f"/api/v1/jobs/{job_id}", params={"wait": 10}).json()
-            if body["state"] in ("succeeded", "failed"):
+            if body["state"] in ("succeeded", "failed", "cancelled"):
                 return body  # type: ignore[no-any-return]
         raise AssertionError(f"job {job_id} did not finish in {timeout_s} s; logs in {self.logs}")
 

@@ -68,8 +68,11 @@ def test_health_names_every_dependency(stack: Stack) -> None:
 
 def test_ingest_job_reports_progress_and_result(ingested: dict[str, Any]) -> None:
     assert ingested["kind"] == "ingest"
-    assert ingested["progress"] == {"done": 5, "total": 5}
-    assert ingested["result"]["documents"] == 5 and ingested["result"]["chunks"] >= 5
+    chunks = ingested["result"]["chunks"]
+    assert chunks >= 5
+    expected = {"done": 5, "total": 5, "succeeded": 5, "failed": 0, "skipped": 0, "chunks": chunks}
+    assert ingested["progress"] == expected
+    assert ingested["result"] == {"collection": "science", **expected}
     assert ingested["created_at"] <= ingested["started_at"] <= ingested["finished_at"]
     assert ingested["error"] is None
 
@@ -175,8 +178,12 @@ def test_failing_task_marks_the_job_failed_with_reason(stack: Stack) -> None:
     files = [("files", ("latin1.txt", "caf\xe9 cr\xe8me".encode("latin-1"), "text/plain"))]
     job = stack.wait_job(_submit(stack, "/api/v1/documents", files=files))
     assert job["state"] == "failed"
-    assert "latin1.txt" in job["error"] and "UTF-8" in job["error"]
+    assert "no document could be ingested" in job["error"]
     assert job["result"] is None and job["finished_at"]
+    report = stack.get(f"/api/v1/jobs/{job['job_id']}/documents").json()
+    [item] = report["items"]
+    assert item["doc_id"] == "latin1.txt" and item["status"] == "failed"
+    assert "UTF-8" in item["reason"]
 
 
 def test_unknown_job_is_404_problem(stack: Stack) -> None:
@@ -213,6 +220,12 @@ BAD_REQUESTS = [
         422,
     ),
     ("post", "/api/v1/documents", {"files": [("f", ("evil.exe", b"MZ", "application/octet-stream"))]}, 415),
+    ("post", "/api/v1/documents", {"json": {"documents": [{"text": "x"}], "on_duplicate": "maybe"}}, 422),
+    ("post", "/api/v1/ask", {"json": {"question": "hi", "filters": {"text": "x"}}}, 422),
+    ("post", "/api/v1/ask", {"json": {"question": "hi", "filters": {"metadata.a b": 1}}}, 422),
+    ("post", "/api/v1/ask", {"json": {"question": "hi", "filters": {"collection": "x"}}}, 422),
+    ("get", "/api/v1/collections/nope-never", {}, 404),
+    ("get", "/api/v1/collections/Bad!", {}, 404),
     ("post", "/api/v1/documents", {"files": [("f", ("empty.txt", b"", "text/plain"))]}, 422),
     ("get", "/api/v1/jobs/" + "0" * 32 + "?wait=abc", {}, 422),
     ("get", "/api/v1/nowhere", {}, 404),

@@ -105,7 +105,7 @@ def test_empty_file_is_rejected(tmp_path: Path, data: bytes) -> None:
         parse_file(path, name="e.txt")
 
 
-@pytest.mark.parametrize(("name", "shown"), [("report.pdf", "'.pdf'"), ("Makefile", "none")])
+@pytest.mark.parametrize(("name", "shown"), [("report.exe", "'.exe'"), ("Makefile", "none")])
 def test_unsupported_suffix(tmp_path: Path, name: str, shown: str) -> None:
     path = write(tmp_path, "u", b"%PDF-1.7")
     with pytest.raises(DocumentError) as info:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -22,6 +22,9 @@ OUTPUT_FIELDS = ["doc_id", "chunk_index", "title", "text", "metadata", "dense"]
 WRITE_BATCH = 1000
 MODEL_PROPERTY = "quarry.embedding_model"
 DIMENSION_PROPERTY = "quarry.dimension"
+SCHEMA_PROPERTY = "quarry.schema"
+SCHEMA_VERSION = "2"
+QUERY_LIMIT = 16_384  # Milvus caps offset + limit of one query at 16,384
 _UNAVAILABLE_HINTS = ("connect", "unavailable", "deadline", "timeout", "timed out", "not ready")
 
 
@@ -47,36 +50,41 @@ def milvus_errors(action: str) -> Iterator[None]:
 class MilvusStore:
     """VectorStore over pymilvus; works with milvus-lite server, standalone, cluster or Zilliz."""
 
-    def __init__(self, settings: Settings, model_name: str, dimension: int) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.name = settings.milvus_collection
-        self.model_name = model_name
-        self.dimension = dimension
         with milvus_errors("connect"):
             self.client = MilvusClient(
                 uri=settings.milvus_uri, token=settings.milvus_token or "", timeout=settings.milvus_timeout_s
             )
 
-    def ensure_collection(self) -> None:
+    def ensure_collection(self, model_name: str, dimension: int) -> None:
         """Create the collection once (idempotent, safe when two workers race) and check its model."""
+        expected = {
+            MODEL_PROPERTY: model_name,
+            DIMENSION_PROPERTY: str(dimension),
+            SCHEMA_PROPERTY: SCHEMA_VERSION,
+        }
         with milvus_errors("ensure_collection"):
             if not self.client.has_collection(self.name):
                 try:
-                    self._create()
+                    self._create(dimension, expected)
                 except MilvusException:
                     if not self.client.has_collection(self.name):
                         raise
-            self._check_model()
+            self._check_properties(expected)
             self.client.load_collection(self.name)
 
-    def _create(self) -> None:
+    def _create(self, dimension: int, properties: dict[str, str]) -> None:
         # Properties, not the description: milvus-lite does not keep descriptions.
-        properties = {MODEL_PROPERTY: self.model_name, DIMENSION_PROPERTY: str(self.dimension)}
         self.client.create_collection(
-            self.name, schema=self._schema(), index_params=self._index_params(), properties=properties
+            self.name,
+            schema=self._schema(dimension),
+            index_params=self._index_params(),
+            properties=properties,
         )
 
-    def _schema(self) -> Any:
+    def _schema(self, dimension: int) -> Any:
         schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=64)
         schema.add_field("collection", DataType.VARCHAR, max_length=64, is_partition_key=True)
@@ -88,9 +96,10 @@ class MilvusStore:
         schema.add_field(
             "content", DataType.VARCHAR, max_length=65535, enable_analyzer=True, analyzer_params=analyzer
         )
+        schema.add_field("content_hash", DataType.VARCHAR, max_length=64)
         schema.add_field("metadata", DataType.JSON)
         schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
-        schema.add_field("dense", DataType.FLOAT_VECTOR, dim=self.dimension)
+        schema.add_field("dense", DataType.FLOAT_VECTOR, dim=dimension)
         schema.add_function(
             Function(
                 name="content_bm25",
@@ -119,26 +128,37 @@ class MilvusStore:
         )
         return params
 
-    def _check_model(self) -> None:
+    def _check_properties(self, expected: dict[str, str]) -> None:
         properties = self.client.describe_collection(self.name).get("properties") or {}
-        model, dim = properties.get(MODEL_PROPERTY), properties.get(DIMENSION_PROPERTY)
-        if model != self.model_name or dim != str(self.dimension):
+        built = {key: properties.get(key) for key in expected}
+        if built != expected:
             raise Conflict(
-                f"Milvus collection {self.name!r} was built with embedding model {model!r} (dim {dim}); "
-                f"this worker runs {self.model_name!r} (dim {self.dimension}). Re-ingest into a new "
-                "MILVUS_COLLECTION or set EMBEDDING_MODEL back."
+                f"Milvus collection {self.name!r} was built with {built}; this worker needs {expected}. "
+                "Ingest into a new MILVUS_COLLECTION, or set EMBEDDING_MODEL back."
             )
 
-    def insert(self, collection: str, chunks: Sequence[Chunk], vectors: npt.NDArray[np.float32]) -> int:
-        """Upsert chunks with their vectors; the caller flushes once per task."""
-        rows = [self._row(collection, chunk, vector) for chunk, vector in zip(chunks, vectors, strict=True)]
+    def insert(
+        self,
+        collection: str,
+        chunks: Sequence[Chunk],
+        vectors: npt.NDArray[np.float32],
+        hashes: Mapping[str, str],
+    ) -> int:
+        """Upsert chunks with their vectors and their document's content hash; the caller flushes."""
+        rows = [
+            self._row(collection, chunk, vector, hashes[chunk.doc_id])
+            for chunk, vector in zip(chunks, vectors, strict=True)
+        ]
         with milvus_errors("insert"):
             for start in range(0, len(rows), WRITE_BATCH):
                 self.client.upsert(self.name, rows[start : start + WRITE_BATCH])
         return len(rows)
 
-    def _row(self, collection: str, chunk: Chunk, vector: npt.NDArray[np.float32]) -> dict[str, Any]:
+    def _row(
+        self, collection: str, chunk: Chunk, vector: npt.NDArray[np.float32], content_hash: str
+    ) -> dict[str, Any]:
         return {
+            "content_hash": content_hash,
             "pk": chunk_pk(collection, chunk.doc_id, chunk.index),
             "collection": collection,
             "doc_id": chunk.doc_id,
@@ -157,6 +177,32 @@ class MilvusStore:
         with milvus_errors("delete"):
             result = self.client.delete(self.name, filter=render_filter(conditions))
         return int(result.get("delete_count", 0)) if isinstance(result, dict) else len(result)
+
+    def exists(self) -> bool:
+        with milvus_errors("has_collection"):
+            return bool(self.client.has_collection(self.name))
+
+    def model_properties(self) -> dict[str, str | None]:
+        """The embedding model the stored vectors were built with (None before the first ingest)."""
+        if not self.exists():
+            return {"embedding_model": None, "dimension": None}
+        with milvus_errors("describe_collection"):
+            properties = self.client.describe_collection(self.name).get("properties") or {}
+        return {
+            "embedding_model": properties.get(MODEL_PROPERTY),
+            "dimension": properties.get(DIMENSION_PROPERTY),
+        }
+
+    def document_hashes(self, collection: str, doc_ids: Sequence[str]) -> dict[str, str]:
+        """Content hash of each stored document (read from its first chunk): what dedup compares."""
+        if not doc_ids:
+            return {}
+        expr = render_filter({"collection": collection, "doc_id": list(doc_ids), "chunk_index": 0})
+        with milvus_errors("query"):
+            rows = self.client.query(
+                self.name, filter=expr, output_fields=["doc_id", "content_hash"], limit=len(doc_ids)
+            )
+        return {row["doc_id"]: row["content_hash"] for row in rows}
 
     def flush(self) -> None:
         """Milvus-lite searches unflushed rows very slowly: flush once at the end of each write task."""

@@ -1,0 +1,68 @@
+"""Read-only views of what is stored: counts, document lists and single documents, per collection.
+
+Milvus is the source of truth (a document exists exactly when its chunks do), so these pages can never
+disagree with search. Documents are represented by their first chunk (chunk_index 0).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from common.filters import render_filter
+from store.milvus import QUERY_LIMIT, MilvusStore, milvus_errors
+
+DOC_FIELDS = ["doc_id", "title", "metadata", "content_hash"]
+CHUNK_FIELDS = ["chunk_index", "text"]
+
+
+class Catalog:
+    def __init__(self, store: MilvusStore) -> None:
+        self.store = store
+
+    def _count(self, conditions: dict[str, Any]) -> int:
+        with milvus_errors("count"):
+            rows = self.store.client.query(
+                self.store.name, filter=render_filter(conditions), output_fields=["count(*)"]
+            )
+        return int(rows[0]["count(*)"]) if rows else 0
+
+    def counts(self, collection: str) -> dict[str, int]:
+        if not self.store.exists():  # no worker has created it yet: nothing is stored
+            return {"documents": 0, "chunks": 0}
+        return {
+            "documents": self._count({"collection": collection, "chunk_index": 0}),
+            "chunks": self._count({"collection": collection}),
+        }
+
+    def documents(self, collection: str, offset: int, limit: int) -> list[dict[str, Any]]:
+        """One page of documents; offset + limit must stay within Milvus's query window."""
+        limit = max(0, min(limit, QUERY_LIMIT - offset))
+        if limit == 0 or not self.store.exists():
+            return []
+        with milvus_errors("query"):
+            rows = self.store.client.query(
+                self.store.name,
+                filter=render_filter({"collection": collection, "chunk_index": 0}),
+                output_fields=DOC_FIELDS,
+                offset=offset,
+                limit=limit,
+            )
+        return [{field: row.get(field) for field in DOC_FIELDS} for row in rows]
+
+    def document(self, collection: str, doc_id: str) -> dict[str, Any] | None:
+        """A document with all its chunks in order, or None."""
+        if not self.store.exists():
+            return None
+        with milvus_errors("query"):
+            rows = self.store.client.query(
+                self.store.name,
+                filter=render_filter({"collection": collection, "doc_id": doc_id}),
+                output_fields=DOC_FIELDS + CHUNK_FIELDS,
+                limit=QUERY_LIMIT,
+            )
+        if not rows:
+            return None
+        rows.sort(key=lambda row: row["chunk_index"])
+        head = {field: rows[0].get(field) for field in DOC_FIELDS}
+        head["chunks"] = [{field: row[field] for field in CHUNK_FIELDS} for row in rows]
+        return head
