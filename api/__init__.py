@@ -6,7 +6,7 @@ import logging
 
 from flask import Flask
 
-from api import collections, problems
+from api import collections, jobs, problems
 from api.routes import bp, health_bp
 from api.services import Services
 from common.settings import Settings, get_settings
@@ -22,6 +22,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     problems.register(app)
     app.register_blueprint(bp)
     app.register_blueprint(collections.bp)
+    app.register_blueprint(jobs.bp)
     app.register_blueprint(health_bp)
     logging.basicConfig(level=logging.INFO)
     return app

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
@@ -11,13 +10,11 @@ from api.schemas import AskRequest, IngestRequest, UploadForm
 from api.services import services, submit
 from api.uploads import save_json_documents, save_uploaded_files
 from celeryconfig import ASK_TASK, INGEST_TASK
-from common.errors import InvalidRequest, NotFound, UnsupportedMediaType
+from common.errors import InvalidRequest, UnsupportedMediaType
 from common.filters import render_filter
-from common.reports import STATUSES
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 health_bp = Blueprint("health", __name__)
-JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 MAX_PAGE = 1000
 
 
@@ -84,47 +81,6 @@ def post_ask() -> Response:
         "filters": body.filters,
     }
     return submit("ask", ASK_TASK, lambda _: (task_kwargs, 1))
-
-
-def _wait_seconds() -> float:
-    raw = request.args.get("wait")
-    if raw is None:
-        return 0.0
-    try:
-        wait = float(raw)
-    except ValueError:
-        raise InvalidRequest("wait must be a number of seconds") from None
-    if not 0 <= wait < float("inf"):
-        raise InvalidRequest("wait must be a non-negative number of seconds")
-    return min(wait, services().settings.max_wait_s)
-
-
-def _known_job(job_id: str) -> None:
-    if not JOB_ID.match(job_id) or services().jobs.get(job_id) is None:
-        raise NotFound(f"no job {job_id!r} (never submitted, or expired)")
-
-
-@bp.get("/jobs/<job_id>")
-def get_job(job_id: str) -> Response:
-    wait = _wait_seconds()
-    _known_job(job_id)
-    jobs = services().jobs
-    record = jobs.wait(job_id, wait) if wait > 0 else jobs.get(job_id)
-    if record is None:
-        raise NotFound(f"no job {job_id!r} (never submitted, or expired)")
-    return jsonify(record.to_json())
-
-
-@bp.get("/jobs/<job_id>/documents")
-def get_job_documents(job_id: str) -> Response:
-    """What happened to each document of an ingest job, paged; `?status=failed` for the failures."""
-    _known_job(job_id)
-    status = request.args.get("status")
-    if status is not None and status not in STATUSES:
-        raise InvalidRequest(f"status must be one of {', '.join(STATUSES)}")
-    offset = int_arg("offset", 0, 0, 10**9)
-    limit = int_arg("limit", 100, 1, MAX_PAGE)
-    return jsonify(services().reports.page(job_id, status, offset, limit))
 
 
 @health_bp.get("/healthz")

@@ -130,9 +130,9 @@ def submit(kind: str, task: str, build: Callable[[str], tuple[dict[str, Any], in
     svc = services()
     job_id = uuid.uuid4().hex
     kwargs, total = build(job_id)
-    svc.jobs.create(job_id, kind, total)
+    svc.jobs.create(job_id, kind, total, kwargs)
     svc.enqueue(task, job_id, kwargs)
-    status_url = url_for("api.get_job", job_id=job_id)
+    status_url = url_for("jobs.get_job", job_id=job_id)
     response = jsonify({"job_id": job_id, "status_url": status_url})
     response.status_code = 202
     response.headers["Location"] = status_url

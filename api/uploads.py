@@ -11,7 +11,7 @@ from flask import request
 from werkzeug.datastructures import FileStorage
 
 from api.schemas import DocumentIn
-from common.errors import InvalidRequest, UnsupportedMediaType
+from common.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from common.settings import Settings
 from common.types import Document
 from ingestion.parsing import SUPPORTED_SUFFIXES, sanitize_filename, write_documents_jsonl
@@ -32,7 +32,7 @@ def content_id(text: str) -> str:
 
 def save_json_documents(job_id: str, docs: list[DocumentIn], settings: Settings) -> tuple[Source, int]:
     if len(docs) > settings.max_documents_per_request:
-        raise InvalidRequest(f"at most {settings.max_documents_per_request} documents per request")
+        raise PayloadTooLarge(f"at most {settings.max_documents_per_request} documents per request")
     parsed = [
         Document(id=doc.id or content_id(doc.text), text=doc.text, title=doc.title, metadata=doc.metadata)
         for doc in docs
@@ -69,7 +69,7 @@ def save_uploaded_files(
 ) -> tuple[Source, int]:
     files = _uploaded_files()
     if len(files) > settings.max_documents_per_request:
-        raise InvalidRequest(f"at most {settings.max_documents_per_request} files per request")
+        raise PayloadTooLarge(f"at most {settings.max_documents_per_request} files per request")
     names = [sanitize_filename(item.filename or "file") for item in files]
     _check_types(names)
     _reject_duplicate_ids(names)

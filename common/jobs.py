@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -27,10 +28,15 @@ class JobState(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
     @property
     def terminal(self) -> bool:
-        return self in (JobState.SUCCEEDED, JobState.FAILED)
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+class JobCancelled(Exception):
+    """Raised inside a task when a client cancelled its job; the job ends `cancelled`, not `failed`."""
 
 
 _CELERY_STATES = {
@@ -114,12 +120,32 @@ class JobStore:
     def channel(job_id: str) -> str:
         return KEY_PREFIX + job_id + ":events"
 
-    def create(self, job_id: str, kind: str, total: int) -> JobRecord:
+    def create(self, job_id: str, kind: str, total: int, request: dict[str, Any]) -> JobRecord:
+        """Record a job before it is queued; `request` (the task's kwargs) is kept for retries."""
         record = JobRecord(job_id=job_id, kind=kind, progress={"done": 0, "total": total})
         fields = record.to_json()
         fields.pop("job_id")
-        self._write(job_id, fields)
+        self._write(job_id, {**fields, "request": request})
         return record
+
+    def request(self, job_id: str) -> dict[str, Any] | None:
+        raw = self._call(lambda: self.client.hget(self.key(job_id), "request"))
+        return json.loads(raw) if raw else None
+
+    def cancel(self, job_id: str) -> None:
+        """Ask for cancellation; a job not yet started ends now, a running one at its next checkpoint."""
+        self._write(job_id, {"cancel_requested": True})
+        record = self.get(job_id)
+        if record is not None and record.state is JobState.QUEUED:
+            self.mark_cancelled(job_id)
+
+    def check_cancelled(self, job_id: str) -> None:
+        """Called by tasks between units of work."""
+        if self._call(lambda: self.client.hget(self.key(job_id), "cancel_requested")) == b"true":
+            raise JobCancelled(job_id)
+
+    def mark_cancelled(self, job_id: str) -> None:
+        self._finish(job_id, {"state": JobState.CANCELLED.value, "error": "cancelled by request"})
 
     def get(self, job_id: str) -> JobRecord | None:
         """One round trip: the record and Celery's own meta, reconciled."""
@@ -169,6 +195,12 @@ class JobStore:
                     pubsub.get_message(timeout=min(remaining, 1.0))
                     record = self.get(job_id)
                 return record
+        except redis.RedisError as exc:
+            raise ServiceUnavailable(f"job store (Redis) unreachable: {exc}") from exc
+
+    def _call(self, action: Callable[[], Any]) -> Any:
+        try:
+            return action()
         except redis.RedisError as exc:
             raise ServiceUnavailable(f"job store (Redis) unreachable: {exc}") from exc
 

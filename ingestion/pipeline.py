@@ -62,8 +62,18 @@ def content_hash(doc: Document) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def load_documents(source: dict[str, Any], uploads: Path) -> Iterator[Item]:
-    """Documents of an upload as the API stored them; paths are relative to the shared upload dir."""
+def load_documents(source: dict[str, Any], uploads: Path, only: list[str] | None = None) -> Iterator[Item]:
+    """Documents of an upload as the API stored them (`only`: just these ids, for a retry)."""
+    items = _read_source(source, uploads)
+    if only is None:
+        yield from items
+        return
+    wanted = set(only)
+    yield from (item for item in items if (item.id if isinstance(item, Document) else item.doc_id) in wanted)
+
+
+def _read_source(source: dict[str, Any], uploads: Path) -> Iterator[Item]:
+    """Paths in `source` are relative to the shared upload dir."""
     if source.get("kind") == "jsonl":
         yield from read_documents_jsonl(uploads / source["path"])
         return

@@ -14,6 +14,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from celeryconfig import ASK_TASK, DELETE_TASK, INGEST_TASK
 from common.errors import RETRIABLE_ERRORS, QuarryError
+from common.jobs import JobCancelled
 from common.reports import Outcome
 from ingestion.pipeline import OnDuplicate, Tally, ingest_documents, load_documents
 from workers.app import app
@@ -42,7 +43,9 @@ class JobTask(Task):  # type: ignore[misc]
     retry_jitter = True
 
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
-        runtime().jobs.mark_running(task_id)
+        jobs = runtime().jobs
+        jobs.check_cancelled(task_id)  # raising here skips the body: work not started does not run
+        jobs.mark_running(task_id)
 
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
         runtime().jobs.mark_succeeded(task_id, retval)
@@ -51,6 +54,9 @@ class JobTask(Task):  # type: ignore[misc]
         runtime().jobs.note_retry(task_id, failure_reason(exc))
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        if isinstance(exc, JobCancelled):
+            runtime().jobs.mark_cancelled(task_id)
+            return
         log.warning("job %s failed: %s", task_id, failure_reason(exc))
         runtime().jobs.mark_failed(task_id, failure_reason(exc))
 
@@ -63,6 +69,7 @@ def ingest(
     source: dict[str, Any],
     total: int,
     on_duplicate: OnDuplicate = "skip",
+    only: list[str] | None = None,
 ) -> dict[str, Any]:
     rt = runtime()
     job_id = self.request.id
@@ -70,9 +77,10 @@ def ingest(
     def report(outcomes: list[Outcome], tally: Tally) -> None:
         rt.reports.record(job_id, outcomes)
         rt.jobs.set_progress(job_id, tally.progress())
+        rt.jobs.check_cancelled(job_id)  # between batches: what is written stays, the rest never runs
 
     return ingest_documents(
-        load_documents(source, rt.settings.uploads),
+        load_documents(source, rt.settings.uploads, only),
         collection=collection,
         total=total,
         on_duplicate=on_duplicate,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -60,10 +61,15 @@ def test_on_duplicate_error_fails_only_the_existing_documents(stack: Stack, bulk
     assert "already exists" in failed["items"][0]["reason"]
 
 
-def test_partial_failure_reports_each_document(stack: Stack) -> None:
+def _failed(stack: Stack, job_id: str) -> dict[str, str]:
+    failed = stack.get(f"/api/v1/jobs/{job_id}/documents", params={"status": "failed"}).json()
+    return {item["doc_id"]: item["reason"] for item in failed["items"]}
+
+
+def test_partial_failure_reports_each_document_and_retry_reruns_only_failures(stack: Stack) -> None:
     files = [
         ("files", ("good.txt", b"Volcanic glass is called obsidian.", "text/plain")),
-        ("files", ("bad.txt", b"\xff\xfe not utf-8 \xff", "text/plain")),
+        ("files", ("corrupt.pdf", b"%PDF-1.4\n1 0 obj << /Type /Catalog >> garbage", "application/pdf")),
         ("files", ("run.exe", b"MZ\x90\x00", "application/octet-stream")),
         ("files", ("also-good.md", b"# Moss\n\nMoss grows on the north side.", "text/markdown")),
     ]
@@ -72,10 +78,36 @@ def test_partial_failure_reports_each_document(stack: Stack) -> None:
     assert (job["result"]["succeeded"], job["result"]["failed"]) == (2, 2)
     pages = stack.get(f"/api/v1/jobs/{job['job_id']}/documents", params={"limit": 1}).json()
     assert pages["total"] == 4 and len(pages["items"]) == 1 and pages["next_offset"] == 1
-    failed = stack.get(f"/api/v1/jobs/{job['job_id']}/documents", params={"status": "failed"}).json()
-    reasons = {item["doc_id"]: item["reason"] for item in failed["items"]}
-    assert set(reasons) == {"bad.txt", "run.exe"}
-    assert "UTF-8" in reasons["bad.txt"] and ".exe" in reasons["run.exe"]
+    reasons = _failed(stack, job["job_id"])
+    assert set(reasons) == {"corrupt.pdf", "run.exe"}
+    assert "PDF" in reasons["corrupt.pdf"] and ".exe" in reasons["run.exe"]
+
+    retry = submit(stack, f"/api/v1/jobs/{job['job_id']}/retry")
+    assert retry["progress"]["total"] == 2 and retry["progress"]["done"] == 2
+    assert retry["state"] == "failed"  # still corrupt: nothing could be ingested this time either
+    assert set(_failed(stack, retry["job_id"])) == {"corrupt.pdf", "run.exe"}
+    assert stack.post(f"/api/v1/jobs/{retry['job_id']}/retry").status_code == 202
+
+
+def test_cancel_stops_queued_and_running_jobs(stack: Stack) -> None:
+    long = [
+        {"id": f"long-{i}", "text": f"Paragraph {i} about tide pools and anemones. " * 40} for i in range(400)
+    ]
+    running = stack.post("/api/v1/documents", json={"collection": "cancel", "documents": long}).json()
+    queued = stack.post("/api/v1/documents", json={"collection": "cancel", "documents": DOCS}).json()
+    response = stack.delete(f"/api/v1/jobs/{queued['job_id']}")
+    assert response.status_code == 200 and response.json()["state"] == "cancelled"
+    for _ in range(600):  # until the first batch is written (bounded: 60 s)
+        if stack.get(f"/api/v1/jobs/{running['job_id']}").json()["progress"]["done"]:
+            break
+        time.sleep(0.1)
+    assert stack.delete(f"/api/v1/jobs/{running['job_id']}").status_code in (200, 202)
+    ended = stack.wait_job(running["job_id"])
+    assert ended["state"] == "cancelled"
+    assert 0 < ended["progress"]["done"] < len(long)
+    assert stack.wait_job(queued["job_id"])["state"] == "cancelled"
+    assert stack.get(f"/api/v1/jobs/{queued['job_id']}/documents").json()["total"] == 0
+    assert stack.delete(f"/api/v1/jobs/{queued['job_id']}").status_code == 409
 
 
 def test_filters_restrict_the_search(stack: Stack, bulk: dict[str, Any]) -> None:

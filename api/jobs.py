@@ -1,0 +1,86 @@
+"""Following jobs: status (with long-poll), per-document reports, retry of failures, cancellation."""
+
+from __future__ import annotations
+
+import re
+
+from flask import Blueprint, Response, jsonify, request
+
+from api.routes import MAX_PAGE, int_arg
+from api.services import services, submit
+from celeryconfig import INGEST_TASK
+from common.errors import Conflict, InvalidRequest, NotFound
+from common.jobs import JobRecord, JobState
+from common.reports import STATUSES
+
+bp = Blueprint("jobs", __name__, url_prefix="/api/v1/jobs")
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _wait_seconds() -> float:
+    raw = request.args.get("wait")
+    if raw is None:
+        return 0.0
+    try:
+        wait = float(raw)
+    except ValueError:
+        raise InvalidRequest("wait must be a number of seconds") from None
+    if not 0 <= wait < float("inf"):
+        raise InvalidRequest("wait must be a non-negative number of seconds")
+    return min(wait, services().settings.max_wait_s)
+
+
+def _job_or_404(job_id: str) -> JobRecord:
+    record = services().jobs.get(job_id) if JOB_ID.match(job_id) else None
+    if record is None:
+        raise NotFound(f"no job {job_id!r} (never submitted, or expired)")
+    return record
+
+
+@bp.get("/<job_id>")
+def get_job(job_id: str) -> Response:
+    wait = _wait_seconds()
+    record = _job_or_404(job_id)
+    if wait > 0 and not record.state.terminal:
+        record = services().jobs.wait(job_id, wait) or record
+    return jsonify(record.to_json())
+
+
+@bp.get("/<job_id>/documents")
+def get_job_documents(job_id: str) -> Response:
+    """What happened to each document of an ingest job, paged; `?status=failed` for the failures."""
+    _job_or_404(job_id)
+    status = request.args.get("status")
+    if status is not None and status not in STATUSES:
+        raise InvalidRequest(f"status must be one of {', '.join(STATUSES)}")
+    offset = int_arg("offset", 0, 0, 10**9)
+    limit = int_arg("limit", 100, 1, MAX_PAGE)
+    return jsonify(services().reports.page(job_id, status, offset, limit))
+
+
+@bp.post("/<job_id>/retry")
+def retry_job(job_id: str) -> Response:
+    """A new ingest job over the same upload that re-runs only the documents that failed."""
+    record = _job_or_404(job_id)
+    if record.kind != "ingest":
+        raise Conflict(f"job {job_id} is an {record.kind} job; only ingest jobs can be retried")
+    if not record.state.terminal:
+        raise Conflict(f"job {job_id} is still {record.state}; retry it once it has ended")
+    svc = services()
+    failed = [item["doc_id"] for item in svc.reports.all(job_id) if item["status"] == "failed"]
+    original = svc.jobs.request(job_id)
+    if not failed or original is None:
+        raise Conflict(f"job {job_id} has no failed documents to retry")
+    kwargs = {**original, "only": failed, "total": len(failed)}
+    return submit("ingest", INGEST_TASK, lambda _: (kwargs, len(failed)))
+
+
+@bp.delete("/<job_id>")
+def cancel_job(job_id: str) -> tuple[Response, int]:
+    """Cancel: a queued job ends now; a running one stops at its next checkpoint, keeping what it wrote."""
+    record = _job_or_404(job_id)
+    if record.state.terminal:
+        raise Conflict(f"job {job_id} has already ended ({record.state})")
+    services().jobs.cancel(job_id)
+    record = _job_or_404(job_id)
+    return jsonify(record.to_json()), 200 if record.state is JobState.CANCELLED else 202
