@@ -25,7 +25,11 @@ def test_celery_states_map_to_job_states(celery: str, quarry: JobState) -> None:
 
 
 def test_terminal_states() -> None:
-    assert {state for state in JobState if state.terminal} == {JobState.SUCCEEDED, JobState.FAILED}
+    assert {state for state in JobState if state.terminal} == {
+        JobState.SUCCEEDED,
+        JobState.FAILED,
+        JobState.CANCELLED,
+    }
 
 
 def test_record_round_trips_through_redis_encoding() -> None:
