@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -54,6 +55,11 @@ class Tally:
 
 
 Report = Callable[[list[Outcome], Tally], None]
+Lock = Callable[[str, Sequence[str]], AbstractContextManager[None]]
+
+
+def _no_lock(collection: str, doc_ids: Sequence[str]) -> AbstractContextManager[None]:
+    return nullcontext()
 
 
 def content_hash(doc: Document) -> str:
@@ -172,13 +178,17 @@ def ingest_documents(
     store: VectorStore,
     settings: Settings,
     report: Report,
+    lock: Lock = _no_lock,
 ) -> dict[str, Any]:
+    """`lock` holds a batch's documents against concurrent jobs from the hash check to the write."""
     tally = Tally(total=total)
     for batch in _batches(items, settings.ingest_batch_documents):
-        docs = [item for item in batch if isinstance(item, Document)]
-        stored = store.document_hashes(collection, [doc.id for doc in docs])
-        plan = plan_batch(batch, stored, on_duplicate)
-        outcomes = write_batch(plan, collection=collection, embedder=embedder, store=store, settings=settings)
+        ids = [item.id for item in batch if isinstance(item, Document)]
+        with lock(collection, ids):
+            plan = plan_batch(batch, store.document_hashes(collection, ids), on_duplicate)
+            outcomes = write_batch(
+                plan, collection=collection, embedder=embedder, store=store, settings=settings
+            )
         tally.add(outcomes)
         report(outcomes, tally)
     store.flush()

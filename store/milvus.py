@@ -200,7 +200,11 @@ class MilvusStore:
         expr = render_filter({"collection": collection, "doc_id": list(doc_ids), "chunk_index": 0})
         with milvus_errors("query"):
             rows = self.client.query(
-                self.name, filter=expr, output_fields=["doc_id", "content_hash"], limit=len(doc_ids)
+                self.name,
+                filter=expr,
+                output_fields=["doc_id", "content_hash"],
+                limit=len(doc_ids),
+                consistency_level="Strong",  # a write from a moment ago must count, or it is embedded twice
             )
         return {row["doc_id"]: row["content_hash"] for row in rows}
 

@@ -11,6 +11,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from common.jobs import JobStore, connect_redis
+from common.locks import DocumentLocks
 from common.reports import DocumentReports
 from common.settings import Settings, get_settings
 
@@ -32,6 +33,13 @@ class Runtime:
     @cached_property
     def reports(self) -> DocumentReports:
         return DocumentReports(self.jobs.client, self.settings.job_ttl_s)
+
+    @cached_property
+    def locks(self) -> DocumentLocks:
+        s = self.settings
+        return DocumentLocks(
+            self.jobs.client, ttl_s=s.task_soft_time_limit_s, wait_s=s.task_soft_time_limit_s / 2
+        )
 
     @cached_property
     def embedder(self) -> Embedder:

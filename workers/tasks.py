@@ -88,6 +88,7 @@ def ingest(
         store=rt.store,
         settings=rt.settings,
         report=report,
+        lock=rt.locks.hold,
     )
 
 

@@ -1,0 +1,57 @@
+"""Per-document locks on a real Redis, and two identical uploads submitted at the same moment."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import redis
+
+from common.errors import ServiceUnavailable
+from common.locks import DocumentLocks
+from tests.integration.conftest import Stack
+
+
+def test_a_held_document_waits_for_its_holder(stack: Stack) -> None:
+    locks = DocumentLocks(redis.Redis.from_url(stack.redis_url), ttl_s=30, wait_s=10)
+    order: list[str] = []
+    held = threading.Event()
+
+    def first() -> None:
+        with locks.hold("c", ["a", "b"]):
+            held.set()
+            time.sleep(0.5)
+            order.append("first done")
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    held.wait(5)
+    with locks.hold("c", ["b", "z"]):
+        order.append("second in")
+    thread.join()
+    assert order == ["first done", "second in"]
+    with locks.hold("other", ["a"]):  # other collections are independent
+        pass
+
+
+def test_waiting_is_bounded(stack: Stack) -> None:
+    locks = DocumentLocks(redis.Redis.from_url(stack.redis_url), ttl_s=30, wait_s=0.3)
+    with locks.hold("c", ["x"]), pytest.raises(ServiceUnavailable), locks.hold("c", ["x"]):
+        pass
+
+
+def test_identical_uploads_at_the_same_moment_embed_once(stack: Stack) -> None:
+    docs = [{"id": f"same-{i}", "text": f"Identical upload number {i} about comets."} for i in range(20)]
+
+    def post() -> str:
+        response = stack.post("/api/v1/documents", json={"collection": "twins", "documents": docs})
+        return str(response.json()["job_id"])
+
+    with ThreadPoolExecutor(2) as pool:
+        job_ids = list(pool.map(lambda _: post(), range(2)))
+    results = [stack.wait_job(job_id)["result"] for job_id in job_ids]
+    assert sorted(r["succeeded"] for r in results) == [0, 20]
+    assert sorted(r["skipped"] for r in results) == [0, 20]
+    assert stack.get("/api/v1/collections/twins").json()["documents"] == 20
