@@ -7,6 +7,7 @@ from typing import Any
 from common.settings import Settings
 
 INGEST_TASK = "quarry.ingest"
+INGEST_BATCH_TASK = "quarry.ingest_batch"
 ASK_TASK = "quarry.ask"
 DELETE_TASK = "quarry.delete"
 INGEST_QUEUE = "ingest"
@@ -27,6 +28,7 @@ def from_settings(settings: Settings) -> dict[str, Any]:
         # Queues per kind of work, so a bulk ingest never starves questions.
         "task_routes": {
             INGEST_TASK: {"queue": INGEST_QUEUE},
+            INGEST_BATCH_TASK: {"queue": INGEST_QUEUE},
             # Deletes are writes: they share the ingest queue (milvus-lite allows one writer at a time).
             DELETE_TASK: {"queue": INGEST_QUEUE},
             ASK_TASK: {"queue": QUERY_QUEUE},

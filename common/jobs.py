@@ -125,7 +125,7 @@ class JobStore:
         record = JobRecord(job_id=job_id, kind=kind, progress={"done": 0, "total": total})
         fields = record.to_json()
         fields.pop("job_id")
-        self._write(job_id, {**fields, "request": request})
+        self.write(job_id, {**fields, "request": request})
         return record
 
     def request(self, job_id: str) -> dict[str, Any] | None:
@@ -134,14 +134,17 @@ class JobStore:
 
     def cancel(self, job_id: str) -> None:
         """Ask for cancellation; a job not yet started ends now, a running one at its next checkpoint."""
-        self._write(job_id, {"cancel_requested": True})
+        self.write(job_id, {"cancel_requested": True})
         record = self.get(job_id)
         if record is not None and record.state is JobState.QUEUED:
             self.mark_cancelled(job_id)
 
+    def cancel_requested(self, job_id: str) -> bool:
+        return bool(self._call(lambda: self.client.hget(self.key(job_id), "cancel_requested")) == b"true")
+
     def check_cancelled(self, job_id: str) -> None:
         """Called by tasks between units of work."""
-        if self._call(lambda: self.client.hget(self.key(job_id), "cancel_requested")) == b"true":
+        if self.cancel_requested(job_id):
             raise JobCancelled(job_id)
 
     def mark_cancelled(self, job_id: str) -> None:
@@ -166,11 +169,11 @@ class JobStore:
         return record
 
     def mark_running(self, job_id: str) -> None:
-        self._write(job_id, {"state": JobState.RUNNING.value, "started_at": now_iso(), "error": None})
+        self.write(job_id, {"state": JobState.RUNNING.value, "started_at": now_iso(), "error": None})
 
     def set_progress(self, job_id: str, progress: dict[str, int]) -> None:
         """`progress` has at least done and total; ingest jobs add succeeded/failed/skipped/chunks."""
-        self._write(job_id, {"progress": progress})
+        self.write(job_id, {"progress": progress})
 
     def mark_succeeded(self, job_id: str, result: Any) -> None:
         self._finish(job_id, {"state": JobState.SUCCEEDED.value, "result": result, "error": None})
@@ -179,7 +182,7 @@ class JobStore:
         self._finish(job_id, {"state": JobState.FAILED.value, "error": error})
 
     def note_retry(self, job_id: str, error: str) -> None:
-        self._write(job_id, {"error": f"retrying after: {error}"})
+        self.write(job_id, {"error": f"retrying after: {error}"})
 
     def wait(self, job_id: str, timeout_s: float) -> JobRecord | None:
         """Return as soon as the job is terminal, or after `timeout_s` with its current record."""
@@ -205,13 +208,13 @@ class JobStore:
             raise ServiceUnavailable(f"job store (Redis) unreachable: {exc}") from exc
 
     def _finish(self, job_id: str, fields: dict[str, Any]) -> None:
-        self._write(job_id, {**fields, "finished_at": now_iso()})
+        self.write(job_id, {**fields, "finished_at": now_iso()})
         try:
             self.client.publish(self.channel(job_id), fields["state"])
         except redis.RedisError as exc:
             raise ServiceUnavailable(f"job store (Redis) unreachable: {exc}") from exc
 
-    def _write(self, job_id: str, fields: dict[str, Any]) -> None:
+    def write(self, job_id: str, fields: dict[str, Any]) -> None:
         try:
             pipe = self.client.pipeline(transaction=True)
             pipe.hset(self.key(job_id), mapping=_encode(fields))  # type: ignore[arg-type]

@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
 
 from common.errors import DocumentError
-from common.reports import Outcome
+from common.reports import STATUSES, Outcome
 from common.settings import Settings
 from common.types import Chunk, Document, Embedder, VectorStore
 from ingestion.chunking import chunk_document, embedding_text
@@ -25,41 +24,20 @@ OnDuplicate = Literal["skip", "replace", "error"]
 Item = Document | Failure
 
 
-@dataclass
-class Tally:
-    total: int
-    succeeded: int = 0
-    failed: int = 0
-    skipped: int = 0
-    chunks: int = 0
-
-    def add(self, outcomes: list[Outcome]) -> None:
-        for outcome in outcomes:
-            setattr(self, outcome.status, getattr(self, outcome.status) + 1)
-            self.chunks += outcome.chunks
-        self.total = max(self.total, self.done)
-
-    @property
-    def done(self) -> int:
-        return self.succeeded + self.failed + self.skipped
-
-    def progress(self) -> dict[str, int]:
-        return {
-            "done": self.done,
-            "total": self.total,
-            "succeeded": self.succeeded,
-            "failed": self.failed,
-            "skipped": self.skipped,
-            "chunks": self.chunks,
-        }
-
-
-Report = Callable[[list[Outcome], Tally], None]
 Lock = Callable[[str, Sequence[str]], AbstractContextManager[None]]
 
 
 def _no_lock(collection: str, doc_ids: Sequence[str]) -> AbstractContextManager[None]:
     return nullcontext()
+
+
+def count(outcomes: list[Outcome]) -> dict[str, int]:
+    """Per-status totals and chunks written, as the job's progress adds them up."""
+    counts = {status: 0 for status in STATUSES} | {"chunks": 0}
+    for outcome in outcomes:
+        counts[outcome.status] += 1
+        counts["chunks"] += outcome.chunks
+    return counts
 
 
 def content_hash(doc: Document) -> str:
@@ -162,39 +140,20 @@ def write_batch(
     return outcomes
 
 
-def _batches(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
-    iterator = iter(items)
-    while batch := list(islice(iterator, size)):
-        yield batch
-
-
-def ingest_documents(
-    items: Iterable[Item],
+def ingest_batch(
+    items: list[Item],
     *,
     collection: str,
-    total: int,
     on_duplicate: OnDuplicate,
     embedder: Embedder,
     store: VectorStore,
     settings: Settings,
-    report: Report,
     lock: Lock = _no_lock,
-) -> dict[str, Any]:
-    """`lock` holds a batch's documents against concurrent jobs from the hash check to the write."""
-    tally = Tally(total=total)
-    for batch in _batches(items, settings.ingest_batch_documents):
-        ids = [item.id for item in batch if isinstance(item, Document)]
-        with lock(collection, ids):
-            plan = plan_batch(batch, store.document_hashes(collection, ids), on_duplicate)
-            outcomes = write_batch(
-                plan, collection=collection, embedder=embedder, store=store, settings=settings
-            )
-        tally.add(outcomes)
-        report(outcomes, tally)
+) -> list[Outcome]:
+    """One batch, one flush. `lock` holds its documents against concurrent jobs from check to write."""
+    ids = [item.id for item in items if isinstance(item, Document)]
+    with lock(collection, ids):
+        plan = plan_batch(items, store.document_hashes(collection, ids), on_duplicate)
+        outcomes = write_batch(plan, collection=collection, embedder=embedder, store=store, settings=settings)
     store.flush()
-    if tally.failed and not (tally.succeeded or tally.skipped):
-        raise DocumentError(
-            f"no document could be ingested: all {tally.failed} failed "
-            "(see the job's documents for each reason)"
-        )
-    return {"collection": collection, **tally.progress()}
+    return outcomes

@@ -11,6 +11,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from common.jobs import JobStore, connect_redis
+from common.ledger import BatchLedger
 from common.locks import DocumentLocks
 from common.reports import DocumentReports
 from common.settings import Settings, get_settings
@@ -33,6 +34,10 @@ class Runtime:
     @cached_property
     def reports(self) -> DocumentReports:
         return DocumentReports(self.jobs.client, self.settings.job_ttl_s)
+
+    @cached_property
+    def ledger(self) -> BatchLedger:
+        return BatchLedger(self.jobs)
 
     @cached_property
     def locks(self) -> DocumentLocks:

@@ -10,14 +10,14 @@ import logging
 from typing import Any
 
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
-from celeryconfig import ASK_TASK, DELETE_TASK, INGEST_TASK
+from celeryconfig import ASK_TASK, DELETE_TASK, INGEST_BATCH_TASK, INGEST_TASK
 from common.errors import RETRIABLE_ERRORS, QuarryError
 from common.jobs import JobCancelled
-from common.reports import Outcome
-from ingestion.pipeline import OnDuplicate, Tally, ingest_documents, load_documents
+from ingestion.pipeline import OnDuplicate, count
 from workers.app import app
+from workers.fanout import enqueue_batches, fail_batch, finalize, finish_batch, run_batch, split_job
 from workers.retrieval import answer
 from workers.runtime import runtime
 
@@ -44,11 +44,17 @@ class JobTask(Task):  # type: ignore[misc]
 
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
         jobs = runtime().jobs
+        record = jobs.get(task_id)
+        if record is not None and record.state.terminal:
+            raise Ignore()  # a redelivered message for a job that already ended: never reopen it
         jobs.check_cancelled(task_id)  # raising here skips the body: work not started does not run
         jobs.mark_running(task_id)
 
+    completes_job = True  # False for a coordinator whose batches end the job
+
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
-        runtime().jobs.mark_succeeded(task_id, retval)
+        if self.completes_job:
+            runtime().jobs.mark_succeeded(task_id, retval)
 
     def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         runtime().jobs.note_retry(task_id, failure_reason(exc))
@@ -61,7 +67,7 @@ class JobTask(Task):  # type: ignore[misc]
         runtime().jobs.mark_failed(task_id, failure_reason(exc))
 
 
-@app.task(name=INGEST_TASK, base=JobTask, bind=True)
+@app.task(name=INGEST_TASK, base=JobTask, bind=True, completes_job=False)
 def ingest(
     self: JobTask,
     *,
@@ -71,25 +77,41 @@ def ingest(
     on_duplicate: OnDuplicate = "skip",
     only: list[str] | None = None,
 ) -> dict[str, Any]:
-    rt = runtime()
-    job_id = self.request.id
-
-    def report(outcomes: list[Outcome], tally: Tally) -> None:
-        rt.reports.record(job_id, outcomes)
-        rt.jobs.set_progress(job_id, tally.progress())
-        rt.jobs.check_cancelled(job_id)  # between batches: what is written stays, the rest never runs
-
-    return ingest_documents(
-        load_documents(source, rt.settings.uploads, only),
-        collection=collection,
-        total=total,
-        on_duplicate=on_duplicate,
-        embedder=rt.embedder,
-        store=rt.store,
-        settings=rt.settings,
-        report=report,
-        lock=rt.locks.hold,
+    """Coordinator: parse the upload into batch files and fan out one task per batch."""
+    rt, job_id = runtime(), self.request.id
+    paths = split_job(rt, job_id, source, only)
+    if not paths:
+        finalize(rt, job_id, collection)
+    enqueue_batches(
+        rt, app.send_task, job_id, paths, {"collection": collection, "on_duplicate": on_duplicate}
     )
+    return {"batches": len(paths)}
+
+
+class BatchTask(Task):  # type: ignore[misc]
+    """One batch of an ingest job. Retries retriable errors; after that its documents fail, with why."""
+
+    autoretry_for = RETRIABLE_ERRORS
+    max_retries = 5
+    retry_backoff = 2
+    retry_backoff_max = 60
+    retry_jitter = True
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        rt, reason = runtime(), failure_reason(exc)
+        log.warning("batch %s of job %s failed: %s", kwargs["index"], kwargs["job_id"], reason)
+        outcomes = fail_batch(rt, kwargs["job_id"], kwargs["path"], reason)
+        finish_batch(rt, kwargs["job_id"], kwargs["index"], outcomes, kwargs["collection"])
+
+
+@app.task(name=INGEST_BATCH_TASK, base=BatchTask, bind=True)
+def ingest_batch(
+    self: BatchTask, *, job_id: str, index: int, path: str, collection: str, on_duplicate: OnDuplicate
+) -> dict[str, int]:
+    rt = runtime()
+    outcomes = run_batch(rt, job_id, path, collection, on_duplicate)
+    finish_batch(rt, job_id, index, outcomes, collection)
+    return count(outcomes)
 
 
 @app.task(name=ASK_TASK, base=JobTask, bind=True)

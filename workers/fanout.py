@@ -1,0 +1,87 @@
+"""An ingest job fans out into one task per batch of documents; the last batch to end closes the job.
+
+Plain functions over the Runtime; the Celery tasks in `workers.tasks` only call them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celeryconfig import INGEST_BATCH_TASK
+from common.reports import Outcome
+from ingestion.batches import read_batch_file, split_into_batches, write_batch_file
+from ingestion.parsing import Failure
+from ingestion.pipeline import OnDuplicate, count, ingest_batch, load_documents
+from workers.runtime import Runtime
+
+
+def split_job(rt: Runtime, job_id: str, source: dict[str, Any], only: list[str] | None) -> list[str]:
+    """Parse the upload into batch files (relative paths); cancellation is honoured between batches."""
+    paths, total = [], 0
+    batches = split_into_batches(
+        load_documents(source, rt.settings.uploads, only), rt.settings.ingest_batch_documents
+    )
+    for index, batch in enumerate(batches):
+        rt.jobs.check_cancelled(job_id)
+        path = f"{job_id}/batches/{index:05d}.jsonl"
+        write_batch_file(rt.settings.uploads / path, batch)
+        paths.append(path)
+        total += len(batch)
+    rt.ledger.start(job_id, len(paths), total)
+    return paths
+
+
+def enqueue_batches(rt: Runtime, send: Any, job_id: str, paths: list[str], kwargs: dict[str, Any]) -> None:
+    for index, path in enumerate(paths):
+        send(INGEST_BATCH_TASK, kwargs={"job_id": job_id, "index": index, "path": path, **kwargs})
+
+
+def run_batch(
+    rt: Runtime, job_id: str, path: str, collection: str, on_duplicate: OnDuplicate
+) -> list[Outcome]:
+    """Ingest one batch, unless the job was cancelled (then nothing of it runs)."""
+    if rt.jobs.cancel_requested(job_id):
+        return []
+    items = read_batch_file(rt.settings.uploads / path)
+    outcomes = ingest_batch(
+        items,
+        collection=collection,
+        on_duplicate=on_duplicate,
+        embedder=rt.embedder,
+        store=rt.store,
+        settings=rt.settings,
+        lock=rt.locks.hold,
+    )
+    rt.reports.record(job_id, outcomes)
+    return outcomes
+
+
+def fail_batch(rt: Runtime, job_id: str, path: str, reason: str) -> list[Outcome]:
+    """A batch that could not be written after its retries: each of its documents failed, with why."""
+    items = read_batch_file(rt.settings.uploads / path)
+    ids = [item.doc_id if isinstance(item, Failure) else item.id for item in items]
+    outcomes = [Outcome(doc_id, "failed", reason) for doc_id in ids]
+    rt.reports.record(job_id, outcomes)
+    return outcomes
+
+
+def finish_batch(rt: Runtime, job_id: str, index: int, outcomes: list[Outcome], collection: str) -> None:
+    if rt.ledger.finish_batch(job_id, index, count(outcomes)):
+        finalize(rt, job_id, collection)
+
+
+def finalize(rt: Runtime, job_id: str, collection: str) -> None:
+    """The job's end state from its totals: failed only when nothing could be ingested."""
+    record = rt.jobs.get(job_id)
+    progress = record.progress if record else {}
+    if rt.jobs.cancel_requested(job_id):
+        rt.jobs.mark_cancelled(job_id)
+    elif progress.get("total", 0) == 0:
+        rt.jobs.mark_failed(job_id, "the upload contained no documents")
+    elif progress.get("failed") and not (progress.get("succeeded") or progress.get("skipped")):
+        rt.jobs.mark_failed(
+            job_id,
+            f"no document could be ingested: all {progress['failed']} failed (see the job's documents)",
+        )
+    else:
+        rt.jobs.mark_succeeded(job_id, {"collection": collection, **progress})
