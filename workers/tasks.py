@@ -33,14 +33,18 @@ def failure_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-class JobTask(Task):  # type: ignore[misc]
-    """Base task that mirrors Celery's lifecycle into the job record (job id = task id)."""
+class RetriableTask(Task):  # type: ignore[misc]
+    """Retry only retriable errors (infrastructure unreachable), with exponential backoff and jitter."""
 
     autoretry_for = RETRIABLE_ERRORS
     max_retries = 5
     retry_backoff = 2
     retry_backoff_max = 60
     retry_jitter = True
+
+
+class JobTask(RetriableTask):
+    """Base task that mirrors Celery's lifecycle into the job record (job id = task id)."""
 
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
         jobs = runtime().jobs
@@ -88,14 +92,8 @@ def ingest(
     return {"batches": len(paths)}
 
 
-class BatchTask(Task):  # type: ignore[misc]
-    """One batch of an ingest job. Retries retriable errors; after that its documents fail, with why."""
-
-    autoretry_for = RETRIABLE_ERRORS
-    max_retries = 5
-    retry_backoff = 2
-    retry_backoff_max = 60
-    retry_jitter = True
+class BatchTask(RetriableTask):
+    """One batch of an ingest job. After its retries, each of its documents fails with the reason."""
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         rt, reason = runtime(), failure_reason(exc)

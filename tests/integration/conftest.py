@@ -46,6 +46,14 @@ class Stack:
     def delete(self, path: str, **kwargs: Any) -> requests.Response:
         return requests.delete(self.url + path, timeout=30, **kwargs)
 
+    def run(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        """Submit like a client (202 + Location), then wait for the job to end."""
+        response = self.post(path, **kwargs)
+        assert response.status_code == 202, response.text
+        body = response.json()
+        assert response.headers["Location"] == body["status_url"] == f"/api/v1/jobs/{body['job_id']}"
+        return self.wait_job(body["job_id"])
+
     def wait_job(self, job_id: str, timeout_s: float = 180) -> dict[str, Any]:
         """Long-poll until the job ends, as a client would."""
         deadline = time.monotonic() + timeout_s

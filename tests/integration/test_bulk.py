@@ -22,27 +22,21 @@ DOCS = [
 ]
 
 
-def submit(stack: Stack, path: str, **kwargs: Any) -> dict[str, Any]:
-    response = stack.post(path, **kwargs)
-    assert response.status_code == 202, response.text
-    return stack.wait_job(response.json()["job_id"])
-
-
 def ask(stack: Stack, question: str, **extra: Any) -> list[dict[str, Any]]:
-    job = submit(stack, "/api/v1/ask", json={"question": question, "collection": "bulk", **extra})
+    job = stack.run("/api/v1/ask", json={"question": question, "collection": "bulk", **extra})
     assert job["state"] == "succeeded", job
     return job["result"]["passages"]  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="module")
 def bulk(stack: Stack) -> dict[str, Any]:
-    job = submit(stack, "/api/v1/documents", json={"collection": "bulk", "documents": DOCS})
+    job = stack.run("/api/v1/documents", json={"collection": "bulk", "documents": DOCS})
     assert job["state"] == "succeeded", job
     return job
 
 
 def test_posting_the_same_documents_again_writes_nothing(stack: Stack, bulk: dict[str, Any]) -> None:
-    again = submit(stack, "/api/v1/documents", json={"collection": "bulk", "documents": DOCS})
+    again = stack.run("/api/v1/documents", json={"collection": "bulk", "documents": DOCS})
     assert again["state"] == "succeeded"
     assert again["result"]["skipped"] == len(DOCS) and again["result"]["chunks"] == 0
     report = stack.get(f"/api/v1/jobs/{again['job_id']}/documents", params={"status": "skipped"}).json()
@@ -51,8 +45,8 @@ def test_posting_the_same_documents_again_writes_nothing(stack: Stack, bulk: dic
 
 def test_on_duplicate_error_fails_only_the_existing_documents(stack: Stack, bulk: dict[str, Any]) -> None:
     docs = [DOCS[0], {"id": "fresh", "text": "Brand new text about lighthouses."}]
-    job = submit(
-        stack, "/api/v1/documents", json={"collection": "bulk", "documents": docs, "on_duplicate": "error"}
+    job = stack.run(
+        "/api/v1/documents", json={"collection": "bulk", "documents": docs, "on_duplicate": "error"}
     )
     assert job["state"] == "succeeded"
     assert (job["result"]["succeeded"], job["result"]["failed"]) == (1, 1)
@@ -73,7 +67,7 @@ def test_partial_failure_reports_each_document_and_retry_reruns_only_failures(st
         ("files", ("run.exe", b"MZ\x90\x00", "application/octet-stream")),
         ("files", ("also-good.md", b"# Moss\n\nMoss grows on the north side.", "text/markdown")),
     ]
-    job = submit(stack, "/api/v1/documents", files=files, data={"collection": "partial"})
+    job = stack.run("/api/v1/documents", files=files, data={"collection": "partial"})
     assert job["state"] == "succeeded", job
     assert (job["result"]["succeeded"], job["result"]["failed"]) == (2, 2)
     pages = stack.get(f"/api/v1/jobs/{job['job_id']}/documents", params={"limit": 1}).json()
@@ -82,7 +76,7 @@ def test_partial_failure_reports_each_document_and_retry_reruns_only_failures(st
     assert set(reasons) == {"corrupt.pdf", "run.exe"}
     assert "PDF" in reasons["corrupt.pdf"] and ".exe" in reasons["run.exe"]
 
-    retry = submit(stack, f"/api/v1/jobs/{job['job_id']}/retry")
+    retry = stack.run(f"/api/v1/jobs/{job['job_id']}/retry")
     assert retry["progress"]["total"] == 2 and retry["progress"]["done"] == 2
     assert retry["state"] == "failed"  # still corrupt: nothing could be ingested this time either
     assert set(_failed(stack, retry["job_id"])) == {"corrupt.pdf", "run.exe"}
@@ -130,8 +124,7 @@ def test_collection_pages(stack: Stack, bulk: dict[str, Any]) -> None:
 
 
 def test_deleting_a_document_removes_it_from_search(stack: Stack, bulk: dict[str, Any]) -> None:
-    submit(
-        stack,
+    stack.run(
         "/api/v1/documents",
         json={
             "collection": "bulk",

@@ -44,18 +44,9 @@ DOCUMENTS = [
 ]
 
 
-def _submit(stack: Stack, path: str, **kwargs: Any) -> str:
-    response = stack.post(path, **kwargs)
-    assert response.status_code == 202, response.text
-    body = response.json()
-    assert response.headers["Location"] == body["status_url"] == f"/api/v1/jobs/{body['job_id']}"
-    return str(body["job_id"])
-
-
 @pytest.fixture(scope="module")
 def ingested(stack: Stack) -> dict[str, Any]:
-    job_id = _submit(stack, "/api/v1/documents", json={"documents": DOCUMENTS, "collection": "science"})
-    job = stack.wait_job(job_id)
+    job = stack.run("/api/v1/documents", json={"documents": DOCUMENTS, "collection": "science"})
     assert job["state"] == "succeeded", job
     return job
 
@@ -88,7 +79,7 @@ def test_ingest_job_reports_progress_and_result(ingested: dict[str, Any]) -> Non
 def test_ask_returns_the_answering_document_first(
     stack: Stack, ingested: dict[str, Any], question: str, expected: str
 ) -> None:
-    job = stack.wait_job(_submit(stack, "/api/v1/ask", json={"question": question, "collection": "science"}))
+    job = stack.run("/api/v1/ask", json={"question": question, "collection": "science"})
     assert job["state"] == "succeeded", job
     passages = job["result"]["passages"]
     assert passages[0]["doc_id"] == expected
@@ -99,21 +90,18 @@ def test_ask_returns_the_answering_document_first(
 
 
 def test_ask_without_reranker_and_other_collection(stack: Stack, ingested: dict[str, Any]) -> None:
-    job = stack.wait_job(
-        _submit(
-            stack,
-            "/api/v1/ask",
-            json={
-                "question": "coffee brewed under pressure",
-                "collection": "science",
-                "rerank": False,
-                "top_k": 2,
-            },
-        )
+    job = stack.run(
+        "/api/v1/ask",
+        json={
+            "question": "coffee brewed under pressure",
+            "collection": "science",
+            "rerank": False,
+            "top_k": 2,
+        },
     )
     assert job["result"]["passages"][0]["doc_id"] == "espresso"
     assert job["result"]["reranker"] is None and len(job["result"]["passages"]) == 2
-    empty = stack.wait_job(_submit(stack, "/api/v1/ask", json={"question": "coffee", "collection": "other"}))
+    empty = stack.run("/api/v1/ask", json={"question": "coffee", "collection": "other"})
     assert empty["state"] == "succeeded" and empty["result"]["passages"] == []
 
 
@@ -129,54 +117,41 @@ def test_multipart_upload_of_text_files(stack: Stack) -> None:
         ),
         ("files", ("plain.txt", b"Honey bees communicate with a waggle dance.", "text/plain")),
     ]
-    job = stack.wait_job(_submit(stack, "/api/v1/documents", files=files, data={"collection": "uploads"}))
+    job = stack.run("/api/v1/documents", files=files, data={"collection": "uploads"})
     assert job["state"] == "succeeded", job
-    answer = stack.wait_job(
-        _submit(
-            stack, "/api/v1/ask", json={"question": "how do bees talk to each other", "collection": "uploads"}
-        )
+    answer = stack.run(
+        "/api/v1/ask", json={"question": "how do bees talk to each other", "collection": "uploads"}
     )
     assert answer["result"]["passages"][0]["doc_id"] == "plain.txt"
-    glacier = stack.wait_job(
-        _submit(stack, "/api/v1/ask", json={"question": "ice carving valleys", "collection": "uploads"})
-    )
+    glacier = stack.run("/api/v1/ask", json={"question": "ice carving valleys", "collection": "uploads"})
     assert glacier["result"]["passages"][0]["title"] == "Glaciers"
 
 
 def test_reingesting_a_document_replaces_its_chunks(stack: Stack) -> None:
     long_text = " ".join(f"Sentence number {i} talks about lighthouses and ships." for i in range(120))
-    first = stack.wait_job(
-        _submit(
-            stack,
-            "/api/v1/documents",
-            json={"collection": "replace", "documents": [{"id": "doc", "text": long_text}]},
-        )
+    first = stack.run(
+        "/api/v1/documents",
+        json={"collection": "replace", "documents": [{"id": "doc", "text": long_text}]},
     )
     assert first["result"]["chunks"] > 1
-    second = stack.wait_job(
-        _submit(
-            stack,
-            "/api/v1/documents",
-            json={
-                "collection": "replace",
-                "documents": [{"id": "doc", "text": "Now it is about submarines."}],
-            },
-        )
+    second = stack.run(
+        "/api/v1/documents",
+        json={
+            "collection": "replace",
+            "documents": [{"id": "doc", "text": "Now it is about submarines."}],
+        },
     )
     assert second["result"]["chunks"] == 1
-    answer = stack.wait_job(
-        _submit(
-            stack,
-            "/api/v1/ask",
-            json={"question": "lighthouses", "collection": "replace", "top_k": 10, "rerank": False},
-        )
+    answer = stack.run(
+        "/api/v1/ask",
+        json={"question": "lighthouses", "collection": "replace", "top_k": 10, "rerank": False},
     )
     assert [p["chunk_index"] for p in answer["result"]["passages"]] == [0]
 
 
 def test_failing_task_marks_the_job_failed_with_reason(stack: Stack) -> None:
     files = [("files", ("latin1.txt", "caf\xe9 cr\xe8me".encode("latin-1"), "text/plain"))]
-    job = stack.wait_job(_submit(stack, "/api/v1/documents", files=files))
+    job = stack.run("/api/v1/documents", files=files)
     assert job["state"] == "failed"
     assert "no document could be ingested" in job["error"]
     assert job["result"] is None and job["finished_at"]
@@ -195,7 +170,8 @@ def test_unknown_job_is_404_problem(stack: Stack) -> None:
 
 
 def test_long_poll_returns_when_job_ends(stack: Stack, ingested: dict[str, Any]) -> None:
-    job_id = _submit(stack, "/api/v1/ask", json={"question": "espresso crema", "collection": "science"})
+    response = stack.post("/api/v1/ask", json={"question": "espresso crema", "collection": "science"})
+    job_id = response.json()["job_id"]
     body = stack.get(f"/api/v1/jobs/{job_id}", params={"wait": 25}).json()
     assert body["state"] == "succeeded"
 
