@@ -73,12 +73,15 @@ def post_ask() -> Response:
     if "collection" in body.filters:
         raise InvalidRequest("choose the collection with the `collection` field, not a filter")
     render_filter(body.filters)  # refuse bad filters here, with a 422, not in the worker
+    if body.exact and (body.mode or "hybrid") != "dense":
+        raise InvalidRequest('exact search is a dense-only reference: send "mode": "dense" with it')
     task_kwargs = {
         "question": body.question,
         "collection": body.collection or settings.default_collection,
         "top_k": top_k,
         "rerank": settings.reranker_backend != "none" if body.rerank is None else body.rerank,
         "filters": body.filters,
+        "options": body.stage_options(),
     }
     return submit("ask", ASK_TASK, lambda _: (task_kwargs, 1))
 

@@ -74,5 +74,16 @@ class AskRequest(BaseModel):
     collection: CollectionName | None = None
     rerank: bool | None = None
     filters: dict[str, Any] = Field(default_factory=dict)
+    # Stage switches (defaults from settings): retrieval mode, exact reference, HNSW ef, RRF k, and how
+    # many candidates the reranker sees.
+    mode: Literal["dense", "bm25", "hybrid"] | None = None
+    exact: bool = False
+    ef: int | None = Field(default=None, ge=1, le=32_768)
+    rrf_k: int | None = Field(default=None, ge=1, le=10_000)
+    candidates: int | None = Field(default=None, ge=1, le=1_000)
+
+    def stage_options(self) -> dict[str, Any]:
+        """Only what the request set; the worker fills the rest from settings."""
+        return self.model_dump(include={"mode", "exact", "ef", "rrf_k", "candidates"}, exclude_none=True)
 
     _question_not_blank = field_validator("question")(_not_blank)

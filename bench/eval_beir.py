@@ -261,6 +261,19 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def stage_switches(args: argparse.Namespace) -> dict[str, Any]:
+    """The ask options a run sets; anything left out takes the server's default."""
+    switches = {
+        "rerank": args.rerank,
+        "mode": args.mode,
+        "ef": args.ef,
+        "rrf_k": args.rrf_k,
+        "candidates": args.candidates,
+        "exact": args.exact or None,
+    }
+    return {key: value for key, value in switches.items() if value is not None}
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options; --rerank is tri-state (None = let the server decide)."""
     p = argparse.ArgumentParser(prog="python -m bench.eval_beir", description=__doc__.splitlines()[0])
@@ -272,6 +285,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=4, help="asks in flight")
     p.add_argument("--top-k", type=int, default=100, help="passages per ask (1..100)")
     p.add_argument("--rerank", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument(
+        "--mode", choices=("dense", "bm25", "hybrid"), help="retrieval mode (server default: hybrid)"
+    )
+    p.add_argument("--exact", action="store_true", help="brute-force dense search (with --mode dense)")
+    p.add_argument("--ef", type=int, help="HNSW search ef")
+    p.add_argument("--rrf-k", type=int, help="RRF k of the hybrid fusion")
+    p.add_argument("--candidates", type=int, help="candidates the reranker sees")
     p.add_argument("--limit", type=int, default=None, help="only the first N judged queries")
     p.add_argument("--batch-size", type=int, default=1000, help="documents per ingest request")
     p.add_argument("--job-timeout", type=float, default=1800.0, help="max seconds to wait for one job")
@@ -298,8 +318,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ingest(client, args.data_dir / "corpus.jsonl", args.collection, args.batch_size, args.job_timeout)
         ingest_s = time.perf_counter() - t0
     body: dict[str, Any] = {"top_k": args.top_k, "collection": args.collection}
-    if args.rerank is not None:
-        body["rerank"] = args.rerank
+    body |= stage_switches(args)
     log(f"ask: {len(selected)} queries, concurrency {args.concurrency}")
     t0 = time.perf_counter()
     report = summarize(ask_all(client, selected, body, args.concurrency, args.job_timeout), qrels)

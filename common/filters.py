@@ -15,7 +15,7 @@ from typing import Any
 
 from common.errors import InvalidRequest
 
-FIELDS = frozenset({"collection", "doc_id", "chunk_index"})
+FIELDS = frozenset({"collection", "doc_id", "chunk_index", "pk"})
 METADATA_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _FORBIDDEN_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 MAX_IN_VALUES = 1000

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -37,17 +37,33 @@ class Chunk:
     metadata: Metadata = field(default_factory=dict)
 
 
+SearchMode = Literal["dense", "bm25", "hybrid"]
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """How one search runs; defaults come from settings, requests may override them (stage switches)."""
+
+    mode: SearchMode = "hybrid"
+    ef: int = 128
+    rrf_k: int = 60
+    dense_candidates: int = 100
+    bm25_candidates: int = 100
+    exact: bool = False  # brute-force dense search: the reference HNSW's recall is measured against
+
+
 @dataclass(frozen=True)
 class Hit:
-    """One chunk returned by the vector store, with the fused hybrid score."""
+    """One chunk returned by the vector store with the scores of the stages that ranked it."""
 
     doc_id: str
     chunk_index: int
     text: str
     title: str
     metadata: Metadata
-    fusion_score: float
+    fusion_score: float | None = None
     dense_score: float | None = None
+    bm25_score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +119,8 @@ class VectorStore(Protocol):
         query_vector: npt.NDArray[np.float32],
         limit: int,
         filters: dict[str, Any] | None = None,
+        *,
+        options: SearchOptions | None = None,
     ) -> list[Hit]: ...
 
     def delete(self, collection: str, doc_ids: Sequence[str] | None = None) -> int: ...

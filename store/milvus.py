@@ -15,7 +15,7 @@ from pymilvus.exceptions import MilvusException
 from common.errors import Conflict, ServiceUnavailable
 from common.filters import render_filter
 from common.settings import Settings
-from common.types import Chunk, Hit
+from common.types import Chunk, Hit, SearchOptions
 from ingestion.chunking import embedding_text
 
 OUTPUT_FIELDS = ["doc_id", "chunk_index", "title", "text", "metadata", "dense"]
@@ -220,42 +220,80 @@ class MilvusStore:
         query_vector: npt.NDArray[np.float32],
         limit: int,
         filters: dict[str, Any] | None = None,
+        *,
+        options: SearchOptions | None = None,
     ) -> list[Hit]:
-        """One hybrid_search: dense HNSW and BM25 over the same filter, fused by RRF in Milvus."""
-        s = self.settings
+        """Dense HNSW, BM25, or one hybrid_search of both fused by RRF in Milvus, over the same filter."""
+        opts = options or self.default_options()
         expr = render_filter({"collection": collection, **(filters or {})})
-        dense_limit, bm25_limit = max(limit, s.dense_candidates), max(limit, s.bm25_candidates)
-        dense = AnnSearchRequest(
-            data=[query_vector.astype(np.float32).tolist()],
+        requests = {
+            "dense": self._dense_request(query_vector, max(limit, opts.dense_candidates), opts.ef, expr),
+            "bm25": AnnSearchRequest(
+                data=[query_text],
+                anns_field="sparse",
+                param={"metric_type": "BM25"},
+                limit=max(limit, opts.bm25_candidates),
+                expr=expr,
+            ),
+        }
+        with milvus_errors("search"):
+            if opts.mode == "hybrid":
+                results = self.client.hybrid_search(
+                    self.name,
+                    list(requests.values()),
+                    RRFRanker(opts.rrf_k),
+                    limit=limit,
+                    output_fields=OUTPUT_FIELDS,
+                )
+            else:
+                req = requests[opts.mode]
+                results = self.client.search(
+                    self.name,
+                    data=req.data,
+                    anns_field=req.anns_field,
+                    search_params=req.param,
+                    limit=limit,
+                    filter=expr,
+                    output_fields=OUTPUT_FIELDS,
+                )
+        return [hit_from_row(raw, query_vector, opts.mode) for raw in results[0]] if results else []
+
+    @staticmethod
+    def _dense_request(vector: npt.NDArray[np.float32], limit: int, ef: int, expr: str) -> AnnSearchRequest:
+        return AnnSearchRequest(
+            data=[vector.astype(np.float32).tolist()],
             anns_field="dense",
-            param={"metric_type": "COSINE", "params": {"ef": max(s.search_ef, dense_limit)}},
-            limit=dense_limit,
+            param={"metric_type": "COSINE", "params": {"ef": max(ef, limit)}},  # HNSW needs ef >= limit
+            limit=limit,
             expr=expr,
         )
-        bm25 = AnnSearchRequest(
-            data=[query_text], anns_field="sparse", param={"metric_type": "BM25"}, limit=bm25_limit, expr=expr
+
+    def default_options(self) -> SearchOptions:
+        s = self.settings
+        return SearchOptions(
+            ef=s.search_ef,
+            rrf_k=s.rrf_k,
+            dense_candidates=s.dense_candidates,
+            bm25_candidates=s.bm25_candidates,
         )
-        with milvus_errors("search"):
-            results = self.client.hybrid_search(
-                self.name, [dense, bm25], RRFRanker(s.rrf_k), limit=limit, output_fields=OUTPUT_FIELDS
-            )
-        return [_hit(raw, query_vector) for raw in results[0]] if results else []
 
     def ping(self) -> str:
         with milvus_errors("ping"):
             return str(self.client.get_server_version())
 
 
-def _hit(raw: dict[str, Any], query_vector: npt.NDArray[np.float32]) -> Hit:
+def hit_from_row(raw: dict[str, Any], query_vector: npt.NDArray[np.float32], mode: str) -> Hit:
     entity = raw.get("entity", raw)
     vector = np.asarray(entity.get("dense", []), dtype=np.float32)
     dense_score = float(vector @ query_vector) if vector.size == query_vector.size else None
+    score = float(raw["distance"])
     return Hit(
         doc_id=entity["doc_id"],
         chunk_index=int(entity["chunk_index"]),
         text=entity["text"],
         title=entity.get("title") or "",
         metadata=entity.get("metadata") or {},
-        fusion_score=float(raw["distance"]),
+        fusion_score=score if mode == "hybrid" else None,
         dense_score=dense_score,
+        bm25_score=abs(score) if mode == "bm25" else None,
     )

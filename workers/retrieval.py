@@ -3,11 +3,32 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
 
 from common.settings import Settings
-from common.types import Chunk, Embedder, Hit, Ranked, Reranker, VectorStore
+from common.types import Chunk, Embedder, Hit, Ranked, Reranker, SearchOptions, VectorStore
 from ingestion.chunking import embedding_text
+
+
+class ExactSearch(Protocol):
+    def search(
+        self, collection: str, query_vector: npt.NDArray[np.float32], limit: int, filters: dict[str, Any]
+    ) -> list[Hit]: ...
+
+
+def search_options(settings: Settings, overrides: dict[str, Any]) -> SearchOptions:
+    """Settings' defaults with a request's stage switches on top."""
+    return SearchOptions(
+        mode=overrides.get("mode", "hybrid"),
+        ef=int(overrides.get("ef", settings.search_ef)),
+        rrf_k=int(overrides.get("rrf_k", settings.rrf_k)),
+        dense_candidates=settings.dense_candidates,
+        bm25_candidates=settings.bm25_candidates,
+        exact=bool(overrides.get("exact", False)),
+    )
 
 
 def _ms(start: float) -> float:
@@ -16,6 +37,8 @@ def _ms(start: float) -> float:
 
 def _passage(hit: Hit, ranked: Ranked | None) -> dict[str, Any]:
     scores: dict[str, float | None] = {"fusion": hit.fusion_score, "dense": hit.dense_score}
+    if hit.bm25_score is not None:
+        scores["bm25"] = hit.bm25_score
     if ranked is not None:
         scores["rerank"] = ranked.model_score
         scores["final"] = ranked.score
@@ -47,6 +70,8 @@ def answer(
     top_k: int,
     rerank: bool,
     filters: dict[str, Any],
+    options: dict[str, Any],
+    exact: ExactSearch,
     embedder: Embedder,
     store: VectorStore,
     reranker: Reranker | None,
@@ -58,18 +83,24 @@ def answer(
     timings["embed_ms"] = _ms(start)
 
     use_reranker = reranker if rerank else None
-    limit = max(top_k, settings.rerank_candidates) if use_reranker else top_k
+    candidates = int(options.get("candidates", settings.rerank_candidates))
+    limit = max(top_k, candidates) if use_reranker else top_k
+    search = search_options(settings, options)
     start = time.perf_counter()
-    hits = store.search(collection, question, vector, limit, filters)
+    if search.exact:
+        hits = exact.search(collection, vector, limit, filters)
+    else:
+        hits = store.search(collection, question, vector, limit, filters, options=search)
     timings["search_ms"] = _ms(start)
 
     ranked: list[tuple[Hit, Ranked | None]] = [(hit, None) for hit in hits]
     if use_reranker is not None and hits:
         start = time.perf_counter()
-        ranked = rerank_hits(question, hits, use_reranker, settings.rerank_candidates)
+        ranked = rerank_hits(question, hits, use_reranker, candidates)
         timings["rerank_ms"] = _ms(start)
     return {
         "collection": collection,
+        "mode": "exact-dense" if search.exact else search.mode,
         "reranker": use_reranker.name if use_reranker else None,
         "passages": [_passage(hit, r) for hit, r in ranked[:top_k]],
         "timings": timings,

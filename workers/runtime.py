@@ -18,6 +18,7 @@ from common.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from common.types import Embedder, Reranker
+    from store.exact import ExactDense
     from store.milvus import MilvusStore
 
 
@@ -34,6 +35,12 @@ class Runtime:
     @cached_property
     def reports(self) -> DocumentReports:
         return DocumentReports(self.jobs.client, self.settings.job_ttl_s)
+
+    @cached_property
+    def exact(self) -> ExactDense:
+        from store.exact import ExactDense
+
+        return ExactDense(self.store)
 
     @cached_property
     def ledger(self) -> BatchLedger:

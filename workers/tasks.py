@@ -121,6 +121,7 @@ def ask(
     top_k: int,
     rerank: bool,
     filters: dict[str, Any] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     rt = runtime()
     result = answer(
@@ -129,6 +130,8 @@ def ask(
         top_k=top_k,
         rerank=rerank,
         filters=filters or {},
+        options=options or {},
+        exact=rt.exact,
         embedder=rt.embedder,
         store=rt.store,
         reranker=rt.reranker,

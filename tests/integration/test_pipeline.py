@@ -218,3 +218,28 @@ def test_bad_input_gets_problem_json(
     assert response.headers["Content-Type"] == "application/problem+json"
     body = response.json()
     assert body["status"] == status and body["detail"]
+
+
+@pytest.mark.parametrize(
+    ("options", "score"),
+    [
+        ({"mode": "dense"}, "dense"),
+        ({"mode": "bm25"}, "bm25"),
+        ({"mode": "dense", "exact": True}, "dense"),
+        ({"mode": "hybrid", "ef": 16, "rrf_k": 10, "candidates": 3}, "fusion"),
+    ],
+)
+def test_stage_switches(stack: Stack, ingested: dict[str, Any], options: dict[str, Any], score: str) -> None:
+    body = {"question": "tides caused by the gravitational pull of the Moon", "collection": "science"}
+    job = stack.run("/api/v1/ask", json={**body, **options, "rerank": False})
+    assert job["state"] == "succeeded", job
+    first = job["result"]["passages"][0]
+    assert first["doc_id"] == "tides"
+    assert first["scores"][score] is not None
+    expected_mode = "exact-dense" if options.get("exact") else options["mode"]
+    assert job["result"]["mode"] == expected_mode
+
+
+def test_exact_search_needs_dense_mode(stack: Stack) -> None:
+    response = stack.post("/api/v1/ask", json={"question": "q", "exact": True})
+    assert response.status_code == 422 and "dense" in response.json()["detail"]

@@ -1,0 +1,68 @@
+"""Exact dense search by brute force over the stored vectors: the reference HNSW is measured against.
+
+Vectors are read once per (filter, row count) and kept in this worker process; a write that changes the
+count reloads them. Meant for evaluation, not for serving large collections.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from common.filters import render_filter
+from common.types import Hit
+from store.milvus import OUTPUT_FIELDS, MilvusStore, hit_from_row, milvus_errors
+
+PAGE = 4096
+
+
+class ExactDense:
+    def __init__(self, store: MilvusStore) -> None:
+        self.store = store
+        self._cache: dict[str, tuple[int, list[str], npt.NDArray[np.float32]]] = {}
+
+    def _count(self, expr: str) -> int:
+        with milvus_errors("count"):
+            rows = self.store.client.query(self.store.name, filter=expr, output_fields=["count(*)"])
+        return int(rows[0]["count(*)"]) if rows else 0
+
+    def _vectors(self, expr: str) -> tuple[list[str], npt.NDArray[np.float32]]:
+        count = self._count(expr)
+        cached = self._cache.get(expr)
+        if cached is None or cached[0] != count:
+            ids: list[str] = []
+            vectors: list[list[float]] = []
+            with milvus_errors("query_iterator"):
+                iterator = self.store.client.query_iterator(
+                    self.store.name, batch_size=PAGE, filter=expr, output_fields=["pk", "dense"]
+                )
+                while page := iterator.next():
+                    ids += [row["pk"] for row in page]
+                    vectors += [row["dense"] for row in page]
+                iterator.close()
+            matrix = np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1)
+            self._cache[expr] = cached = (count, ids, matrix)
+        return cached[1], cached[2]
+
+    def search(
+        self, collection: str, query_vector: npt.NDArray[np.float32], limit: int, filters: dict[str, Any]
+    ) -> list[Hit]:
+        expr = render_filter({"collection": collection, **filters})
+        ids, matrix = self._vectors(expr)
+        if not ids:
+            return []
+        scores = matrix @ query_vector.astype(np.float32)
+        top = np.argsort(-scores)[:limit]
+        wanted = [ids[i] for i in top]
+        with milvus_errors("query"):
+            rows = self.store.client.query(
+                self.store.name, filter=render_filter({"pk": wanted}), output_fields=["pk", *OUTPUT_FIELDS]
+            )
+        by_pk = {row["pk"]: row for row in rows}
+        return [
+            hit_from_row({"entity": by_pk[pk], "distance": float(scores[i])}, query_vector, "dense")
+            for pk, i in zip(wanted, top, strict=True)
+            if pk in by_pk
+        ]
