@@ -49,7 +49,8 @@ def post_documents() -> Response:
     collection = collection or settings.default_collection
 
     def kwargs(job_id: str) -> tuple[dict[str, Any], int]:
-        source, total = save(job_id)
+        source, total = save(job_id)  # raises on a refused upload, before anything is registered
+        services().collections.add(collection)
         return {
             "collection": collection,
             "source": source,
@@ -57,7 +58,6 @@ def post_documents() -> Response:
             "on_duplicate": on_duplicate,
         }, total
 
-    services().collections.add(collection)
     return submit("ingest", INGEST_TASK, kwargs)
 
 
