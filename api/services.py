@@ -6,14 +6,14 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import redis
 from flask import Response, current_app, jsonify, url_for
 from kombu.exceptions import KombuError, OperationalError
 
 from common.errors import ServiceUnavailable
-from common.jobs import JobStore, connect_redis
+from common.jobs import JobStore, connect_redis, redis_errors
 from common.queueing import make_celery
 from common.reports import DocumentReports
 from common.settings import Settings
@@ -32,21 +32,17 @@ class CollectionNames:
         self.client = client
 
     def add(self, name: str) -> None:
-        self._call(lambda: self.client.sadd(self.KEY, name))
+        with redis_errors():
+            self.client.sadd(self.KEY, name)
 
     def remove(self, name: str) -> None:
-        self._call(lambda: self.client.srem(self.KEY, name))
+        with redis_errors():
+            self.client.srem(self.KEY, name)
 
     def names(self) -> set[str]:
-        raw = self._call(lambda: self.client.smembers(self.KEY))
+        with redis_errors():
+            raw = cast(set[bytes], self.client.smembers(self.KEY))  # the client does not decode
         return {item.decode() for item in raw}
-
-    @staticmethod
-    def _call(action: Callable[[], Any]) -> Any:
-        try:
-            return action()
-        except redis.RedisError as exc:
-            raise ServiceUnavailable(f"Redis unreachable: {exc}") from exc
 
 
 class Services:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -129,7 +130,8 @@ class JobStore:
         return record
 
     def request(self, job_id: str) -> dict[str, Any] | None:
-        raw = self._call(lambda: self.client.hget(self.key(job_id), "request"))
+        with redis_errors():
+            raw = self.client.hget(self.key(job_id), "request")
         return json.loads(raw) if raw else None
 
     def cancel(self, job_id: str) -> None:
@@ -140,7 +142,8 @@ class JobStore:
             self.mark_cancelled(job_id)
 
     def cancel_requested(self, job_id: str) -> bool:
-        return bool(self._call(lambda: self.client.hget(self.key(job_id), "cancel_requested")) == b"true")
+        with redis_errors():
+            return bool(self.client.hget(self.key(job_id), "cancel_requested") == b"true")
 
     def check_cancelled(self, job_id: str) -> None:
         """Called by tasks between units of work."""
@@ -152,13 +155,11 @@ class JobStore:
 
     def get(self, job_id: str) -> JobRecord | None:
         """One round trip: the record and Celery's own meta, reconciled."""
-        try:
+        with redis_errors():
             pipe = self.client.pipeline(transaction=False)
             pipe.hgetall(self.key(job_id))
             pipe.get(CELERY_META_PREFIX + job_id)
             raw, meta = pipe.execute()
-        except redis.RedisError as exc:
-            raise ServiceUnavailable(f"job store (Redis) unreachable: {exc}") from exc
         if not raw:
             return None
         record = _decode(job_id, raw)
@@ -187,41 +188,37 @@ class JobStore:
     def wait(self, job_id: str, timeout_s: float) -> JobRecord | None:
         """Return as soon as the job is terminal, or after `timeout_s` with its current record."""
         deadline = time.monotonic() + timeout_s
-        try:
-            with self.client.pubsub(ignore_subscribe_messages=True) as pubsub:
-                pubsub.subscribe(self.channel(job_id))
+        with redis_errors(), self.client.pubsub(ignore_subscribe_messages=True) as pubsub:
+            pubsub.subscribe(self.channel(job_id))
+            record = self.get(job_id)
+            while record is not None and not record.state.terminal:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                pubsub.get_message(timeout=min(remaining, 1.0))
                 record = self.get(job_id)
-                while record is not None and not record.state.terminal:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    pubsub.get_message(timeout=min(remaining, 1.0))
-                    record = self.get(job_id)
-                return record
-        except redis.RedisError as exc:
-            raise ServiceUnavailable(f"job store (Redis) unreachable: {exc}") from exc
-
-    def _call(self, action: Callable[[], Any]) -> Any:
-        try:
-            return action()
-        except redis.RedisError as exc:
-            raise ServiceUnavailable(f"job store (Redis) unreachable: {exc}") from exc
+            return record
 
     def _finish(self, job_id: str, fields: dict[str, Any]) -> None:
         self.write(job_id, {**fields, "finished_at": now_iso()})
-        try:
+        with redis_errors():
             self.client.publish(self.channel(job_id), fields["state"])
-        except redis.RedisError as exc:
-            raise ServiceUnavailable(f"job store (Redis) unreachable: {exc}") from exc
 
     def write(self, job_id: str, fields: dict[str, Any]) -> None:
-        try:
+        with redis_errors():
             pipe = self.client.pipeline(transaction=True)
             pipe.hset(self.key(job_id), mapping=_encode(fields))  # type: ignore[arg-type]
             pipe.expire(self.key(job_id), self.ttl_s)
             pipe.execute()
-        except redis.RedisError as exc:
-            raise ServiceUnavailable(f"job store (Redis) unreachable: {exc}") from exc
+
+
+@contextmanager
+def redis_errors() -> Iterator[None]:
+    """The one place a Redis failure becomes ServiceUnavailable (503 in the API, a retry in a task)."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        raise ServiceUnavailable(f"Redis unreachable: {exc}") from exc
 
 
 def connect_redis(url: str) -> redis.Redis:

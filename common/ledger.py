@@ -8,10 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis
-
-from common.errors import ServiceUnavailable
-from common.jobs import JobStore
+from common.jobs import JobStore, redis_errors
 
 _FINISH = """
 if redis.call('sadd', KEYS[2], ARGV[1]) == 0 then return -1 end
@@ -46,7 +43,5 @@ class BatchLedger:
         """Add a batch's counts once; True for the call that ended the job's last batch."""
         keys = [self.jobs.key(job_id), self.jobs.key(job_id) + ":batches"]
         args: list[Any] = [index] + [counts.get(k, 0) for k in ("succeeded", "failed", "skipped", "chunks")]
-        try:
+        with redis_errors():
             return int(self._finish(keys=keys, args=[*args, self.jobs.ttl_s])) == 1
-        except redis.RedisError as exc:
-            raise ServiceUnavailable(f"job store (Redis) unreachable: {exc}") from exc

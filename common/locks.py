@@ -12,6 +12,7 @@ from contextlib import contextmanager
 import redis
 
 from common.errors import ServiceUnavailable
+from common.jobs import redis_errors
 
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
@@ -45,7 +46,9 @@ class DocumentLocks:
             pipe = self.client.pipeline(transaction=False)
             for key in keys:
                 pipe.set(key, token, nx=True, px=self.ttl_ms)
-            if all(self._call(pipe.execute)):
+            with redis_errors():
+                acquired = pipe.execute()
+            if all(acquired):
                 return
             self._release(keys, token)
             if time.monotonic() > deadline:
@@ -57,11 +60,5 @@ class DocumentLocks:
             pipe = self.client.pipeline(transaction=False)
             for key in keys:
                 pipe.eval(_RELEASE, 1, key, token)
-            self._call(pipe.execute)
-
-    @staticmethod
-    def _call(action: object) -> list[object]:
-        try:
-            return action()  # type: ignore[operator,no-any-return]
-        except redis.RedisError as exc:
-            raise ServiceUnavailable(f"Redis unreachable: {exc}") from exc
+            with redis_errors():
+                pipe.execute()

@@ -8,8 +8,7 @@ from typing import Any, Literal
 
 import redis
 
-from common.errors import ServiceUnavailable
-from common.jobs import KEY_PREFIX
+from common.jobs import KEY_PREFIX, redis_errors
 
 Status = Literal["succeeded", "failed", "skipped"]
 STATUSES: tuple[str, ...] = ("succeeded", "failed", "skipped")
@@ -38,7 +37,7 @@ class DocumentReports:
         if not outcomes:
             return
         docs, order = self._keys(job_id)
-        try:
+        with redis_errors():
             known = self.client.hmget(docs, [o.doc_id for o in outcomes])
             pipe = self.client.pipeline(transaction=True)
             pipe.hset(docs, mapping={o.doc_id: json.dumps(asdict(o)) for o in outcomes})
@@ -48,18 +47,14 @@ class DocumentReports:
             pipe.expire(docs, self.ttl_s)
             pipe.expire(order, self.ttl_s)
             pipe.execute()
-        except redis.RedisError as exc:
-            raise ServiceUnavailable(f"job store (Redis) unreachable: {exc}") from exc
 
     def all(self, job_id: str) -> list[dict[str, Any]]:
         docs, order = self._keys(job_id)
-        try:
+        with redis_errors():
             pipe = self.client.pipeline(transaction=False)
             pipe.lrange(order, 0, -1)
             pipe.hgetall(docs)
             ids, raw = pipe.execute()
-        except redis.RedisError as exc:
-            raise ServiceUnavailable(f"job store (Redis) unreachable: {exc}") from exc
         return [json.loads(raw[doc_id]) for doc_id in ids if doc_id in raw]
 
     def page(self, job_id: str, status: str | None, offset: int, limit: int) -> dict[str, Any]:
