@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from common.types import OnDuplicate, SearchMode
 
 COLLECTION_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 CollectionName = Annotated[str, StringConstraints(pattern=COLLECTION_PATTERN)]
@@ -35,7 +37,6 @@ class DocumentIn(BaseModel):
         return value
 
 
-OnDuplicate = Literal["skip", "replace", "error"]
 ColumnName = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 
 
@@ -76,7 +77,7 @@ class AskRequest(BaseModel):
     filters: dict[str, Any] = Field(default_factory=dict)
     # Stage switches (defaults from settings): retrieval mode, exact reference, HNSW ef, RRF k, and how
     # many candidates the reranker sees.
-    mode: Literal["dense", "bm25", "hybrid"] | None = None
+    mode: SearchMode | None = None
     exact: bool = False
     ef: int | None = Field(default=None, ge=1, le=32_768)
     rrf_k: int | None = Field(default=None, ge=1, le=10_000)

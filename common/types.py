@@ -38,6 +38,8 @@ class Chunk:
 
 
 SearchMode = Literal["dense", "bm25", "hybrid"]
+OnDuplicate = Literal["skip", "replace", "error"]
+"""What an ingest does with a document id already stored (see the README's duplicates section)."""
 
 
 @dataclass(frozen=True)

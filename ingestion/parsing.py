@@ -28,6 +28,7 @@ from ingestion.formats.common import (
     Item,
     ParseOptions,
     decode_text,
+    item_id,
     sanitize_filename,
 )
 from ingestion.formats.html import parse_html
@@ -50,6 +51,7 @@ __all__ = [
     "Parser",
     "RecordParser",
     "decode_text",
+    "item_id",
     "iter_file_documents",
     "markdown_title",
     "parse_file",

@@ -11,18 +11,14 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from common.errors import DocumentError
 from common.reports import STATUSES, Outcome
 from common.settings import Settings
-from common.types import Chunk, Document, Embedder, VectorStore
+from common.types import Chunk, Document, Embedder, OnDuplicate, VectorStore
 from ingestion.chunking import chunk_document, embedding_text
-from ingestion.parsing import Failure, ParseOptions, iter_file_documents, read_documents_jsonl
-
-OnDuplicate = Literal["skip", "replace", "error"]
-Item = Document | Failure
-
+from ingestion.parsing import Failure, Item, ParseOptions, item_id, iter_file_documents, read_documents_jsonl
 
 Lock = Callable[[str, Sequence[str]], AbstractContextManager[None]]
 
@@ -53,7 +49,7 @@ def load_documents(source: dict[str, Any], uploads: Path, only: list[str] | None
         yield from items
         return
     wanted = set(only)
-    yield from (item for item in items if (item.id if isinstance(item, Document) else item.doc_id) in wanted)
+    yield from (item for item in items if item_id(item) in wanted)
 
 
 def _read_source(source: dict[str, Any], uploads: Path) -> Iterator[Item]:

@@ -9,9 +9,10 @@ from typing import Any
 
 from celeryconfig import INGEST_BATCH_TASK
 from common.reports import Outcome
+from common.types import OnDuplicate
 from ingestion.batches import read_batch_file, split_into_batches, write_batch_file
-from ingestion.parsing import Failure
-from ingestion.pipeline import OnDuplicate, count, ingest_batch, load_documents
+from ingestion.parsing import item_id
+from ingestion.pipeline import count, ingest_batch, load_documents
 from workers.runtime import Runtime
 
 
@@ -59,8 +60,7 @@ def run_batch(
 def fail_batch(rt: Runtime, job_id: str, path: str, reason: str) -> list[Outcome]:
     """A batch that could not be written after its retries: each of its documents failed, with why."""
     items = read_batch_file(rt.settings.uploads / path)
-    ids = [item.doc_id if isinstance(item, Failure) else item.id for item in items]
-    outcomes = [Outcome(doc_id, "failed", reason) for doc_id in ids]
+    outcomes = [Outcome(item_id(item), "failed", reason) for item in items]
     rt.reports.record(job_id, outcomes)
     return outcomes
 

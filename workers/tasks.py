@@ -15,7 +15,8 @@ from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from celeryconfig import ASK_TASK, DELETE_TASK, INGEST_BATCH_TASK, INGEST_TASK
 from common.errors import RETRIABLE_ERRORS, QuarryError
 from common.jobs import JobCancelled
-from ingestion.pipeline import OnDuplicate, count
+from common.types import OnDuplicate
+from ingestion.pipeline import count
 from workers.app import app
 from workers.fanout import enqueue_batches, fail_batch, finalize, finish_batch, run_batch, split_job
 from workers.retrieval import answer

@@ -44,6 +44,12 @@ class ParseOptions:
 Item = Document | Failure
 """What a multi-document parser yields for each record: the document, or why it failed."""
 
+
+def item_id(item: Item) -> str:
+    """The document id an item stands for, parsed or failed."""
+    return item.doc_id if isinstance(item, Failure) else item.id
+
+
 DEFAULT_PARSE_OPTIONS = ParseOptions()
 
 
