@@ -19,19 +19,12 @@ class Catalog:
     def __init__(self, store: MilvusStore) -> None:
         self.store = store
 
-    def _count(self, conditions: dict[str, Any]) -> int:
-        with milvus_errors("count"):
-            rows = self.store.client.query(
-                self.store.name, filter=render_filter(conditions), output_fields=["count(*)"]
-            )
-        return int(rows[0]["count(*)"]) if rows else 0
-
     def counts(self, collection: str) -> dict[str, int]:
         if not self.store.exists():  # no worker has created it yet: nothing is stored
             return {"documents": 0, "chunks": 0}
         return {
-            "documents": self._count({"collection": collection, "chunk_index": 0}),
-            "chunks": self._count({"collection": collection}),
+            "documents": self.store.count({"collection": collection, "chunk_index": 0}),
+            "chunks": self.store.count({"collection": collection}),
         }
 
     def documents(self, collection: str, offset: int, limit: int) -> list[dict[str, Any]]:

@@ -23,13 +23,9 @@ class ExactDense:
         self.store = store
         self._cache: dict[str, tuple[int, list[str], npt.NDArray[np.float32]]] = {}
 
-    def _count(self, expr: str) -> int:
-        with milvus_errors("count"):
-            rows = self.store.client.query(self.store.name, filter=expr, output_fields=["count(*)"])
-        return int(rows[0]["count(*)"]) if rows else 0
-
-    def _vectors(self, expr: str) -> tuple[list[str], npt.NDArray[np.float32]]:
-        count = self._count(expr)
+    def _vectors(self, conditions: dict[str, Any]) -> tuple[list[str], npt.NDArray[np.float32]]:
+        expr = render_filter(conditions)
+        count = self.store.count(conditions)
         cached = self._cache.get(expr)
         if cached is None or cached[0] != count:
             ids: list[str] = []
@@ -49,8 +45,7 @@ class ExactDense:
     def search(
         self, collection: str, query_vector: npt.NDArray[np.float32], limit: int, filters: dict[str, Any]
     ) -> list[Hit]:
-        expr = render_filter({"collection": collection, **filters})
-        ids, matrix = self._vectors(expr)
+        ids, matrix = self._vectors({"collection": collection, **filters})
         if not ids:
             return []
         scores = matrix @ query_vector.astype(np.float32)

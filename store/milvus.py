@@ -193,6 +193,12 @@ class MilvusStore:
             "dimension": properties.get(DIMENSION_PROPERTY),
         }
 
+    def count(self, conditions: dict[str, Any]) -> int:
+        """Rows matching `conditions` (rendered by the one filter function)."""
+        with milvus_errors("count"):
+            rows = self.client.query(self.name, filter=render_filter(conditions), output_fields=["count(*)"])
+        return int(rows[0]["count(*)"]) if rows else 0
+
     def document_hashes(self, collection: str, doc_ids: Sequence[str]) -> dict[str, str]:
         """Content hash of each stored document (read from its first chunk): what dedup compares."""
         if not doc_ids:
