@@ -32,7 +32,7 @@ def split_job(rt: Runtime, job_id: str, source: dict[str, Any], only: list[str] 
     return paths
 
 
-def enqueue_batches(rt: Runtime, send: Any, job_id: str, paths: list[str], kwargs: dict[str, Any]) -> None:
+def enqueue_batches(send: Any, job_id: str, paths: list[str], kwargs: dict[str, Any]) -> None:
     for index, path in enumerate(paths):
         send(INGEST_BATCH_TASK, kwargs={"job_id": job_id, "index": index, "path": path, **kwargs})
 

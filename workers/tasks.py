@@ -87,9 +87,7 @@ def ingest(
     paths = split_job(rt, job_id, source, only)
     if not paths:
         finalize(rt, job_id, collection)
-    enqueue_batches(
-        rt, app.send_task, job_id, paths, {"collection": collection, "on_duplicate": on_duplicate}
-    )
+    enqueue_batches(app.send_task, job_id, paths, {"collection": collection, "on_duplicate": on_duplicate})
     return {"batches": len(paths)}
 
 
