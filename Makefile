@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: run test lint typecheck unit integration eval clean
+.PHONY: run test lint typecheck unit integration eval bench clean
 
 $(VENV)/.requirements: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,7 +39,13 @@ integration: $(VENV)/.requirements-dev
 
 # Retrieval quality through the running service (start it first with `make run`).
 eval: $(VENV)/.requirements-dev
-	$(PY) -m bench.eval_beir ../shared/data/scifact-train --split train --url http://127.0.0.1:8000
+	$(PY) -m bench.eval_beir ../shared/data/scifact-train --split train --url http://127.0.0.1:8000 --collection scifact
+
+# Speed, side by side in one run, against the running service (ingests a scratch collection and deletes it;
+# the ask and search parts use the `scifact` collection that `make eval` loads).
+bench: $(VENV)/.requirements-dev
+	$(PY) -m bench.perf ../shared/data/scifact-train --url http://127.0.0.1:8000 --collection scifact \
+		--json bench/results/latest.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from common.types import OnDuplicate, SearchMode
+from common.types import OnDuplicate, RerankerBackend, SearchMode
 
 COLLECTION_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 CollectionName = Annotated[str, StringConstraints(pattern=COLLECTION_PATTERN)]
@@ -74,6 +74,7 @@ class AskRequest(BaseModel):
     top_k: int | None = Field(default=None, ge=1)
     collection: CollectionName | None = None
     rerank: bool | None = None
+    reranker: RerankerBackend | None = None
     filters: dict[str, Any] = Field(default_factory=dict)
     # Stage switches (defaults from settings): retrieval mode, exact reference, HNSW ef, RRF k, and how
     # many candidates the reranker sees.

@@ -138,6 +138,13 @@ class Client:
             return body
         raise AssertionError("unreachable")
 
+    def get(self, path: str, **params: Any) -> dict[str, Any]:
+        return self._request("GET", path, params=params or None)
+
+    def delete(self, path: str) -> str:
+        """A DELETE that starts a job (a collection or its documents); returns the job id."""
+        return str(self._request("DELETE", path)["job_id"])
+
     def submit(self, path: str, body: dict[str, Any]) -> str:
         """POST a job-creating request and return the job id."""
         return str(self._request("POST", path, json=body)["job_id"])
@@ -156,10 +163,11 @@ class Client:
                 raise TimeoutError(f"job {job_id} still {job.get('state')!r} after {timeout_s:.0f} s")
 
 
-def ingest(client: Client, corpus: Path, collection: str, batch_size: int, timeout_s: float) -> int:
-    """Submit the corpus in batches (one job each), wait for all, and raise if any job failed."""
+def ingest(
+    client: Client, docs: Iterable[dict[str, Any]], collection: str, batch_size: int, timeout_s: float
+) -> int:
+    """Submit documents in batches (one job each), wait for all, and raise if any job failed."""
     jobs: list[str] = []
-    docs = (to_document(row) for row in read_jsonl(corpus))
     n_docs = 0
     for batch in batches(docs, batch_size, MAX_BATCH_BYTES):
         jobs.append(client.submit("/documents", {"collection": collection, "documents": batch}))
@@ -265,6 +273,7 @@ def stage_switches(args: argparse.Namespace) -> dict[str, Any]:
     """The ask options a run sets; anything left out takes the server's default."""
     switches = {
         "rerank": args.rerank,
+        "reranker": args.reranker,
         "mode": args.mode,
         "ef": args.ef,
         "rrf_k": args.rrf_k,
@@ -285,6 +294,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=4, help="asks in flight")
     p.add_argument("--top-k", type=int, default=100, help="passages per ask (1..100)")
     p.add_argument("--rerank", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--reranker", choices=("maxsim", "cross-encoder"), help="reranker backend")
     p.add_argument(
         "--mode", choices=("dense", "bm25", "hybrid"), help="retrieval mode (server default: hybrid)"
     )
@@ -315,7 +325,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ingest_s = None
     if not args.skip_ingest:
         t0 = time.perf_counter()
-        ingest(client, args.data_dir / "corpus.jsonl", args.collection, args.batch_size, args.job_timeout)
+        docs = (to_document(row) for row in read_jsonl(args.data_dir / "corpus.jsonl"))
+        ingest(client, docs, args.collection, args.batch_size, args.job_timeout)
         ingest_s = time.perf_counter() - t0
     body: dict[str, Any] = {"top_k": args.top_k, "collection": args.collection}
     body |= stage_switches(args)

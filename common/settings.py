@@ -74,7 +74,9 @@ class Settings(BaseSettings):
 
     # --- Celery ---
     ingest_concurrency: int = Field(1, ge=1)
-    query_concurrency: int = Field(1, ge=1)
+    query_concurrency: int = Field(1, ge=1)  # query worker processes, each with its own models
+    query_batch_size: int = Field(16, ge=1, description="questions per batch = task threads per query worker")
+    query_batch_wait_ms: float = Field(10.0, ge=0, description="longest a question waits for a batch to fill")
     task_soft_time_limit_s: int = 1800
     task_time_limit_s: int = 1900
     job_ttl_s: int = 7 * 24 * 3600

@@ -38,6 +38,7 @@ class Chunk:
 
 
 SearchMode = Literal["dense", "bm25", "hybrid"]
+RerankerBackend = Literal["maxsim", "cross-encoder"]
 OnDuplicate = Literal["skip", "replace", "error"]
 """What an ingest does with a document id already stored (see the README's duplicates section)."""
 
@@ -102,6 +103,10 @@ class Reranker(Protocol):
 
     def rerank(self, query: str, passages: Sequence[str], top_k: int) -> list[Ranked]: ...
 
+    def rerank_batch(self, items: Sequence[tuple[str, Sequence[str]]]) -> list[list[Ranked]]:
+        """Full rankings for many (query, passages) items, computed together."""
+        ...
+
 
 class VectorStore(Protocol):
     def insert(
@@ -117,13 +122,15 @@ class VectorStore(Protocol):
     def search(
         self,
         collection: str,
-        query_text: str,
-        query_vector: npt.NDArray[np.float32],
+        query_texts: Sequence[str],
+        query_vectors: npt.NDArray[np.float32],
         limit: int,
         filters: dict[str, Any] | None = None,
         *,
         options: SearchOptions | None = None,
-    ) -> list[Hit]: ...
+    ) -> list[list[Hit]]:
+        """Hits for each query (texts for BM25, vectors for dense), in the order given."""
+        ...
 
     def delete(self, collection: str, doc_ids: Sequence[str] | None = None) -> int: ...
 

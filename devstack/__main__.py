@@ -9,7 +9,15 @@ import time
 from types import FrameType
 
 from common.settings import get_settings
-from devstack.processes import Supervisor, api_argv, celery_argv, port_open, start_milvus, start_redis
+from devstack.processes import (
+    Supervisor,
+    api_argv,
+    celery_argv,
+    port_open,
+    query_workers,
+    start_milvus,
+    start_redis,
+)
 
 
 def main() -> int:
@@ -28,7 +36,8 @@ def main() -> int:
         start_redis(sup, settings.redis_url, data / "redis")
         start_milvus(sup, settings.milvus_uri, data / "milvus")
         sup.start("ingest-worker", celery_argv("ingest", settings.ingest_concurrency))
-        sup.start("query-worker", celery_argv("query", settings.query_concurrency))
+        for name, argv in query_workers(settings):
+            sup.start(name, argv)
         if port_open(settings.api_host, settings.api_port):
             raise RuntimeError(f"port {settings.api_port} is taken; set API_PORT")
         sup.start("api", api_argv(settings.api_host, settings.api_port))

@@ -17,6 +17,8 @@ from urllib.parse import urlparse
 
 import redis
 
+from common.settings import Settings
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -143,7 +145,9 @@ def _milvus_ready(uri: str) -> bool:
         return False
 
 
-def celery_argv(queue: str, concurrency: int) -> list[str]:
+def celery_argv(queue: str, concurrency: int, *, threads: bool = False, name: str | None = None) -> list[str]:
+    """A worker for one queue; `threads=True` for the query worker, whose tasks feed one micro-batcher."""
+    pool = ["-P", "threads"] if threads else []
     return [
         sys.executable,
         "-m",
@@ -153,14 +157,23 @@ def celery_argv(queue: str, concurrency: int) -> list[str]:
         "worker",
         "-Q",
         queue,
+        *pool,
         "-c",
         str(concurrency),
         "-n",
-        f"{queue}@%h",
+        f"{name or queue}@%h",
         "--loglevel",
         "INFO",
         "--without-gossip",
         "--without-mingle",
+    ]
+
+
+def query_workers(settings: Settings) -> list[tuple[str, list[str]]]:
+    """One process per `query_concurrency` (each holds its models), `query_batch_size` task threads each."""
+    return [
+        (f"query-worker-{i}", celery_argv("query", settings.query_batch_size, threads=True, name=f"query{i}"))
+        for i in range(settings.query_concurrency)
     ]
 
 

@@ -92,22 +92,25 @@ def plan_batch(items: list[Item], stored: dict[str, str], on_duplicate: OnDuplic
     return plan
 
 
+def chunks_of(doc: Document, embedder: Embedder, settings: Settings) -> list[Chunk]:
+    """The service's chunking of one document (the benchmark chunks the same way)."""
+    return chunk_document(
+        doc,
+        embedder,
+        chunk_tokens=settings.chunk_tokens,
+        overlap_tokens=settings.chunk_overlap_tokens,
+        max_tokens=embedder.max_tokens,
+        include_title=settings.chunk_include_title,
+    )
+
+
 def _chunk(
     docs: list[tuple[Document, str]], embedder: Embedder, settings: Settings, outcomes: list[Outcome]
 ) -> list[Chunk]:
     chunks: list[Chunk] = []
     for doc, _ in docs:
         try:
-            chunks.extend(
-                chunk_document(
-                    doc,
-                    embedder,
-                    chunk_tokens=settings.chunk_tokens,
-                    overlap_tokens=settings.chunk_overlap_tokens,
-                    max_tokens=embedder.max_tokens,
-                    include_title=settings.chunk_include_title,
-                )
-            )
+            chunks.extend(chunks_of(doc, embedder, settings))
         except DocumentError as exc:
             outcomes.append(Outcome(doc.id, "failed", exc.detail))
     return chunks

@@ -222,56 +222,63 @@ class MilvusStore:
     def search(
         self,
         collection: str,
-        query_text: str,
-        query_vector: npt.NDArray[np.float32],
+        query_texts: Sequence[str],
+        query_vectors: npt.NDArray[np.float32],
         limit: int,
         filters: dict[str, Any] | None = None,
         *,
         options: SearchOptions | None = None,
-    ) -> list[Hit]:
-        """Dense HNSW, BM25, or one hybrid_search of both fused by RRF in Milvus, over the same filter."""
+    ) -> list[list[Hit]]:
+        """Hits per query: dense HNSW, BM25, or hybrid fused by RRF in Milvus; one request for all queries."""
+        if not query_texts:
+            return []
         opts = options or self.default_options()
         expr = render_filter({"collection": collection, **(filters or {})})
-        requests = {
-            "dense": self._dense_request(query_vector, max(limit, opts.dense_candidates), opts.ef, expr),
-            "bm25": AnnSearchRequest(
-                data=[query_text],
-                anns_field="sparse",
-                param={"metric_type": "BM25"},
-                limit=max(limit, opts.bm25_candidates),
-                expr=expr,
-            ),
-        }
+        if opts.mode == "bm25":
+            request = self._bm25_request(query_texts, max(limit, opts.bm25_candidates), expr)
+        else:
+            request = self._dense_request(query_vectors, max(limit, opts.dense_candidates), opts.ef, expr)
         with milvus_errors("search"):
             if opts.mode == "hybrid":
+                bm25 = self._bm25_request(query_texts, max(limit, opts.bm25_candidates), expr)
                 results = self.client.hybrid_search(
                     self.name,
-                    list(requests.values()),
+                    [request, bm25],
                     RRFRanker(opts.rrf_k),
                     limit=limit,
                     output_fields=OUTPUT_FIELDS,
                 )
             else:
-                req = requests[opts.mode]
                 results = self.client.search(
                     self.name,
-                    data=req.data,
-                    anns_field=req.anns_field,
-                    search_params=req.param,
+                    data=request.data,
+                    anns_field=request.anns_field,
+                    search_params=request.param,
                     limit=limit,
                     filter=expr,
                     output_fields=OUTPUT_FIELDS,
                 )
-        return [hit_from_row(raw, query_vector, opts.mode) for raw in results[0]] if results else []
+        rows = list(results or [])
+        rows += [[] for _ in range(len(query_texts) - len(rows))]
+        return [
+            [hit_from_row(raw, vector, opts.mode) for raw in row]
+            for row, vector in zip(rows, query_vectors, strict=True)
+        ]
 
     @staticmethod
-    def _dense_request(vector: npt.NDArray[np.float32], limit: int, ef: int, expr: str) -> AnnSearchRequest:
+    def _dense_request(vectors: npt.NDArray[np.float32], limit: int, ef: int, expr: str) -> AnnSearchRequest:
         return AnnSearchRequest(
-            data=[vector.astype(np.float32).tolist()],
+            data=np.asarray(vectors, dtype=np.float32).tolist(),
             anns_field="dense",
             param={"metric_type": "COSINE", "params": {"ef": max(ef, limit)}},  # HNSW needs ef >= limit
             limit=limit,
             expr=expr,
+        )
+
+    @staticmethod
+    def _bm25_request(texts: Sequence[str], limit: int, expr: str) -> AnnSearchRequest:
+        return AnnSearchRequest(
+            data=list(texts), anns_field="sparse", param={"metric_type": "BM25"}, limit=limit, expr=expr
         )
 
     def default_options(self) -> SearchOptions:

@@ -54,6 +54,13 @@ def top_ranked(scores: Sequence[float], model_scores: Sequence[float], top_k: in
     return [Ranked(i, float(scores[i]), float(model_scores[i])) for i in order[: max(0, top_k)]]
 
 
+RerankItem = tuple[str, Sequence[str]]  # (query, passages)
+
+
+def _top(rankings: list[list[Ranked]], top_k: int) -> list[Ranked]:
+    return rankings[0][: max(0, top_k)]
+
+
 class MaxSimReranker:
     """Late interaction with the embedding model's own token vectors: no extra model in memory."""
 
@@ -63,16 +70,23 @@ class MaxSimReranker:
         self._fusion_k = fusion_k
 
     def rerank(self, query: str, passages: Sequence[str], top_k: int) -> list[Ranked]:
-        if not passages or top_k <= 0:
-            return []
-        query_tokens = self._embedder.token_vectors([query], query=True)[0]
-        passage_tokens = self._embedder.token_vectors(list(passages), query=False)
-        model_scores = maxsim_scores(query_tokens, passage_tokens)
-        if self._fusion_k is None:
-            scores: Sequence[float] = model_scores.tolist()
-        else:
-            scores = fuse_ranks(model_scores, self._fusion_k).tolist()
-        return top_ranked(scores, model_scores.tolist(), top_k)
+        return _top(self.rerank_batch([(query, passages)]), top_k) if passages and top_k > 0 else []
+
+    def rerank_batch(self, items: Sequence[RerankItem]) -> list[list[Ranked]]:
+        """Every query and every distinct passage of the batch go through the model in one call each."""
+        unique = list(dict.fromkeys(p for _, passages in items for p in passages))
+        slot = {text: i for i, text in enumerate(unique)}
+        passage_tokens = self._embedder.token_vectors(unique, query=False) if unique else []
+        query_tokens = self._embedder.token_vectors([q for q, _ in items], query=True) if items else []
+        rankings = []
+        for (_, passages), q_tokens in zip(items, query_tokens, strict=True):
+            model_scores = maxsim_scores(q_tokens, [passage_tokens[slot[p]] for p in passages])
+            if self._fusion_k is None:
+                scores: Sequence[float] = model_scores.tolist()
+            else:
+                scores = fuse_ranks(model_scores, self._fusion_k).tolist()
+            rankings.append(top_ranked(scores, model_scores.tolist(), len(passages)))
+        return rankings
 
 
 class CrossEncoderReranker:
@@ -90,37 +104,49 @@ class CrossEncoderReranker:
         self.max_tokens = int(self._model.max_seq_length or self._model.tokenizer.model_max_length)
 
     def rerank(self, query: str, passages: Sequence[str], top_k: int) -> list[Ranked]:
-        if not passages or top_k <= 0:
-            return []
+        return _top(self.rerank_batch([(query, passages)]), top_k) if passages and top_k > 0 else []
+
+    def rerank_batch(self, items: Sequence[RerankItem]) -> list[list[Ranked]]:
+        """All pairs of the batch, length-sorted into token-budgeted forward passes."""
+        pairs = [(query, passage) for query, passages in items for passage in passages]
+        scores = self._score(pairs).tolist()
+        rankings, start = [], 0
+        for _, passages in items:
+            values = scores[start : start + len(passages)]
+            rankings.append(top_ranked(values, values, len(values)))
+            start += len(passages)
+        return rankings
+
+    def _score(self, pairs: list[tuple[str, str]]) -> npt.NDArray[np.float64]:
+        scores = np.zeros(len(pairs), dtype=np.float64)
+        if not pairs:
+            return scores
         encoded = self._model.tokenizer(
-            [query] * len(passages), list(passages), truncation=True, max_length=self.max_tokens
+            [q for q, _ in pairs], [p for _, p in pairs], truncation=True, max_length=self.max_tokens
         )
         lengths = [len(ids) for ids in encoded["input_ids"]]
-        order = sorted(range(len(passages)), key=lambda i: lengths[i], reverse=True)
+        order = sorted(range(len(pairs)), key=lambda i: lengths[i], reverse=True)
         budget, max_batch = self._device.token_budget, self._device.max_batch
-        scores = np.zeros(len(passages), dtype=np.float64)
         for start, end in plan_batches([lengths[i] for i in order], budget, max_batch):
             batch = order[start:end]
-            batch_scores = run_halving(batch, lambda b: self._predict(query, passages, b))
-            scores[batch] = batch_scores
-        values = scores.tolist()
-        return top_ranked(values, values, top_k)
+            scores[batch] = run_halving(batch, lambda b: self._predict(pairs, b))
+        return scores
 
-    def _predict(self, query: str, passages: Sequence[str], batch: Sequence[int]) -> list[float]:
-        pairs = [(query, passages[i]) for i in batch]
+    def _predict(self, pairs: Sequence[tuple[str, str]], batch: Sequence[int]) -> list[float]:
+        chosen = [pairs[i] for i in batch]
         with torch.inference_mode():
             raw = self._model.predict(
-                pairs, batch_size=len(pairs), convert_to_numpy=True, show_progress_bar=False
+                chosen, batch_size=len(chosen), convert_to_numpy=True, show_progress_bar=False
             )
-        first_logit: list[float] = np.asarray(raw, dtype=np.float64).reshape(len(pairs), -1)[:, 0].tolist()
+        first_logit: list[float] = np.asarray(raw, dtype=np.float64).reshape(len(chosen), -1)[:, 0].tolist()
         return first_logit
 
 
-def load_reranker(settings: Settings, embedder: Embedder) -> Reranker | None:
-    """The configured reranker, or None when reranking is switched off."""
-    if settings.reranker_backend == "none":
-        return None
-    if settings.reranker_backend == "maxsim":
+def load_reranker(settings: Settings, embedder: Embedder, backend: str) -> Reranker:
+    """A reranker of the given backend; the cross-encoder is the configured `reranker_model`."""
+    if backend == "maxsim":
         return MaxSimReranker(embedder, settings.rerank_fusion_k)
+    if backend != "cross-encoder":
+        raise ValueError(f"unknown reranker backend {backend!r}")
     log.info("loading cross-encoder %s", settings.reranker_model)
     return CrossEncoderReranker(settings.reranker_model, choose_device(settings))

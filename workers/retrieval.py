@@ -1,8 +1,16 @@
-"""Answer a question: embed it, hybrid-search Milvus, rerank the head of the candidates."""
+"""Answer questions: embed them, search Milvus, rerank the head of the candidates, many at a time.
+
+A batch shares each model call: one forward pass embeds every question, one hybrid search serves
+every question with the same collection, filters and stage switches, and one reranker call scores
+the candidates of every question that uses that backend. A failure fails only the questions it hit.
+"""
 
 from __future__ import annotations
 
 import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -17,6 +25,21 @@ class ExactSearch(Protocol):
     def search(
         self, collection: str, query_vector: npt.NDArray[np.float32], limit: int, filters: dict[str, Any]
     ) -> list[Hit]: ...
+
+
+@dataclass(frozen=True)
+class Question:
+    """One ask job's input, as the task received it."""
+
+    text: str
+    collection: str
+    top_k: int
+    reranker: str | None = None
+    filters: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+Outcome = dict[str, Any] | Exception
 
 
 def search_options(settings: Settings, overrides: dict[str, Any]) -> SearchOptions:
@@ -52,56 +75,135 @@ def _passage(hit: Hit, ranked: Ranked | None) -> dict[str, Any]:
     }
 
 
-def rerank_hits(
-    question: str, hits: list[Hit], reranker: Reranker, candidates: int
-) -> list[tuple[Hit, Ranked | None]]:
-    """Rerank the first `candidates` hits; the rest keep their fused order behind them."""
+def passage_text(hit: Hit) -> str:
+    """What the reranker reads: the same title-prefixed text the chunk was embedded from."""
+    return embedding_text(Chunk(hit.doc_id, hit.chunk_index, hit.text, hit.title), True)
+
+
+def reorder(hits: list[Hit], candidates: int, ranking: list[Ranked]) -> list[tuple[Hit, Ranked | None]]:
+    """The reranked head first, then the rest of the candidates in their fused order."""
     head, tail = hits[:candidates], hits[candidates:]
-    passages = [embedding_text(Chunk(hit.doc_id, hit.chunk_index, hit.text, hit.title), True) for hit in head]
-    ranked = reranker.rerank(question, passages, top_k=len(head))
-    reordered: list[tuple[Hit, Ranked | None]] = [(head[r.index], r) for r in ranked]
-    return reordered + [(hit, None) for hit in tail]
+    return [(head[r.index], r) for r in ranking] + [(hit, None) for hit in tail]
 
 
-def answer(
-    question: str,
-    *,
-    collection: str,
-    top_k: int,
-    rerank: bool,
-    filters: dict[str, Any],
-    options: dict[str, Any],
-    exact: ExactSearch,
-    embedder: Embedder,
-    store: VectorStore,
-    reranker: Reranker | None,
-    settings: Settings,
-) -> dict[str, Any]:
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
-    vector = embedder.embed_queries([question])[0]
-    timings["embed_ms"] = _ms(start)
+class Retriever:
+    """The question-answering pipeline over one worker's models and Milvus client."""
 
-    use_reranker = reranker if rerank else None
-    candidates = int(options.get("candidates", settings.rerank_candidates))
-    limit = max(top_k, candidates) if use_reranker else top_k
-    search = search_options(settings, options)
-    start = time.perf_counter()
-    if search.exact:
-        hits = exact.search(collection, vector, limit, filters)
-    else:
-        hits = store.search(collection, question, vector, limit, filters, options=search)
-    timings["search_ms"] = _ms(start)
+    def __init__(
+        self,
+        settings: Settings,
+        embedder: Embedder,
+        store: VectorStore,
+        exact: ExactSearch,
+        rerankers: Callable[[str], Reranker],
+    ) -> None:
+        self.settings = settings
+        self._embedder = embedder
+        self._store = store
+        self._exact = exact
+        self._rerankers = rerankers
 
-    ranked: list[tuple[Hit, Ranked | None]] = [(hit, None) for hit in hits]
-    if use_reranker is not None and hits:
+    def answer(self, question: Question) -> dict[str, Any]:
+        """One question alone (a batch of one); raises what the batch reported for it."""
+        outcome = self.answer_batch([question])[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def answer_batch(self, questions: Sequence[Question]) -> list[Outcome]:
+        """One result or one exception per question, in the order given."""
+        outcomes: dict[int, Outcome] = {}
+        timings: dict[str, float] = {"batch_size": len(questions)}
         start = time.perf_counter()
-        ranked = rerank_hits(question, hits, use_reranker, candidates)
-        timings["rerank_ms"] = _ms(start)
-    return {
-        "collection": collection,
-        "mode": "exact-dense" if search.exact else search.mode,
-        "reranker": use_reranker.name if use_reranker else None,
-        "passages": [_passage(hit, r) for hit, r in ranked[:top_k]],
-        "timings": timings,
-    }
+        vectors = self._embedder.embed_queries([q.text for q in questions])
+        timings["embed_ms"] = _ms(start)
+        start = time.perf_counter()
+        hits = self._search(questions, vectors, outcomes)
+        timings["search_ms"] = _ms(start)
+        start = time.perf_counter()
+        ranked = self._rerank(questions, hits, outcomes)
+        if any(q.reranker for q in questions):
+            timings["rerank_ms"] = _ms(start)
+        for i, question in enumerate(questions):
+            if i not in outcomes:
+                outcomes[i] = self._result(question, ranked[i], timings)
+        return [outcomes[i] for i in range(len(questions))]
+
+    def limit(self, question: Question) -> int:
+        """How many hits to fetch: enough for the reranker's candidates when it runs."""
+        return max(question.top_k, self.candidates(question)) if question.reranker else question.top_k
+
+    def candidates(self, question: Question) -> int:
+        return int(question.options.get("candidates", self.settings.rerank_candidates))
+
+    def _search(
+        self, questions: Sequence[Question], vectors: npt.NDArray[np.float32], outcomes: dict[int, Outcome]
+    ) -> dict[int, list[Hit]]:
+        """One store call per group of questions that share collection, filters and search options."""
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, q in enumerate(questions):
+            opts = search_options(self.settings, q.options)
+            groups[repr((q.collection, sorted(q.filters.items()), opts, self.limit(q)))].append(i)
+        hits: dict[int, list[Hit]] = {}
+        for members in groups.values():
+            first = questions[members[0]]
+            opts = search_options(self.settings, first.options)
+            try:
+                if opts.exact:
+                    found = [
+                        self._exact.search(first.collection, vectors[i], self.limit(first), first.filters)
+                        for i in members
+                    ]
+                else:
+                    texts = [questions[i].text for i in members]
+                    found = self._store.search(
+                        first.collection,
+                        texts,
+                        vectors[members],
+                        self.limit(first),
+                        first.filters,
+                        options=opts,
+                    )
+            except Exception as exc:  # fails this group only
+                outcomes.update({i: exc for i in members})
+                continue
+            hits.update(zip(members, found, strict=True))
+        return hits
+
+    def _rerank(
+        self, questions: Sequence[Question], hits: dict[int, list[Hit]], outcomes: dict[int, Outcome]
+    ) -> dict[int, list[tuple[Hit, Ranked | None]]]:
+        """One reranker call per backend over the candidate heads of all its questions."""
+        ranked: dict[int, list[tuple[Hit, Ranked | None]]] = {
+            i: [(hit, None) for hit in found] for i, found in hits.items()
+        }
+        by_backend: dict[str, list[int]] = defaultdict(list)
+        for i, found in hits.items():
+            backend = questions[i].reranker
+            if backend and found:
+                by_backend[backend].append(i)
+        for backend, members in by_backend.items():
+            items = [
+                (questions[i].text, [passage_text(h) for h in hits[i][: self.candidates(questions[i])]])
+                for i in members
+            ]
+            try:
+                rankings = self._rerankers(backend).rerank_batch(items)
+            except Exception as exc:  # fails this backend's questions only
+                outcomes.update({i: exc for i in members})
+                continue
+            for i, ranking in zip(members, rankings, strict=True):
+                ranked[i] = reorder(hits[i], self.candidates(questions[i]), ranking)
+        return ranked
+
+    def _result(
+        self, question: Question, ranked: list[tuple[Hit, Ranked | None]], timings: dict[str, float]
+    ) -> dict[str, Any]:
+        opts = search_options(self.settings, question.options)
+        return {
+            "collection": question.collection,
+            "mode": "exact-dense" if opts.exact else opts.mode,
+            "reranker": self._rerankers(question.reranker).name if question.reranker else None,
+            "passages": [_passage(hit, r) for hit, r in ranked[: question.top_k]],
+            "timings": dict(timings),
+        }

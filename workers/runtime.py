@@ -7,8 +7,9 @@ runs pays the load, every later task reuses it. A fork resets the cache (checked
 from __future__ import annotations
 
 import os
+import threading
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from common.jobs import JobStore, connect_redis
 from common.ledger import BatchLedger
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     from common.types import Embedder, Reranker
     from store.exact import ExactDense
     from store.milvus import MilvusStore
+    from workers.batcher import MicroBatcher
+    from workers.retrieval import Question, Retriever
 
 
 class Runtime:
@@ -27,6 +30,7 @@ class Runtime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._rerankers: dict[str, Reranker] = {}
 
     @cached_property
     def jobs(self) -> JobStore:
@@ -61,11 +65,32 @@ class Runtime:
         configure_threads(self.settings)
         return load_embedder(self.settings)
 
-    @cached_property
-    def reranker(self) -> Reranker | None:
-        from workers.reranker import load_reranker
+    def reranker(self, backend: str) -> Reranker:
+        """Each backend loads on its first question, so an unused cross-encoder costs no memory."""
+        if backend not in self._rerankers:
+            from workers.reranker import load_reranker
 
-        return load_reranker(self.settings, self.embedder)
+            self._rerankers[backend] = load_reranker(self.settings, self.embedder, backend)
+        return self._rerankers[backend]
+
+    @cached_property
+    def retriever(self) -> Retriever:
+        from workers.retrieval import Retriever
+
+        return Retriever(self.settings, self.embedder, self.store, self.exact, self.reranker)
+
+    @cached_property
+    def questions(self) -> MicroBatcher[Question, dict[str, Any]]:
+        """The one model thread of this process; ask tasks on a threads pool queue into it."""
+        from workers.batcher import MicroBatcher
+
+        s = self.settings
+        return MicroBatcher(
+            lambda batch: self.retriever.answer_batch(batch),  # noqa: PLW0108 - models load in the batcher thread
+            max_batch=s.query_batch_size,
+            max_wait_s=s.query_batch_wait_ms / 1000,
+            name="ask-batcher",
+        )
 
     @cached_property
     def store(self) -> MilvusStore:
@@ -77,12 +102,14 @@ class Runtime:
 
 
 _RUNTIMES: dict[int, Runtime] = {}  # keyed by pid: a forked child never reuses its parent's models
+_RUNTIMES_LOCK = threading.Lock()  # task threads of a threads pool must share one Runtime
 
 
 def runtime() -> Runtime:
     """This process's Runtime, built on first use."""
     pid = os.getpid()
-    if pid not in _RUNTIMES:
-        _RUNTIMES.clear()
-        _RUNTIMES[pid] = Runtime(get_settings())
-    return _RUNTIMES[pid]
+    with _RUNTIMES_LOCK:
+        if pid not in _RUNTIMES:
+            _RUNTIMES.clear()
+            _RUNTIMES[pid] = Runtime(get_settings())
+        return _RUNTIMES[pid]

@@ -19,7 +19,7 @@ from common.types import OnDuplicate
 from ingestion.pipeline import count
 from workers.app import app
 from workers.fanout import enqueue_batches, fail_batch, finalize, finish_batch, run_batch, split_job
-from workers.retrieval import answer
+from workers.retrieval import Question
 from workers.runtime import runtime
 
 log = logging.getLogger(__name__)
@@ -118,24 +118,14 @@ def ask(
     question: str,
     collection: str,
     top_k: int,
-    rerank: bool,
+    reranker: str | None = None,
     filters: dict[str, Any] | None = None,
     options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """Queue the question into this process's micro-batcher and wait for its own answer."""
     rt = runtime()
-    result = answer(
-        question,
-        collection=collection,
-        top_k=top_k,
-        rerank=rerank,
-        filters=filters or {},
-        options=options or {},
-        exact=rt.exact,
-        embedder=rt.embedder,
-        store=rt.store,
-        reranker=rt.reranker,
-        settings=rt.settings,
-    )
+    item = Question(question, collection, top_k, reranker, filters or {}, options or {})
+    result = rt.questions.call(item, timeout_s=rt.settings.task_soft_time_limit_s)
     rt.jobs.set_progress(self.request.id, {"done": 1, "total": 1})
     return result
 

@@ -91,7 +91,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         env["REDIS_URL"] = _redis_url(sup, tmp)
         start_milvus(sup, env["MILVUS_URI"], tmp / "milvus")
         sup.start("ingest-worker", celery_argv("ingest", 1))
-        sup.start("query-worker", celery_argv("query", 1))
+        sup.start("query-worker", celery_argv("query", 8, threads=True))
         api = sup.start("api", api_argv("127.0.0.1", api_port))
         url = f"http://127.0.0.1:{api_port}"
         wait_until(lambda: _healthy(url), 60, "API", api)

@@ -243,3 +243,40 @@ def test_stage_switches(stack: Stack, ingested: dict[str, Any], options: dict[st
 def test_exact_search_needs_dense_mode(stack: Stack) -> None:
     response = stack.post("/api/v1/ask", json={"question": "q", "exact": True})
     assert response.status_code == 422 and "dense" in response.json()["detail"]
+
+
+QUESTIONS = {
+    "Which mountain in Sicily erupts?": "volcano",
+    "How do plants make glucose from sunlight?": "photosynthesis",
+    "What makes the sea level rise and fall?": "tides",
+    "How is espresso coffee brewed?": "espresso",
+    "What forms when iron meets water and oxygen?": "rust",
+}
+
+
+def test_questions_sent_together_are_batched_and_each_gets_its_own_answer(
+    stack: Stack, ingested: dict[str, Any]
+) -> None:
+    job_ids = {}
+    for question in list(QUESTIONS) * 2:  # queued back to back; the query worker has 8 task threads
+        response = stack.post("/api/v1/ask", json={"question": question, "collection": "science", "top_k": 1})
+        assert response.status_code == 202, response.text
+        job_ids[response.json()["job_id"]] = question
+    jobs = {job_id: stack.wait_job(job_id) for job_id in job_ids}
+    assert all(job["state"] == "succeeded" for job in jobs.values()), jobs
+    for job_id, job in jobs.items():
+        assert job["result"]["passages"][0]["doc_id"] == QUESTIONS[job_ids[job_id]]
+        assert job["result"]["reranker"] == "maxsim"
+    assert max(job["result"]["timings"]["batch_size"] for job in jobs.values()) > 1
+
+
+def test_per_request_reranker_backend_that_cannot_load_fails_the_job_with_a_reason(
+    stack: Stack, ingested: dict[str, Any]
+) -> None:
+    job = stack.run(
+        "/api/v1/ask", json={"question": "lava", "collection": "science", "reranker": "cross-encoder"}
+    )
+    assert job["state"] == "failed"
+    assert "bge-reranker" in job["error"]  # offline: the configured hub model cannot be fetched
+    after = stack.run("/api/v1/ask", json={"question": "lava", "collection": "science", "top_k": 1})
+    assert after["state"] == "succeeded" and after["result"]["passages"][0]["doc_id"] == "volcano"

@@ -38,3 +38,9 @@ def test_workers_consume_their_own_queue() -> None:
         services["ingest-worker"]["command"][services["ingest-worker"]["command"].index("-Q") + 1] == "ingest"
     )
     assert services["query-worker"]["command"][services["query-worker"]["command"].index("-Q") + 1] == "query"
+
+
+def test_query_worker_pool_matches_the_batch_size() -> None:
+    command = _compose()["services"]["query-worker"]["command"]
+    assert command[command.index("-P") + 1] == "threads"
+    assert int(command[command.index("-c") + 1]) == Settings().query_batch_size

@@ -59,6 +59,8 @@ def test_client_mistakes_are_4xx_without_touching_redis(app: Flask) -> None:
         (client.post("/api/v1/ask", data="hi", content_type="text/plain"), 415),
         (client.post("/api/v1/ask", json={"question": ""}), 422),
         (client.post("/api/v1/ask", json={"question": "q", "top_k": 101}), 422),
+        (client.post("/api/v1/ask", json={"question": "q", "reranker": "magic"}), 422),
+        (client.post("/api/v1/ask", json={"question": "q", "rerank": False, "reranker": "maxsim"}), 422),
         (client.get("/api/v1/jobs/nope"), 404),
         (client.put("/api/v1/ask"), 405),
     ]

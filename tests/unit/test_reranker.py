@@ -131,12 +131,11 @@ def test_cross_encoder_contract(tiny_cross_encoder_dir: Path) -> None:
 
 
 def test_load_reranker_backends(embedder: SentenceTransformerEmbedder, tiny_cross_encoder_dir: Path) -> None:
-    assert load_reranker(Settings(reranker_backend="none"), embedder) is None
-    maxsim = load_reranker(Settings(reranker_backend="maxsim"), embedder)
+    settings = Settings(reranker_model=str(tiny_cross_encoder_dir), device="cpu")
+    maxsim = load_reranker(settings, embedder, "maxsim")
     assert isinstance(maxsim, MaxSimReranker) and maxsim.name == "maxsim"
-    settings = Settings(
-        reranker_backend="cross-encoder", reranker_model=str(tiny_cross_encoder_dir), device="cpu"
-    )
-    cross = load_reranker(settings, embedder)
+    with pytest.raises(ValueError, match="unknown reranker"):
+        load_reranker(settings, embedder, "magic")
+    cross = load_reranker(settings, embedder, "cross-encoder")
     assert isinstance(cross, CrossEncoderReranker)
     assert cross.name == f"cross-encoder:{tiny_cross_encoder_dir}"

@@ -1,0 +1,53 @@
+"""HNSW against exact search: recall@10 and search latency at several `ef` values, in process.
+
+Recall@10 is the share of the exact (brute-force) top 10 chunks that HNSW also returns in its top 10,
+averaged over the questions. Latency is one dense search call per question against the live Milvus.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from common.settings import Settings
+from common.types import SearchOptions
+
+K = 10
+
+
+def run(settings: Settings, collection: str, questions: Sequence[str], efs: Sequence[int]) -> dict[str, Any]:
+    import torch
+
+    from store.exact import ExactDense
+    from store.milvus import MilvusStore
+    from workers.embedder import load_embedder
+
+    torch.set_num_threads(settings.threads_per_worker)
+    embedder = load_embedder(settings)
+    store = MilvusStore(settings)
+    store.ensure_collection(embedder.model_name, embedder.dimension)
+    exact = ExactDense(store)
+    vectors = embedder.embed_queries(questions)
+    truth = [{(h.doc_id, h.chunk_index) for h in exact.search(collection, v, K, {})} for v in vectors]
+    rows = []
+    for ef in efs:
+        options = SearchOptions(
+            mode="dense", ef=ef, rrf_k=settings.rrf_k, dense_candidates=K, bm25_candidates=K
+        )
+        recalls, times = [], []
+        for text, vector, expected in zip(questions, vectors, truth, strict=True):
+            start = time.perf_counter()
+            hits = store.search(collection, [text], vector[None, :], K, options=options)[0]
+            times.append((time.perf_counter() - start) * 1000)
+            recalls.append(len(expected & {(h.doc_id, h.chunk_index) for h in hits}) / max(1, len(expected)))
+        rows.append(
+            {
+                "ef": ef,
+                "default": ef == settings.search_ef,
+                "recall_at_10": statistics.fmean(recalls),
+                "p50_ms": statistics.median(times),
+            }
+        )
+    return {"collection": collection, "questions": len(questions), "levels": rows}

@@ -1,0 +1,119 @@
+"""Batched answering with fakes behind the project's own interfaces: grouping, order, failure isolation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from common.settings import Settings
+from common.types import Hit, Ranked, SearchOptions
+from workers.retrieval import Question, Retriever
+
+
+class FakeEmbedder:
+    model_name, dimension, max_tokens = "fake", 2, 32
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def embed_queries(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        self.calls.append(len(texts))
+        return np.array([[1.0, float(i)] for i in range(len(texts))], dtype=np.float32)
+
+
+class FakeStore:
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.calls: list[tuple[str, list[str], dict[str, Any], SearchOptions | None]] = []
+        self.fail_on = fail_on
+
+    def search(
+        self,
+        collection: str,
+        query_texts: Sequence[str],
+        query_vectors: npt.NDArray[np.float32],
+        limit: int,
+        filters: dict[str, Any] | None = None,
+        *,
+        options: SearchOptions | None = None,
+    ) -> list[list[Hit]]:
+        self.calls.append((collection, list(query_texts), filters or {}, options))
+        if collection == self.fail_on:
+            raise ConnectionError("milvus down")
+        return [
+            [Hit(f"{text}-{n}", 0, f"passage {n} for {text}", "", {}) for n in range(limit)]
+            for text in query_texts
+        ]
+
+
+class ReverseReranker:
+    name = "reverse"
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    def rerank(self, query: str, passages: Sequence[str], top_k: int) -> list[Ranked]:
+        return self.rerank_batch([(query, passages)])[0][:top_k]
+
+    def rerank_batch(self, items: Sequence[tuple[str, Sequence[str]]]) -> list[list[Ranked]]:
+        self.batches.append(len(items))
+        return [[Ranked(i, float(i), float(i)) for i in reversed(range(len(p)))] for _, p in items]
+
+
+def make(store: FakeStore, reranker: ReverseReranker) -> Retriever:
+    def rerankers(name: str) -> ReverseReranker:
+        if name != "reverse":
+            raise OSError(f"cannot load {name}")
+        return reranker
+
+    return Retriever(Settings(rerank_candidates=3), FakeEmbedder(), store, exact=None, rerankers=rerankers)  # type: ignore[arg-type]
+
+
+def test_one_embed_one_search_one_rerank_per_batch_in_order() -> None:
+    store, reranker = FakeStore(), ReverseReranker()
+    questions = [Question(f"q{i}", "c", top_k=2, reranker="reverse") for i in range(3)]
+    results = make(store, reranker).answer_batch(questions)
+    assert len(store.calls) == 1 and store.calls[0][1] == ["q0", "q1", "q2"]
+    assert reranker.batches == [3]
+    for i, result in enumerate(results):
+        assert isinstance(result, dict)
+        assert [p["doc_id"] for p in result["passages"]] == [f"q{i}-2", f"q{i}-1"]  # head of 3, reversed
+        assert result["timings"]["batch_size"] == 3 and result["reranker"] == "reverse"
+
+
+def test_questions_with_other_filters_or_switches_search_separately() -> None:
+    store = FakeStore()
+    questions = [
+        Question("a", "c", top_k=1),
+        Question("b", "c", top_k=1, filters={"doc_id": "x"}),
+        Question("c", "c", top_k=1, options={"mode": "bm25"}),
+        Question("d", "c", top_k=1),
+    ]
+    results = make(store, ReverseReranker()).answer_batch(questions)
+    assert sorted(len(call[1]) for call in store.calls) == [1, 1, 2]
+    assert [r["passages"][0]["doc_id"] for r in results if isinstance(r, dict)] == [
+        "a-0",
+        "b-0",
+        "c-0",
+        "d-0",
+    ]
+    assert not any("rerank_ms" in r["timings"] for r in results if isinstance(r, dict))
+
+
+def test_a_failure_fails_only_the_questions_it_touched() -> None:
+    store = FakeStore(fail_on="broken")
+    questions = [
+        Question("a", "broken", top_k=1),
+        Question("b", "ok", top_k=1, reranker="missing"),
+        Question("c", "ok", top_k=1, reranker="reverse"),
+    ]
+    retriever = make(store, ReverseReranker())
+    results = retriever.answer_batch(questions)
+    assert isinstance(results[0], ConnectionError)
+    assert isinstance(results[1], OSError) and "cannot load missing" in str(results[1])
+    assert isinstance(results[2], dict) and results[2]["passages"][0]["doc_id"] == "c-2"
+    with pytest.raises(ConnectionError):
+        retriever.answer(questions[0])
