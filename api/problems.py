@@ -20,6 +20,7 @@ STATUS: dict[type[errors.QuarryError], int] = {
     errors.UnsupportedMediaType: 415,
     errors.Conflict: 409,
     errors.ServiceUnavailable: 503,
+    errors.ModelUnavailable: 503,
     errors.DocumentError: 422,
 }
 

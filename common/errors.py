@@ -47,6 +47,12 @@ class ServiceUnavailable(QuarryError):
     title = "Service unavailable"
 
 
+class ModelUnavailable(QuarryError):
+    """A configured model cannot be loaded (not downloadable, not on disk); retrying will not help."""
+
+    title = "Model unavailable"
+
+
 class DocumentError(QuarryError):
     """One document could not be parsed or ingested; not retriable."""
 

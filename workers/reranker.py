@@ -10,6 +10,7 @@ import numpy.typing as npt
 import torch
 from sentence_transformers import CrossEncoder
 
+from common.errors import ModelUnavailable
 from common.settings import Settings
 from common.types import Embedder, Ranked, Reranker
 from workers.device import DeviceConfig, choose_device
@@ -149,4 +150,7 @@ def load_reranker(settings: Settings, embedder: Embedder, backend: str) -> Reran
     if backend != "cross-encoder":
         raise ValueError(f"unknown reranker backend {backend!r}")
     log.info("loading cross-encoder %s", settings.reranker_model)
-    return CrossEncoderReranker(settings.reranker_model, choose_device(settings))
+    try:
+        return CrossEncoderReranker(settings.reranker_model, choose_device(settings))
+    except OSError as exc:  # not on disk and not downloadable (offline, wrong id)
+        raise ModelUnavailable(f"cross-encoder {settings.reranker_model!r} cannot be loaded: {exc}") from exc

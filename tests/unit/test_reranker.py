@@ -11,6 +11,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertForSequenceClassification
 
+from common.errors import ModelUnavailable
 from common.settings import OFFLINE_EMBEDDING_MODEL, Settings
 from common.types import Ranked
 from workers.device import DeviceConfig
@@ -139,3 +140,11 @@ def test_load_reranker_backends(embedder: SentenceTransformerEmbedder, tiny_cros
     cross = load_reranker(settings, embedder, "cross-encoder")
     assert isinstance(cross, CrossEncoderReranker)
     assert cross.name == f"cross-encoder:{tiny_cross_encoder_dir}"
+
+
+def test_a_cross_encoder_that_cannot_load_is_a_clear_domain_error(
+    embedder: SentenceTransformerEmbedder, tmp_path: Path
+) -> None:
+    settings = Settings(reranker_model=str(tmp_path / "no-such-model"), device="cpu")
+    with pytest.raises(ModelUnavailable, match="cannot be loaded"):
+        load_reranker(settings, embedder, "cross-encoder")
