@@ -30,7 +30,7 @@ def run(settings: Settings, collection: str, questions: Sequence[str], efs: Sequ
     store.ensure_collection(embedder.model_name, embedder.dimension)
     exact = ExactDense(store)
     vectors = embedder.embed_queries(questions)
-    truth = [{(h.doc_id, h.chunk_index) for h in exact.search(collection, v, K, {})} for v in vectors]
+    truth = [{(h.doc_id, h.chunk_index) for h in hits} for hits in exact.search(collection, vectors, K)]
     rows = []
     for ef in efs:
         options = SearchOptions(

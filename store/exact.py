@@ -43,21 +43,30 @@ class ExactDense:
         return cached[1], cached[2]
 
     def search(
-        self, collection: str, query_vector: npt.NDArray[np.float32], limit: int, filters: dict[str, Any]
-    ) -> list[Hit]:
-        ids, matrix = self._vectors({"collection": collection, **filters})
+        self,
+        collection: str,
+        query_vectors: npt.NDArray[np.float32],
+        limit: int,
+        filters: dict[str, Any] | None = None,
+    ) -> list[list[Hit]]:
+        """Top `limit` chunks by cosine for each query: one count, one matrix product, one fetch."""
+        ids, matrix = self._vectors({"collection": collection, **(filters or {})})
+        queries = np.asarray(query_vectors, dtype=np.float32).reshape(-1, matrix.shape[1] if ids else 0)
         if not ids:
-            return []
-        scores = matrix @ query_vector.astype(np.float32)
-        top = np.argsort(-scores)[:limit]
-        wanted = [ids[i] for i in top]
+            return [[] for _ in range(len(queries))]
+        scores = queries @ matrix.T
+        tops = [np.argsort(-row)[:limit] for row in scores]
+        wanted = sorted({ids[i] for top in tops for i in top})
         with milvus_errors("query"):
             rows = self.store.client.query(
                 self.store.name, filter=render_filter({"pk": wanted}), output_fields=["pk", *OUTPUT_FIELDS]
             )
         by_pk = {row["pk"]: row for row in rows}
         return [
-            hit_from_row({"entity": by_pk[pk], "distance": float(scores[i])}, query_vector, "dense")
-            for pk, i in zip(wanted, top, strict=True)
-            if pk in by_pk
+            [
+                hit_from_row({"entity": by_pk[ids[i]], "distance": float(row[i])}, query, "dense")
+                for i in top
+                if ids[i] in by_pk
+            ]
+            for query, row, top in zip(queries, scores, tops, strict=True)
         ]

@@ -23,8 +23,12 @@ from ingestion.chunking import embedding_text
 
 class ExactSearch(Protocol):
     def search(
-        self, collection: str, query_vector: npt.NDArray[np.float32], limit: int, filters: dict[str, Any]
-    ) -> list[Hit]: ...
+        self,
+        collection: str,
+        query_vectors: npt.NDArray[np.float32],
+        limit: int,
+        filters: dict[str, Any] | None = None,
+    ) -> list[list[Hit]]: ...
 
 
 @dataclass(frozen=True)
@@ -148,21 +152,14 @@ class Retriever:
         for members in groups.values():
             first = questions[members[0]]
             opts = search_options(self.settings, first.options)
+            limit, filters = self.limit(first), first.filters
             try:
                 if opts.exact:
-                    found = [
-                        self._exact.search(first.collection, vectors[i], self.limit(first), first.filters)
-                        for i in members
-                    ]
+                    found = self._exact.search(first.collection, vectors[members], limit, filters)
                 else:
                     texts = [questions[i].text for i in members]
                     found = self._store.search(
-                        first.collection,
-                        texts,
-                        vectors[members],
-                        self.limit(first),
-                        first.filters,
-                        options=opts,
+                        first.collection, texts, vectors[members], limit, filters, options=opts
                     )
             except Exception as exc:  # fails this group only
                 outcomes.update({i: exc for i in members})
