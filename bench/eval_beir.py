@@ -237,6 +237,7 @@ def summarize(outcomes: list[AskOutcome], qrels: Qrels) -> dict[str, Any]:
         "failed_asks": len(failed),
         "failure_examples": [f"{o.qid}: {o.error}" for o in failed[:5]],
         "latency_ms": {f"p{q}": percentile(latencies, q) if latencies else None for q in (50, 95)},
+        "run": run,  # each query's ranked doc ids, so two runs can be compared query by query
     }
 
 
