@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from celery.app import trace
+
 from common.queueing import make_celery
 from common.settings import get_settings
+
+# Results hold document text (passages): keep them out of the logs, which are not access-controlled
+# like the job store. The line still says which task succeeded and how long it took.
+trace.LOG_SUCCESS = "Task %(name)s[%(id)s] succeeded in %(runtime)ss"
 
 app = make_celery(get_settings(), include=["workers.tasks"])
