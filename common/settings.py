@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     dense_candidates: int = 100
     bm25_candidates: int = 100
     rerank_candidates: int = 30
-    rrf_k: int = 60
+    rrf_k: int = 20  # tuned on scifact-train: 20 beat 60 (+0.5 nDCG@10 hybrid, +0.3 reranked); see README
     rerank_fusion_k: int = 60  # RRF k when fusing the rerank ranking with the hybrid ranking
     bm25_k1: float = 1.2
     bm25_b: float = 0.75

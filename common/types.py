@@ -45,13 +45,13 @@ OnDuplicate = Literal["skip", "replace", "error"]
 
 @dataclass(frozen=True)
 class SearchOptions:
-    """How one search runs; defaults come from settings, requests may override them (stage switches)."""
+    """How one search runs: settings (the one place for these numbers) plus a request's switches."""
 
+    ef: int
+    rrf_k: int
+    dense_candidates: int
+    bm25_candidates: int
     mode: SearchMode = "hybrid"
-    ef: int = 128
-    rrf_k: int = 60
-    dense_candidates: int = 100
-    bm25_candidates: int = 100
     exact: bool = False  # brute-force dense search: the reference HNSW's recall is measured against
 
 
