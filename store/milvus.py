@@ -25,7 +25,7 @@ DIMENSION_PROPERTY = "quarry.dimension"
 SCHEMA_PROPERTY = "quarry.schema"
 SCHEMA_VERSION = "2"
 QUERY_LIMIT = 16_384  # Milvus caps offset + limit of one query at 16,384
-_UNAVAILABLE_HINTS = ("connect", "unavailable", "deadline", "timeout", "timed out", "not ready")
+_UNAVAILABLE_HINTS = ("connect", "unavailable", "deadline", "timeout", "timed out", "not ready", "released")
 
 
 def chunk_pk(collection: str, doc_id: str, index: int) -> str:
@@ -179,8 +179,13 @@ class MilvusStore:
         return int(result.get("delete_count", 0)) if isinstance(result, dict) else len(result)
 
     def exists(self) -> bool:
+        """Whether the collection exists, loaded for reads: a restarted Milvus leaves it released."""
         with milvus_errors("has_collection"):
-            return bool(self.client.has_collection(self.name))
+            if not self.client.has_collection(self.name):
+                return False
+            if "Loaded" not in str(self.client.get_load_state(self.name).get("state", "")):
+                self.client.load_collection(self.name)
+        return True
 
     def model_properties(self) -> dict[str, str | None]:
         """The embedding model the stored vectors were built with (None before the first ingest)."""
