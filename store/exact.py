@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from common.filters import render_filter
+from common.filters import MAX_IN_VALUES, render_filter
 from common.types import Hit
 from store.milvus import OUTPUT_FIELDS, MilvusStore, hit_from_row, milvus_errors
 
@@ -57,10 +57,14 @@ class ExactDense:
         scores = queries @ matrix.T
         tops = [np.argsort(-row)[:limit] for row in scores]
         wanted = sorted({ids[i] for top in tops for i in top})
+        rows: list[dict[str, Any]] = []
         with milvus_errors("query"):
-            rows = self.store.client.query(
-                self.store.name, filter=render_filter({"pk": wanted}), output_fields=["pk", *OUTPUT_FIELDS]
-            )
+            for start in range(0, len(wanted), MAX_IN_VALUES):  # the filter caps `in` lists
+                rows += self.store.client.query(
+                    self.store.name,
+                    filter=render_filter({"pk": wanted[start : start + MAX_IN_VALUES]}),
+                    output_fields=["pk", *OUTPUT_FIELDS],
+                )
         by_pk = {row["pk"]: row for row in rows}
         return [
             [
