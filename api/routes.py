@@ -79,26 +79,11 @@ def post_ask() -> Response:
         "question": body.question,
         "collection": body.collection or settings.default_collection,
         "top_k": top_k,
-        "reranker": choose_reranker(body, settings.reranker_backend),
+        "reranker": body.chosen_reranker(settings.reranker_backend),
         "filters": body.filters,
         "options": body.stage_options(),
     }
     return submit("ask", ASK_TASK, lambda _: (task_kwargs, 1))
-
-
-def choose_reranker(body: AskRequest, default: str) -> str | None:
-    """The backend this question is reranked with, or None; a request may switch it or turn it off."""
-    if body.rerank is False:
-        if body.reranker is not None:
-            raise InvalidRequest('"rerank": false contradicts "reranker"; send one of them')
-        return None
-    if body.reranker is not None:
-        return body.reranker
-    if default == "none":
-        if body.rerank:
-            raise InvalidRequest('no reranker is configured; send "reranker" to choose one')
-        return None
-    return default
 
 
 @health_bp.get("/healthz")

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from common.errors import InvalidRequest
 from common.types import OnDuplicate, RerankerBackend, SearchMode
 
 COLLECTION_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
@@ -83,6 +84,20 @@ class AskRequest(BaseModel):
     ef: int | None = Field(default=None, ge=1, le=32_768)
     rrf_k: int | None = Field(default=None, ge=1, le=10_000)
     candidates: int | None = Field(default=None, ge=1, le=1_000)
+
+    def chosen_reranker(self, default: str) -> str | None:
+        """The backend this question is reranked with, or None; a request may switch it or turn it off."""
+        if self.rerank is False:
+            if self.reranker is not None:
+                raise InvalidRequest('"rerank": false contradicts "reranker"; send one of them')
+            return None
+        if self.reranker is not None:
+            return self.reranker
+        if default == "none":
+            if self.rerank:
+                raise InvalidRequest('no reranker is configured; send "reranker" to choose one')
+            return None
+        return default
 
     def stage_options(self) -> dict[str, Any]:
         """Only what the request set; the worker fills the rest from settings."""

@@ -13,9 +13,10 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from api.schemas import AskRequest
 from bench.eval_beir import Client
 from bench.metrics import percentile
-from common.settings import Settings
+from workers.runtime import Runtime
 
 
 def _one(client: Client, body: dict[str, Any], question: str, timeout_s: float) -> tuple[float, int]:
@@ -51,45 +52,25 @@ def load(
     }
 
 
-def in_process(settings: Settings, body: dict[str, Any], questions: Sequence[str]) -> dict[str, Any]:
-    """The worker's pipeline on one question at a time, no HTTP, queue or Redis around it."""
-    import torch
+def in_process(rt: Runtime, body: dict[str, Any], questions: Sequence[str]) -> dict[str, Any]:
+    """The worker's pipeline (its own Retriever) on one question at a time, no HTTP, queue or Redis."""
+    from workers.retrieval import Question
 
-    from store.exact import ExactDense
-    from store.milvus import MilvusStore
-    from workers.embedder import load_embedder
-    from workers.reranker import load_reranker
-    from workers.retrieval import Question, Retriever
-
-    torch.set_num_threads(settings.threads_per_worker)
-    embedder = load_embedder(settings)
-    store = MilvusStore(settings)
-    store.ensure_collection(embedder.model_name, embedder.dimension)
-    rerankers: dict[str, Any] = {}
-
-    def reranker(name: str) -> Any:
-        if name not in rerankers:
-            rerankers[name] = load_reranker(settings, embedder, name)
-        return rerankers[name]
-
-    retriever = Retriever(settings, embedder, store, ExactDense(store), reranker)
-    backend = body.get("reranker") or (None if body.get("rerank") is False else settings.reranker_backend)
-    ask = [
-        Question(q, body["collection"], body["top_k"], backend if backend != "none" else None)
-        for q in questions
-    ]
-    retriever.answer(ask[0])  # warm-up
+    request = AskRequest.model_validate({**body, "question": questions[0]})  # the API's own rules
+    backend = request.chosen_reranker(rt.settings.reranker_backend)
+    ask = [Question(q, body["collection"], body["top_k"], backend) for q in questions]
+    rt.retriever.answer(ask[0])  # warm-up
     times = []
     for question in ask:
         start = time.perf_counter()
-        retriever.answer(question)
+        rt.retriever.answer(question)
         times.append((time.perf_counter() - start) * 1000)
     return {"questions": len(times), "p50_ms": statistics.median(times)}
 
 
 def run(
     client: Client,
-    settings: Settings,
+    rt: Runtime,
     body: dict[str, Any],
     questions: Sequence[str],
     *,
@@ -105,7 +86,7 @@ def run(
         rows.append(
             load(client, body, [questions[i % len(questions)] for i in range(count)], clients, timeout_s)
         )
-    reference = in_process(settings, body, questions[: max(per_client, 5)])
+    reference = in_process(rt, body, questions[: max(per_client, 5)])
     by_clients = {row["clients"]: row for row in rows}
     result: dict[str, Any] = {"body": body, "levels": rows, "in_process": reference}
     if 1 in by_clients:

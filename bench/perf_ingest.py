@@ -12,22 +12,18 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-
 from bench.eval_beir import Client, ingest
 from common.settings import Settings
-from common.types import Document
+from common.types import Document, Embedder
 from ingestion.chunking import embedding_text
 from ingestion.pipeline import chunks_of
+from workers.runtime import Runtime
 
 NAIVE_BATCH = 32
 
 
-def chunk_texts(docs: Sequence[dict[str, Any]], settings: Settings) -> list[str]:
+def chunk_texts(docs: Sequence[dict[str, Any]], embedder: Embedder, settings: Settings) -> list[str]:
     """The texts the service embeds for these documents: same chunker, same title handling."""
-    from workers.embedder import load_embedder
-
-    embedder = load_embedder(settings)
     texts: list[str] = []
     for row in docs:
         doc = Document(row["id"], row["text"], row.get("title") or "", {})
@@ -46,11 +42,8 @@ def service(client: Client, docs: Sequence[dict[str, Any]], timeout_s: float) ->
     return {"seconds": seconds, "chunks": chunks, "chunks_per_s": chunks / seconds}
 
 
-def bare(texts: Sequence[str], settings: Settings) -> dict[str, Any]:
+def bare(texts: Sequence[str], embedder: Embedder) -> dict[str, Any]:
     """The service's own embedder (same dtype, token budget, length sorting) with nothing around it."""
-    from workers.embedder import load_embedder
-
-    embedder = load_embedder(settings)
     embedder.embed_documents(texts[:16])  # warm-up: first-call allocations
     start = time.perf_counter()
     embedder.embed_documents(texts)
@@ -93,17 +86,19 @@ def naive(texts: Sequence[str], settings: Settings) -> dict[str, Any]:
     return {"seconds": seconds, "chunks": len(texts), "chunks_per_s": len(texts) / seconds}
 
 
-def run(
-    client: Client, docs: Sequence[dict[str, Any]], settings: Settings, timeout_s: float
-) -> dict[str, Any]:
-    """All three on the same documents, one after the other, with ratios."""
-    torch.set_num_threads(settings.threads_per_worker)
-    texts = chunk_texts(docs, settings)
+def run(client: Client, docs: Sequence[dict[str, Any]], rt: Runtime, timeout_s: float) -> dict[str, Any]:
+    """All three on the same documents, one after the other, with ratios.
+
+    The worker's own Runtime loads the embedder and sets the worker's torch thread count, which the
+    naive loop then shares.
+    """
+    settings = rt.settings
+    texts = chunk_texts(docs, rt.embedder, settings)
     result: dict[str, Any] = {
         "documents": len(docs),
         "torch_threads": settings.threads_per_worker,
         "service": service(client, docs, timeout_s),
-        "bare": bare(texts, settings),
+        "bare": bare(texts, rt.embedder),
         "naive": naive(texts, settings),
     }
     rate = {name: result[name]["chunks_per_s"] for name in ("service", "bare", "naive")}

@@ -11,26 +11,17 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from common.settings import Settings
 from common.types import SearchOptions
+from workers.runtime import Runtime
 
 K = 10
 
 
-def run(settings: Settings, collection: str, questions: Sequence[str], efs: Sequence[int]) -> dict[str, Any]:
-    import torch
-
-    from store.exact import ExactDense
-    from store.milvus import MilvusStore
-    from workers.embedder import load_embedder
-
-    torch.set_num_threads(settings.threads_per_worker)
-    embedder = load_embedder(settings)
-    store = MilvusStore(settings)
-    store.ensure_collection(embedder.model_name, embedder.dimension)
-    exact = ExactDense(store)
-    vectors = embedder.embed_queries(questions)
-    truth = [{(h.doc_id, h.chunk_index) for h in hits} for hits in exact.search(collection, vectors, K)]
+def run(rt: Runtime, collection: str, questions: Sequence[str], efs: Sequence[int]) -> dict[str, Any]:
+    """The worker's own embedder, Milvus client and exact reference (its Runtime)."""
+    settings, store = rt.settings, rt.store
+    vectors = rt.embedder.embed_queries(questions)
+    truth = [{(h.doc_id, h.chunk_index) for h in hits} for hits in rt.exact.search(collection, vectors, K)]
     rows = []
     for ef in efs:
         options = SearchOptions(
