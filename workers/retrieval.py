@@ -121,8 +121,9 @@ class Retriever:
         start = time.perf_counter()
         vectors = self._embedder.embed_queries([q.text for q in questions])
         timings["embed_ms"] = _ms(start)
+        options = [search_options(self.settings, q.options) for q in questions]
         start = time.perf_counter()
-        hits = self._search(questions, vectors, outcomes)
+        hits = self._search(questions, options, vectors, outcomes)
         timings["search_ms"] = _ms(start)
         start = time.perf_counter()
         ranked = self._rerank(questions, hits, outcomes)
@@ -130,7 +131,7 @@ class Retriever:
             timings["rerank_ms"] = _ms(start)
         for i, question in enumerate(questions):
             if i not in outcomes:
-                outcomes[i] = self._result(question, ranked[i], timings)
+                outcomes[i] = self._result(question, options[i], ranked[i], timings)
         return [outcomes[i] for i in range(len(questions))]
 
     def limit(self, question: Question) -> int:
@@ -141,17 +142,19 @@ class Retriever:
         return int(question.options.get("candidates", self.settings.rerank_candidates))
 
     def _search(
-        self, questions: Sequence[Question], vectors: npt.NDArray[np.float32], outcomes: dict[int, Outcome]
+        self,
+        questions: Sequence[Question],
+        options: Sequence[SearchOptions],
+        vectors: npt.NDArray[np.float32],
+        outcomes: dict[int, Outcome],
     ) -> dict[int, list[Hit]]:
         """One store call per group of questions that share collection, filters and search options."""
         groups: dict[str, list[int]] = defaultdict(list)
         for i, q in enumerate(questions):
-            opts = search_options(self.settings, q.options)
-            groups[repr((q.collection, sorted(q.filters.items()), opts, self.limit(q)))].append(i)
+            groups[repr((q.collection, sorted(q.filters.items()), options[i], self.limit(q)))].append(i)
         hits: dict[int, list[Hit]] = {}
         for members in groups.values():
-            first = questions[members[0]]
-            opts = search_options(self.settings, first.options)
+            first, opts = questions[members[0]], options[members[0]]
             limit, filters = self.limit(first), first.filters
             try:
                 if opts.exact:
@@ -194,9 +197,12 @@ class Retriever:
         return ranked
 
     def _result(
-        self, question: Question, ranked: list[tuple[Hit, Ranked | None]], timings: dict[str, float]
+        self,
+        question: Question,
+        opts: SearchOptions,
+        ranked: list[tuple[Hit, Ranked | None]],
+        timings: dict[str, float],
     ) -> dict[str, Any]:
-        opts = search_options(self.settings, question.options)
         return {
             "collection": question.collection,
             "mode": "exact-dense" if opts.exact else opts.mode,
