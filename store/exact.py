@@ -38,7 +38,7 @@ class ExactDense:
                     ids += [row["pk"] for row in page]
                     vectors += [row["dense"] for row in page]
                 iterator.close()
-            matrix = np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1)
+            matrix = np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1 if ids else 0)
             self._cache[expr] = cached = (count, ids, matrix)
         return cached[1], cached[2]
 
@@ -50,9 +50,9 @@ class ExactDense:
         filters: dict[str, Any] | None = None,
     ) -> list[list[Hit]]:
         """Top `limit` chunks by cosine for each query: one count, one matrix product, one fetch."""
+        queries = np.asarray(query_vectors, dtype=np.float32)
         ids, matrix = self._vectors({"collection": collection, **(filters or {})})
-        queries = np.asarray(query_vectors, dtype=np.float32).reshape(-1, matrix.shape[1] if ids else 0)
-        if not ids:
+        if not ids:  # an empty or unknown collection has nothing to rank
             return [[] for _ in range(len(queries))]
         scores = queries @ matrix.T
         tops = [np.argsort(-row)[:limit] for row in scores]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+import numpy as np
 import pytest
 from pymilvus import MilvusException
 
 from common.errors import ServiceUnavailable
+from store.exact import ExactDense
 from store.milvus import MilvusStore, milvus_errors
 
 
@@ -46,3 +49,65 @@ def test_a_missing_collection_is_not_created_by_a_read() -> None:
 def test_a_released_collection_error_is_unavailable_not_a_crash() -> None:
     with pytest.raises(ServiceUnavailable, match="released"), milvus_errors("query"):
         raise MilvusException(101, "Collection 'quarry_chunks' is in state 'released'; call load()")
+
+
+class FakeMilvus:
+    """Enough of MilvusClient for ExactDense: a count, an iterator over all rows, a fetch by pk."""
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self.rows, self.fetches = rows, 0
+
+    def query(self, name: str, filter: str, output_fields: list[str]) -> list[dict[str, Any]]:
+        if output_fields == ["count(*)"]:
+            return [{"count(*)": len(self.rows)}]
+        self.fetches += 1
+        wanted = set(re.findall(r'"([^"]+)"', filter.split(" in ", 1)[1]))
+        return [row for row in self.rows if row["pk"] in wanted]
+
+    def query_iterator(self, name: str, batch_size: int, filter: str, output_fields: list[str]) -> Any:
+        pages = iter([self.rows, []])
+
+        class It:
+            def next(self) -> list[dict[str, Any]]:
+                return next(pages)
+
+            def close(self) -> None:
+                pass
+
+        return It()
+
+
+def exact_over(rows: list[dict[str, Any]]) -> tuple[ExactDense, FakeMilvus]:
+    client = FakeMilvus(rows)
+    return ExactDense(store_with(client)), client  # type: ignore[arg-type]
+
+
+def test_exact_search_of_an_empty_collection_is_empty_not_a_crash() -> None:
+    exact, _ = exact_over([])
+    assert exact.search("c", np.ones((2, 4), dtype=np.float32), 10) == [[], []]
+
+
+def test_exact_search_fetches_a_big_batch_in_pieces_the_filter_accepts() -> None:
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(1500, 16)).astype(np.float32)
+    rows = [
+        {
+            "pk": f"p{i}",
+            "dense": v.tolist(),
+            "doc_id": f"d{i}",
+            "chunk_index": 0,
+            "title": "",
+            "text": "",
+            "metadata": {},
+        }
+        for i, v in enumerate(vectors)
+    ]
+    exact, client = exact_over(rows)
+    queries = rng.normal(size=(64, 16)).astype(np.float32)
+    distinct = {int(i) for q in queries for i in np.argsort(-(vectors @ q))[:100]}
+    assert 1000 < len(distinct) <= 2000
+    found = exact.search("c", queries, 100)
+    assert client.fetches == 2  # more than 1,000 distinct ids: two fetches of at most 1,000
+    for query, hits in zip(queries, found, strict=True):
+        expected = np.argsort(-(vectors @ query))[:100]
+        assert [h.doc_id for h in hits] == [f"d{i}" for i in expected]
