@@ -42,10 +42,10 @@ eval: $(VENV)/.requirements-dev
 	$(PY) -m bench.eval_beir ../shared/data/scifact-train --split train --url http://127.0.0.1:8000 --collection scifact
 
 # Speed, side by side in one run, against the running service (ingests a scratch collection and deletes it;
-# the ask and search parts use the `scifact` collection that `make eval` loads).
+# the ask and search parts use the `scifact` collection that `make eval` loads). About 9 minutes on 2 cores.
 bench: $(VENV)/.requirements-dev
 	$(PY) -m bench.perf ../shared/data/scifact-train --url http://127.0.0.1:8000 --collection scifact \
-		--json bench/results/latest.json
+		--docs 1000 --json bench/results/latest.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
