@@ -35,13 +35,17 @@ def from_settings(settings: Settings) -> dict[str, Any]:
         },
         "task_default_queue": QUERY_QUEUE,
         "task_create_missing_queues": True,
-        # At-least-once: ack after the task ran, one message in flight per process.
+        # At-least-once: ack after the task ran, one message in flight per process. A child process that
+        # dies mid-task (SIGKILL, OOM) puts its message back in the queue; tasks count deliveries and
+        # fail after `max_deliveries`, so a task that kills its worker every time cannot loop forever.
         "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "task_soft_time_limit": settings.task_soft_time_limit_s,
         "task_time_limit": settings.task_time_limit_s,
-        # Redis redelivers unacked messages after this; it must outlast the longest task.
-        "broker_transport_options": {"visibility_timeout": settings.task_time_limit_s + 600},
+        # Redis redelivers unacked messages (their whole worker vanished) after this; it must outlast the
+        # longest task, or a slow task runs twice.
+        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_s},
         "result_backend_transport_options": {"retry_policy": {"timeout": 5.0}},
         # Results live in Quarry's job records; Celery keeps only failures (used to spot lost workers).
         "task_ignore_result": True,

@@ -6,7 +6,7 @@ import logging
 
 from flask import Flask
 
-from api import collections, jobs, problems
+from api import auth, collections, jobs, limits, openapi, problems
 from api.routes import bp, health_bp
 from api.services import Services
 from common.settings import Settings, get_settings
@@ -20,9 +20,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["quarry"] = Services(settings)
     problems.register(app)
+    auth.install(app, settings.api_keys)
+    limits.install(app, settings)  # after auth: the limit is per API key
     app.register_blueprint(bp)
     app.register_blueprint(collections.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(health_bp)
+    app.register_blueprint(openapi.bp)
     logging.basicConfig(level=logging.INFO)
     return app

@@ -6,6 +6,7 @@ import re
 
 from flask import Blueprint, Response, jsonify
 
+from api.auth import principal
 from api.routes import MAX_PAGE, int_arg
 from api.schemas import COLLECTION_PATTERN
 from api.services import services, submit
@@ -18,6 +19,7 @@ bp = Blueprint("collections", __name__, url_prefix="/api/v1/collections")
 def _collection_or_404(name: str) -> dict[str, int]:
     if not re.match(COLLECTION_PATTERN, name):
         raise NotFound(f"no collection {name!r}")
+    principal().require_visible(name)
     counts = services().catalog.counts(name)
     if counts["chunks"] == 0 and name not in services().collections.names():
         raise NotFound(f"no collection {name!r}")
@@ -26,8 +28,9 @@ def _collection_or_404(name: str) -> dict[str, int]:
 
 @bp.get("")
 def list_collections() -> Response:
-    svc = services()
-    items = [{"name": name, **svc.catalog.counts(name)} for name in sorted(svc.collections.names())]
+    svc, caller = services(), principal()
+    names = sorted(name for name in svc.collections.names() if caller.may_use(name))
+    items = [{"name": name, **svc.catalog.counts(name)} for name in names]
     return jsonify({"items": items})
 
 
@@ -49,9 +52,9 @@ def get_collection(name: str) -> Response:
 
 @bp.get("/<name>/documents")
 def list_documents(name: str) -> Response:
-    counts = _collection_or_404(name)
     offset = int_arg("offset", 0, 0, 16_383)
     limit = int_arg("limit", 100, 1, MAX_PAGE)
+    counts = _collection_or_404(name)
     items = services().catalog.documents(name, offset, limit)
     end = offset + len(items)
     return jsonify(

@@ -6,6 +6,7 @@ import re
 
 from flask import Blueprint, Response, jsonify, request
 
+from api.auth import principal
 from api.routes import MAX_PAGE, int_arg
 from api.services import services, submit
 from celeryconfig import INGEST_TASK
@@ -32,7 +33,7 @@ def _wait_seconds() -> float:
 
 def _job_or_404(job_id: str) -> JobRecord:
     record = services().jobs.get(job_id) if JOB_ID.match(job_id) else None
-    if record is None:
+    if record is None or not principal().owns(record.owner):  # another tenant's job looks missing
         raise NotFound(f"no job {job_id!r} (never submitted, or expired)")
     return record
 

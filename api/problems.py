@@ -16,6 +16,9 @@ log = logging.getLogger(__name__)
 STATUS: dict[type[errors.QuarryError], int] = {
     errors.InvalidRequest: 422,
     errors.NotFound: 404,
+    errors.Unauthorized: 401,
+    errors.Forbidden: 403,
+    errors.TooManyRequests: 429,
     errors.PayloadTooLarge: 413,
     errors.UnsupportedMediaType: 415,
     errors.Conflict: 409,
@@ -44,7 +47,12 @@ def problem(status: int, title: str, detail: str, **extra: Any) -> Response:
 def _domain(exc: errors.QuarryError) -> Response:
     status = next((code for kind, code in STATUS.items() if isinstance(exc, kind)), 500)
     extra = {"errors": exc.errors} if isinstance(exc, errors.InvalidRequest) and exc.errors else {}
-    return problem(status, exc.title, exc.detail, **extra)
+    response = problem(status, exc.title, exc.detail, **extra)
+    if isinstance(exc, errors.TooManyRequests):
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+    if isinstance(exc, errors.Unauthorized):
+        response.headers["WWW-Authenticate"] = 'Bearer realm="quarry"'
+    return response
 
 
 def _validation(exc: ValidationError) -> Response:

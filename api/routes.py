@@ -6,11 +6,12 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
+from api.auth import principal
 from api.schemas import AskRequest, IngestRequest, UploadForm
 from api.services import services, submit
 from api.uploads import save_json_documents, save_uploaded_files
-from celeryconfig import ASK_TASK, INGEST_TASK
-from common.errors import InvalidRequest, UnsupportedMediaType
+from celeryconfig import ASK_TASK, INGEST_TASK, QUERY_QUEUE
+from common.errors import InvalidRequest, TooManyRequests, UnsupportedMediaType
 from common.filters import render_filter
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -47,6 +48,7 @@ def post_documents() -> Response:
         collection, on_duplicate = body.collection, body.on_duplicate
         save = lambda job_id: save_json_documents(job_id, body.documents, settings)  # noqa: E731
     collection = collection or settings.default_collection
+    principal().require(collection)
 
     def kwargs(job_id: str) -> tuple[dict[str, Any], int]:
         source, total = save(job_id)  # raises on a refused upload, before anything is registered
@@ -75,15 +77,29 @@ def post_ask() -> Response:
     render_filter(body.filters)  # refuse bad filters here, with a 422, not in the worker
     if body.exact and (body.mode or "hybrid") != "dense":
         raise InvalidRequest('exact search is a dense-only reference: send "mode": "dense" with it')
+    collection = body.collection or settings.default_collection
+    principal().require(collection)
     task_kwargs = {
         "question": body.question,
-        "collection": body.collection or settings.default_collection,
+        "collection": collection,
         "top_k": top_k,
         "reranker": body.chosen_reranker(settings.reranker_backend),
         "filters": body.filters,
         "options": body.stage_options(),
     }
+    admit_question()  # last: a bad request is told what is wrong with it even when the queue is full
     return submit("ask", ASK_TASK, lambda _: (task_kwargs, 1))
+
+
+def admit_question() -> None:
+    """Backpressure: past `max_query_queue` waiting questions, say when to come back instead of queueing."""
+    settings = services().settings
+    depth = services().queue_depth(QUERY_QUEUE)
+    if depth >= settings.max_query_queue:
+        raise TooManyRequests(
+            f"{depth} questions are waiting (limit {settings.max_query_queue}); retry later",
+            retry_after_s=settings.retry_after_s,
+        )
 
 
 @health_bp.get("/healthz")

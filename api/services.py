@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any, cast
 
 import redis
 from flask import Response, current_app, jsonify, url_for
-from kombu.exceptions import KombuError, OperationalError
+from kombu.exceptions import ChannelError, KombuError, OperationalError
 
+from api.auth import principal
+from api.idempotency import IdempotencyKeys, header_key, request_fingerprint
 from common.errors import ServiceUnavailable
 from common.jobs import JobStore, connect_redis, redis_errors
 from common.queueing import make_celery
@@ -54,9 +57,12 @@ class Services:
         self.jobs = JobStore(self.redis, settings.job_ttl_s)
         self.reports = DocumentReports(self.redis, settings.job_ttl_s)
         self.collections = CollectionNames(self.redis)
+        self.idempotency = IdempotencyKeys(self.redis, settings.idempotency_ttl_s)
         self.celery = make_celery(settings)
         self._milvus_lock = threading.Lock()
         self._catalog: Catalog | None = None
+        self._depth_lock = threading.Lock()
+        self._depths: dict[str, tuple[float, int]] = {}
 
     @property
     def catalog(self) -> Catalog:
@@ -79,6 +85,24 @@ class Services:
         except (OperationalError, KombuError, redis.RedisError, OSError) as exc:
             self.jobs.mark_failed(job_id, f"could not be queued: {exc}")
             raise ServiceUnavailable(f"the job queue (broker) is unreachable: {exc}") from exc
+
+    def queue_depth(self, queue: str) -> int:
+        """Messages waiting in a broker queue; one broker read per `queue_depth_cache_s` per process."""
+        now = time.monotonic()
+        with self._depth_lock:
+            read_at, depth = self._depths.get(queue, (-1e9, 0))
+            if now - read_at < self.settings.queue_depth_cache_s:
+                return depth
+        try:
+            with self.celery.pool.acquire(block=True, timeout=2) as conn:
+                depth = int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)
+        except ChannelError:
+            depth = 0  # the queue does not exist yet: nothing waits
+        except (OperationalError, KombuError, redis.RedisError, OSError) as exc:
+            raise ServiceUnavailable(f"the job queue (broker) is unreachable: {exc}") from exc
+        with self._depth_lock:
+            self._depths[queue] = (now, depth)
+        return depth
 
     def health(self) -> dict[str, dict[str, Any]]:
         return {"redis": self._check_redis(), "broker": self._check_broker(), "milvus": self._check_milvus()}
@@ -122,14 +146,33 @@ def services() -> Services:
 
 
 def submit(kind: str, task: str, build: Callable[[str], tuple[dict[str, Any], int]]) -> Response:
-    """Record a job, then enqueue it: `build(job_id)` stores what the task needs and returns its kwargs."""
-    svc = services()
-    job_id = uuid.uuid4().hex
-    kwargs, total = build(job_id)
-    svc.jobs.create(job_id, kind, total, kwargs)
-    svc.enqueue(task, job_id, kwargs)
+    """Record a job, then enqueue it: `build(job_id)` stores what the task needs and returns its kwargs.
+
+    With an `Idempotency-Key`, a retry of the same request answers with the job the first one created.
+    """
+    svc, owner = services(), principal().name
+    job_id, idem_key = uuid.uuid4().hex, header_key()
+    if idem_key is not None:
+        claimed = svc.idempotency.claim(owner or "", idem_key, request_fingerprint(), job_id)
+        if claimed != job_id:
+            return accepted(claimed, replayed=True)
+    try:
+        kwargs, total = build(job_id)
+        svc.jobs.create(job_id, kind, total, kwargs, owner=owner)
+        svc.enqueue(task, job_id, kwargs)
+    except Exception:
+        if idem_key is not None:
+            svc.idempotency.release(owner or "", idem_key)  # nothing was queued: let a retry submit
+        raise
+    return accepted(job_id)
+
+
+def accepted(job_id: str, *, replayed: bool = False) -> Response:
+    """202 with the job id and where to poll it."""
     status_url = url_for("jobs.get_job", job_id=job_id)
     response = jsonify({"job_id": job_id, "status_url": status_url})
     response.status_code = 202
     response.headers["Location"] = status_url
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
     return response

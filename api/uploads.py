@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -11,10 +12,10 @@ from flask import request
 from werkzeug.datastructures import FileStorage
 
 from api.schemas import DocumentIn
-from common.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from common.errors import DocumentError, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from common.settings import Settings
 from common.types import Document
-from ingestion.parsing import SUPPORTED_SUFFIXES, sanitize_filename, write_documents_jsonl
+from ingestion.parsing import SUPPORTED_SUFFIXES, precheck, sanitize_filename, write_documents_jsonl
 
 Source = dict[str, Any]
 
@@ -74,11 +75,33 @@ def save_uploaded_files(
     _check_types(names)
     _reject_duplicate_ids(names)
     job_dir = _job_dir(job_id, settings)
-    saved = []
-    for index, (item, name) in enumerate(zip(files, names, strict=True)):
-        stored = f"{index:05d}-{name}"
-        item.save(job_dir / stored)
-        if (job_dir / stored).stat().st_size == 0:
-            raise InvalidRequest(f"{name}: the file is empty")
-        saved.append({"path": f"{job_id}/{stored}", "name": name})
+    try:
+        pairs = enumerate(zip(files, names, strict=True))
+        saved = [_save(job_id, job_dir, index, item, name) for index, (item, name) in pairs]
+        _refuse_if_nothing_readable(job_dir, saved)
+    except Exception:
+        shutil.rmtree(job_dir, ignore_errors=True)  # a refused upload leaves nothing behind
+        raise
     return {"kind": "files", "files": saved, "options": options}, len(saved)
+
+
+def _save(job_id: str, job_dir: Path, index: int, item: FileStorage, name: str) -> dict[str, str]:
+    stored = f"{index:05d}-{name}"
+    item.save(job_dir / stored)
+    if (job_dir / stored).stat().st_size == 0:
+        raise InvalidRequest(f"{name}: the file is empty")
+    return {"path": f"{job_id}/{stored}", "name": name}
+
+
+def _refuse_if_nothing_readable(job_dir: Path, saved: list[dict[str, str]]) -> None:
+    """422 when every file fails the parsers' cheap checks; otherwise bad files fail alone in the job."""
+    reasons = []
+    for item in saved:
+        try:
+            precheck(job_dir / Path(item["path"]).name, item["name"])
+        except DocumentError as exc:
+            reasons.append(exc.detail)
+    if reasons and len(reasons) == len(saved):
+        raise InvalidRequest(
+            "; ".join(reasons[:5]), errors=[{"loc": "files", "msg": r} for r in reasons[:50]]
+        )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 import time
@@ -106,16 +107,17 @@ def _problem_detail(resp: requests.Response) -> str:
 class _ThreadSession(threading.local):
     """Each thread sees its own `session`, created on that thread's first access."""
 
-    def __init__(self) -> None:
+    def __init__(self, headers: dict[str, str]) -> None:
         self.session = requests.Session()
+        self.session.headers.update(headers)
 
 
 class Client:
     """Minimal Quarry API client; one `requests.Session` per thread (sessions are not thread-safe)."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, api_key: str | None = None) -> None:
         self.base = base_url.rstrip("/") + API
-        self._local = _ThreadSession()
+        self._local = _ThreadSession({"Authorization": f"Bearer {api_key}"} if api_key else {})
 
     def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         """Send with a few retries: 429/503 always, connection errors only for idempotent GETs."""
@@ -290,6 +292,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("data_dir", type=Path, help="BEIR folder with corpus.jsonl, queries.jsonl, qrels/")
     p.add_argument("--split", default="test", help="qrels/<split>.tsv to evaluate (default: test)")
     p.add_argument("--url", default="http://127.0.0.1:8000")
+    p.add_argument("--api-key", default=os.environ.get("QUARRY_API_KEY"), help="default: $QUARRY_API_KEY")
     p.add_argument("--collection", default="beir")
     p.add_argument("--skip-ingest", action="store_true", help="assume the collection is already loaded")
     p.add_argument("--concurrency", type=int, default=4, help="asks in flight")
@@ -322,7 +325,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if missing := len(set(qrels) - set(queries)):
         log(f"warning: {missing} judged queries have no text in queries.jsonl and are skipped")
     selected = select_queries(queries, qrels, args.limit)
-    client = Client(args.url)
+    client = Client(args.url, args.api_key)
     ingest_s = None
     if not args.skip_ingest:
         t0 = time.perf_counter()

@@ -98,6 +98,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.perf", description=__doc__.splitlines()[0])
     p.add_argument("data_dir", type=Path, help="BEIR folder (corpus.jsonl, queries.jsonl)")
     p.add_argument("--url", default="http://127.0.0.1:8000")
+    p.add_argument("--api-key", default=os.environ.get("QUARRY_API_KEY"), help="default: $QUARRY_API_KEY")
     p.add_argument("--collection", default="scifact", help="an already ingested collection for ask/search")
     p.add_argument("--docs", type=int, default=None, help="ingest only the first N documents (default: all)")
     p.add_argument("--clients", default="1,4,16", help="client counts for the ask benchmark")
@@ -113,7 +114,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     from workers.runtime import Runtime
 
-    client = Client(args.url)
+    client = Client(args.url, args.api_key)
     rt = Runtime(settings)  # the worker's lazy models and Milvus client, loaded once for every part
     only = set(args.only or ("ingest", "ask", "search"))
     questions = [row["text"] for row in read_jsonl(args.data_dir / "queries.jsonl")]

@@ -27,6 +27,28 @@ class NotFound(QuarryError):
     title = "Not found"
 
 
+class Unauthorized(QuarryError):
+    """No API key, or one that is not configured."""
+
+    title = "Unauthorized"
+
+
+class Forbidden(QuarryError):
+    """A valid API key asked for a collection it is not bound to."""
+
+    title = "Forbidden"
+
+
+class TooManyRequests(QuarryError):
+    """Backpressure or a rate limit: the client should come back after `retry_after_s`."""
+
+    title = "Too many requests"
+
+    def __init__(self, detail: str, retry_after_s: int) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+
+
 class PayloadTooLarge(QuarryError):
     title = "Payload too large"
 

@@ -2,7 +2,8 @@
 
 Celery reports unknown ids as PENDING and loses track of jobs whose process died, so Quarry keeps its own
 record per job and only consults Celery's result backend (in the same round trip) to notice failures that
-Celery recorded from the parent process (worker lost, hard time limit).
+Celery recorded from the parent process (hard time limit). Running tasks beat in the record
+(`common.liveness`); a running job with a stale beat reads as failed, its worker lost.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ from enum import StrEnum
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from common.errors import ServiceUnavailable
 
 KEY_PREFIX = "quarry:job:"
 CELERY_META_PREFIX = "celery-task-meta-"
+BEAT_FIELD = "beat:"  # + task id: the running task's last heartbeat, removed when the task ends
 
 
 class JobState(StrEnum):
@@ -69,9 +73,11 @@ class JobRecord:
     progress: dict[str, int] = field(default_factory=lambda: {"done": 0, "total": 0})
     result: Any = None
     error: str | None = None
+    owner: str | None = None  # the API key's name; None when the API is open
     created_at: str = field(default_factory=now_iso)
     started_at: str | None = None
     finished_at: str | None = None
+    heartbeat_at: str | None = None  # last sign of life of a task running for the job
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -121,9 +127,11 @@ class JobStore:
     def channel(job_id: str) -> str:
         return KEY_PREFIX + job_id + ":events"
 
-    def create(self, job_id: str, kind: str, total: int, request: dict[str, Any]) -> JobRecord:
+    def create(
+        self, job_id: str, kind: str, total: int, request: dict[str, Any], owner: str | None = None
+    ) -> JobRecord:
         """Record a job before it is queued; `request` (the task's kwargs) is kept for retries."""
-        record = JobRecord(job_id=job_id, kind=kind, progress={"done": 0, "total": total})
+        record = JobRecord(job_id=job_id, kind=kind, progress={"done": 0, "total": total}, owner=owner)
         fields = record.to_json()
         fields.pop("job_id")
         self.write(job_id, {**fields, "request": request})
@@ -167,6 +175,10 @@ class JobStore:
             reason = _celery_failure(meta)
             if reason:
                 record.state, record.error = JobState.FAILED, reason
+        if record.state is JobState.RUNNING:
+            lost = lost_worker(raw, time.time())
+            if lost:
+                record.state, record.error = JobState.FAILED, lost
         return record
 
     def mark_running(self, job_id: str) -> None:
@@ -224,3 +236,38 @@ def redis_errors() -> Iterator[None]:
 def connect_redis(url: str) -> redis.Redis:
     """A client with timeouts, so a dead Redis fails fast instead of hanging a request."""
     return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=30)
+
+
+def connect_redis_patient(url: str, outage_s: float) -> redis.Redis:
+    """For workers: a command waits out a Redis restart of about `outage_s` instead of failing the task.
+
+    The API keeps `connect_redis` and answers 503 at once; a worker in the middle of a batch would
+    otherwise lose work it already did (embedded, written to Milvus) to a short outage.
+    """
+    retries = int(outage_s) + 4  # backoff reaches its 1 s cap after ~4 tries
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=2,
+        socket_timeout=10,
+        health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+    )
+
+
+def lost_worker(raw: dict[bytes, bytes], now: float) -> str | None:
+    """Why a running job is lost: one of its tasks stopped beating (its worker vanished), else None.
+
+    Each beat carries its own deadline, so readers (the API) need no setting to judge it. A task whose
+    child process died and whose message went back to the queue has no beat until it runs again.
+    """
+    for name, value in raw.items():
+        if not name.startswith(BEAT_FIELD.encode()):
+            continue
+        beat = json.loads(value)
+        if beat["until"] < now:
+            return (
+                f"worker lost: no heartbeat since {beat['at']} from {beat.get('host')} "
+                f"(pid {beat.get('pid')}); the worker stopped or was killed while running this job"
+            )
+    return None

@@ -1,9 +1,15 @@
-"""Per-document locks, so two jobs ingesting the same document at once never both embed it."""
+"""Per-document locks, so two jobs ingesting the same document at once never both embed it.
+
+Locks live `ttl_s` and the worker's heartbeat extends the ones it holds (`refresh`), so the locks of a
+worker that vanished expire soon. A batch locks under its own name (`owner`): when its child process
+is killed and the batch is delivered again, the new delivery takes its predecessor's locks over at once.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import random
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -14,16 +20,28 @@ import redis
 from common.errors import ServiceUnavailable
 from common.jobs import redis_errors
 
+_ACQUIRE = """
+local holder = redis.call('get', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+_EXTEND = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+return 0
+"""
 
 
 class DocumentLocks:
     """All-or-nothing acquisition with jittered retries (no lock is held while waiting: no deadlock)."""
 
-    def __init__(self, client: redis.Redis, ttl_s: int, wait_s: float) -> None:
+    def __init__(self, client: redis.Redis, ttl_s: float, wait_s: float) -> None:
         self.client = client
-        self.ttl_ms = ttl_s * 1000
+        self.ttl_ms = max(1, int(ttl_s * 1000))
         self.wait_s = wait_s
+        self._held: dict[str, tuple[list[str], str]] = {}  # per hold: its keys and token
+        self._held_lock = threading.Lock()
 
     @staticmethod
     def key(collection: str, doc_id: str) -> str:
@@ -31,21 +49,38 @@ class DocumentLocks:
         return f"quarry:lock:{digest}"
 
     @contextmanager
-    def hold(self, collection: str, doc_ids: Sequence[str]) -> Iterator[None]:
+    def hold(self, collection: str, doc_ids: Sequence[str], owner: str | None = None) -> Iterator[None]:
+        """Hold the documents' locks; `owner` names a holder that outlives a process (a batch)."""
         keys = sorted({self.key(collection, doc_id) for doc_id in doc_ids})
-        token = uuid.uuid4().hex
+        token, handle = owner or uuid.uuid4().hex, uuid.uuid4().hex
         try:
             self._acquire(keys, token)
+            with self._held_lock:
+                self._held[handle] = (keys, token)
             yield
         finally:
+            with self._held_lock:
+                self._held.pop(handle, None)
             self._release(keys, token)
+
+    def refresh(self) -> None:
+        """Extend every lock this process holds by `ttl_s` (the worker's heartbeat calls this)."""
+        with self._held_lock:
+            held = list(self._held.values())
+        if held:
+            pipe = self.client.pipeline(transaction=False)
+            for keys, token in held:
+                for key in keys:
+                    pipe.eval(_EXTEND, 1, key, token, self.ttl_ms)
+            with redis_errors():
+                pipe.execute()
 
     def _acquire(self, keys: list[str], token: str) -> None:
         deadline = time.monotonic() + self.wait_s
         while True:
             pipe = self.client.pipeline(transaction=False)
             for key in keys:
-                pipe.set(key, token, nx=True, px=self.ttl_ms)
+                pipe.eval(_ACQUIRE, 1, key, token, self.ttl_ms)
             with redis_errors():
                 acquired = pipe.execute()
             if all(acquired):

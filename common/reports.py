@@ -48,6 +48,14 @@ class DocumentReports:
             pipe.expire(order, self.ttl_s)
             pipe.execute()
 
+    def first(self, job_id: str) -> dict[str, Any] | None:
+        """The first document's outcome (when all failed, an example of why), in two cheap reads."""
+        docs, order = self._keys(job_id)
+        with redis_errors():
+            doc_id = self.client.lindex(order, 0)
+            raw = self.client.hget(docs, doc_id) if doc_id is not None else None
+        return json.loads(raw) if raw else None
+
     def all(self, job_id: str) -> list[dict[str, Any]]:
         docs, order = self._keys(job_id)
         with redis_errors():

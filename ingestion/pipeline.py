@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -119,14 +120,20 @@ def _chunk(
 def write_batch(
     plan: Plan, *, collection: str, embedder: Embedder, store: VectorStore, settings: Settings
 ) -> list[Outcome]:
-    """Embed and upsert; a replaced document's old chunks are deleted first, so none is orphaned."""
+    """Embed, then upsert; a replaced document's old chunks are deleted first, so none is orphaned."""
     outcomes = list(plan.outcomes)
     chunks = _chunk(plan.write, embedder, settings, outcomes)
     failed = {o.doc_id for o in outcomes if o.status == "failed"}
+    vectors = (
+        embedder.embed_documents([embedding_text(c, settings.chunk_include_title) for c in chunks])
+        if chunks
+        else None
+    )
+    if settings.test_batch_delay_s:  # test only: a window in which fault tests kill the worker
+        time.sleep(settings.test_batch_delay_s)
     if plan.replaced:
         store.delete(collection, plan.replaced)
-    if chunks:
-        vectors = embedder.embed_documents([embedding_text(c, settings.chunk_include_title) for c in chunks])
+    if vectors is not None:
         store.insert(collection, chunks, vectors, {doc.id: digest for doc, digest in plan.write})
     per_doc: dict[str, int] = {}
     for chunk in chunks:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -25,6 +25,10 @@ DIMENSION_PROPERTY = "quarry.dimension"
 SCHEMA_PROPERTY = "quarry.schema"
 SCHEMA_VERSION = "2"
 QUERY_LIMIT = 16_384  # Milvus caps offset + limit of one query at 16,384
+T = TypeVar("T")
+# Reconnect within a second once Milvus is back: gRPC's reconnect backoff otherwise grows towards two
+# minutes during an outage, and every retry of a task would fail long after Milvus returned.
+GRPC_OPTIONS = {"grpc.initial_reconnect_backoff_ms": 250, "grpc.max_reconnect_backoff_ms": 1000}
 _UNAVAILABLE_HINTS = ("connect", "unavailable", "deadline", "timeout", "timed out", "not ready", "released")
 
 
@@ -55,7 +59,10 @@ class MilvusStore:
         self.name = settings.milvus_collection
         with milvus_errors("connect"):
             self.client = MilvusClient(
-                uri=settings.milvus_uri, token=settings.milvus_token or "", timeout=settings.milvus_timeout_s
+                uri=settings.milvus_uri,
+                token=settings.milvus_token or "",
+                timeout=settings.milvus_timeout_s,
+                grpc_options=GRPC_OPTIONS,
             )
 
     def ensure_collection(self, model_name: str, dimension: int) -> None:
@@ -144,11 +151,16 @@ class MilvusStore:
         vectors: npt.NDArray[np.float32],
         hashes: Mapping[str, str],
     ) -> int:
-        """Upsert chunks with their vectors and their document's content hash; the caller flushes."""
+        """Upsert chunks with their vectors and their document's content hash; the caller flushes.
+
+        First chunks go last: dedup reads a document's hash from its first chunk, so a write cut short
+        (Milvus down between two requests) never leaves a document that looks stored but lacks chunks.
+        """
         rows = [
             self._row(collection, chunk, vector, hashes[chunk.doc_id])
             for chunk, vector in zip(chunks, vectors, strict=True)
         ]
+        rows.sort(key=lambda row: row["chunk_index"] == 0)  # stable: the order is otherwise kept
         with milvus_errors("insert"):
             for start in range(0, len(rows), WRITE_BATCH):
                 self.client.upsert(self.name, rows[start : start + WRITE_BATCH])
@@ -209,15 +221,28 @@ class MilvusStore:
         if not doc_ids:
             return {}
         expr = render_filter({"collection": collection, "doc_id": list(doc_ids), "chunk_index": 0})
-        with milvus_errors("query"):
-            rows = self.client.query(
+        rows = self._read(
+            "query",
+            lambda: self.client.query(
                 self.name,
                 filter=expr,
                 output_fields=["doc_id", "content_hash"],
                 limit=len(doc_ids),
                 consistency_level="Strong",  # a write from a moment ago must count, or it is embedded twice
-            )
+            ),
+        )
         return {row["doc_id"]: row["content_hash"] for row in rows}
+
+    def _read(self, action: str, call: Callable[[], T]) -> T:
+        """A read that survives a Milvus restart, which leaves the collection released: load, read again."""
+        with milvus_errors(action):
+            try:
+                return call()
+            except MilvusException as exc:
+                if not any(hint in str(exc).lower() for hint in ("released", "not loaded")):
+                    raise
+                self.client.load_collection(self.name)
+                return call()
 
     def flush(self) -> None:
         """Milvus-lite searches unflushed rows very slowly: flush once at the end of each write task."""
@@ -243,27 +268,25 @@ class MilvusStore:
             request = self._bm25_request(query_texts, max(limit, opts.bm25_candidates), expr)
         else:
             request = self._dense_request(query_vectors, max(limit, opts.dense_candidates), opts.ef, expr)
-        with milvus_errors("search"):
+
+        def run() -> Any:
             if opts.mode == "hybrid":
                 bm25 = self._bm25_request(query_texts, max(limit, opts.bm25_candidates), expr)
-                results = self.client.hybrid_search(
-                    self.name,
-                    [request, bm25],
-                    RRFRanker(opts.rrf_k),
-                    limit=limit,
-                    output_fields=OUTPUT_FIELDS,
+                ranker = RRFRanker(opts.rrf_k)
+                return self.client.hybrid_search(
+                    self.name, [request, bm25], ranker, limit=limit, output_fields=OUTPUT_FIELDS
                 )
-            else:
-                results = self.client.search(
-                    self.name,
-                    data=request.data,
-                    anns_field=request.anns_field,
-                    search_params=request.param,
-                    limit=limit,
-                    filter=expr,
-                    output_fields=OUTPUT_FIELDS,
-                )
-        rows = list(results or [])
+            return self.client.search(
+                self.name,
+                data=request.data,
+                anns_field=request.anns_field,
+                search_params=request.param,
+                limit=limit,
+                filter=expr,
+                output_fields=OUTPUT_FIELDS,
+            )
+
+        rows = list(self._read("search", run) or [])
         rows += [[] for _ in range(len(query_texts) - len(rows))]
         return [
             [hit_from_row(raw, vector, opts.mode) for raw in row]

@@ -40,7 +40,10 @@ def enqueue_batches(send: Any, job_id: str, paths: list[str], kwargs: dict[str, 
 def run_batch(
     rt: Runtime, job_id: str, path: str, collection: str, on_duplicate: OnDuplicate
 ) -> list[Outcome]:
-    """Ingest one batch, unless the job was cancelled (then nothing of it runs)."""
+    """Ingest one batch, unless the job was cancelled (then nothing of it runs).
+
+    The batch's path names its lock holder, so a redelivery takes over the locks of a killed delivery.
+    """
     if rt.jobs.cancel_requested(job_id):
         return []
     items = read_batch_file(rt.settings.uploads / path)
@@ -51,7 +54,7 @@ def run_batch(
         embedder=rt.embedder,
         store=rt.store,
         settings=rt.settings,
-        lock=rt.locks.hold,
+        lock=lambda name, ids: rt.locks.hold(name, ids, owner=path),
     )
     rt.reports.record(job_id, outcomes)
     return outcomes
@@ -79,9 +82,11 @@ def finalize(rt: Runtime, job_id: str, collection: str) -> None:
     elif progress.get("total", 0) == 0:
         rt.jobs.mark_failed(job_id, "the upload contained no documents")
     elif progress.get("failed") and not (progress.get("succeeded") or progress.get("skipped")):
+        first = rt.reports.first(job_id) or {}
         rt.jobs.mark_failed(
             job_id,
-            f"no document could be ingested: all {progress['failed']} failed (see the job's documents)",
+            f"no document could be ingested: all {progress['failed']} failed (see the job's documents; "
+            f"{first.get('doc_id')}: {first.get('reason')})",
         )
     else:
         rt.jobs.mark_succeeded(job_id, {"collection": collection, **progress})

@@ -11,8 +11,9 @@ import threading
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from common.jobs import JobStore, connect_redis
+from common.jobs import JobStore, connect_redis_patient
 from common.ledger import BatchLedger
+from common.liveness import Liveness
 from common.locks import DocumentLocks
 from common.reports import DocumentReports
 from common.settings import Settings, get_settings
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from store.exact import ExactDense
     from store.milvus import MilvusStore
     from workers.batcher import MicroBatcher
+    from workers.reliability import Heartbeat
     from workers.retrieval import Question, Retriever
 
 
@@ -34,7 +36,19 @@ class Runtime:
 
     @cached_property
     def jobs(self) -> JobStore:
-        return JobStore(connect_redis(self.settings.redis_url), self.settings.job_ttl_s)
+        """A patient client: a task waits out a short Redis restart instead of losing its work."""
+        client = connect_redis_patient(self.settings.redis_url, self.settings.worker_redis_outage_s)
+        return JobStore(client, self.settings.job_ttl_s)
+
+    @cached_property
+    def liveness(self) -> Liveness:
+        return Liveness(self.jobs, self.settings.job_heartbeat_timeout_s)
+
+    @cached_property
+    def heartbeat(self) -> Heartbeat:
+        from workers.reliability import Heartbeat
+
+        return Heartbeat(self.liveness, self.locks, self.settings.job_heartbeat_interval_s)
 
     @cached_property
     def reports(self) -> DocumentReports:
@@ -52,9 +66,10 @@ class Runtime:
 
     @cached_property
     def locks(self) -> DocumentLocks:
+        """Locks outlive their holder's last heartbeat by the heartbeat timeout, then expire."""
         s = self.settings
         return DocumentLocks(
-            self.jobs.client, ttl_s=s.task_soft_time_limit_s, wait_s=s.task_soft_time_limit_s / 2
+            self.jobs.client, ttl_s=s.job_heartbeat_timeout_s, wait_s=s.task_soft_time_limit_s / 2
         )
 
     @cached_property

@@ -15,33 +15,60 @@ from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from celeryconfig import ASK_TASK, DELETE_TASK, INGEST_BATCH_TASK, INGEST_TASK
 from common.errors import RETRIABLE_ERRORS, QuarryError
 from common.jobs import JobCancelled
+from common.settings import get_settings
 from common.types import OnDuplicate
 from ingestion.pipeline import count
 from workers.app import app
 from workers.fanout import enqueue_batches, fail_batch, finalize, finish_batch, run_batch, split_job
+from workers.reliability import LostChildRequest, WorkerLost, check_delivery
 from workers.retrieval import Question
 from workers.runtime import runtime
 
 log = logging.getLogger(__name__)
+_settings = get_settings()
 
 
 def failure_reason(exc: BaseException) -> str:
     """What a client reads in the job's `error`."""
     if isinstance(exc, QuarryError):
         return exc.detail
+    if isinstance(exc, WorkerLost):
+        return str(exc)
     if isinstance(exc, SoftTimeLimitExceeded):
         return "the job ran past its time limit and was stopped"
     return f"{type(exc).__name__}: {exc}"
 
 
 class RetriableTask(Task):  # type: ignore[misc]
-    """Retry only retriable errors (infrastructure unreachable), with exponential backoff and jitter."""
+    """Retry only retriable errors (infrastructure unreachable), with exponential backoff and jitter.
+
+    Also what every task does for liveness: count its deliveries, beat while it runs (workers.reliability).
+    """
 
     autoretry_for = RETRIABLE_ERRORS
-    max_retries = 5
-    retry_backoff = 2
-    retry_backoff_max = 60
+    max_retries = _settings.task_max_retries
+    retry_backoff = _settings.task_retry_backoff_s
+    retry_backoff_max = _settings.task_retry_backoff_max_s
     retry_jitter = True
+    Request = LostChildRequest
+
+    def job_of(self, task_id: str, kwargs: dict[str, Any]) -> str:
+        """The job whose record tracks this task (job id = task id, except for batches)."""
+        return task_id
+
+    def start_running(self, task_id: str, kwargs: dict[str, Any]) -> None:
+        """Count this delivery (raises WorkerLost past the limit), then beat until the task ends."""
+        rt, job_id = runtime(), self.job_of(task_id, kwargs)
+        check_delivery(rt.liveness, job_id, task_id, self.request.retries, rt.settings.max_deliveries)
+        rt.heartbeat.begin(job_id, task_id)
+
+    def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        runtime().heartbeat.end(self.job_of(task_id, kwargs), task_id)
+
+    def after_return(  # noqa: PLR0917 - Celery's signature
+        self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        runtime().heartbeat.end(self.job_of(task_id, kwargs), task_id)
 
 
 class JobTask(RetriableTask):
@@ -53,6 +80,7 @@ class JobTask(RetriableTask):
         if record is not None and record.state.terminal:
             raise Ignore()  # a redelivered message for a job that already ended: never reopen it
         jobs.check_cancelled(task_id)  # raising here skips the body: work not started does not run
+        self.start_running(task_id, kwargs)
         jobs.mark_running(task_id)
 
     completes_job = True  # False for a coordinator whose batches end the job
@@ -62,6 +90,7 @@ class JobTask(RetriableTask):
             runtime().jobs.mark_succeeded(task_id, retval)
 
     def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        super().on_retry(exc, task_id, args, kwargs, einfo)
         runtime().jobs.note_retry(task_id, failure_reason(exc))
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
@@ -93,6 +122,19 @@ def ingest(
 
 class BatchTask(RetriableTask):
     """One batch of an ingest job. After its retries, each of its documents fails with the reason."""
+
+    def job_of(self, task_id: str, kwargs: dict[str, Any]) -> str:
+        return str(kwargs["job_id"])
+
+    def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
+        record = runtime().jobs.get(kwargs["job_id"])
+        if record is None or record.state.terminal:
+            raise Ignore()  # the job ended meanwhile (its worker was lost): a late batch never reopens it
+        self.start_running(task_id, kwargs)
+
+    def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        super().on_retry(exc, task_id, args, kwargs, einfo)
+        runtime().jobs.note_retry(kwargs["job_id"], f"batch {kwargs['index']}: {failure_reason(exc)}")
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         rt, reason = runtime(), failure_reason(exc)

@@ -5,10 +5,11 @@ Started once per test session through `devstack`, the same code `make run` uses.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 import redis
 import requests
 
+from api.auth import digest
 from devstack.processes import (
     Supervisor,
     api_argv,
@@ -29,6 +31,17 @@ from devstack.processes import (
 
 pytestmark = pytest.mark.integration
 TEST_REDIS_DB = 15  # keeps test queues and jobs apart from a `make run` stack on the same server
+# The stack runs with API keys: most tests use MAIN (every collection); the tenant tests use A and B.
+KEYS = {
+    "main": ("qk_main-test-key", ["*"]),
+    "a": ("qk_a-test-key", ["a-docs"]),
+    "b": ("qk_b-test-key", ["b-docs"]),
+}
+API_KEYS = [{"name": name, "sha256": digest(key), "collections": cols} for name, (key, cols) in KEYS.items()]
+
+
+def bearer(name: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEYS[name][0]}"}
 
 
 @dataclass
@@ -36,15 +49,24 @@ class Stack:
     url: str
     redis_url: str
     logs: Path
+    headers: dict[str, str] = field(default_factory=lambda: bearer("main"))
+
+    def as_key(self, name: str) -> Stack:
+        """The same stack, called with another tenant's API key."""
+        return replace(self, headers=bearer(name))
+
+    def request(self, method: str, path: str, timeout: float = 30, **kwargs: Any) -> requests.Response:
+        headers = {**self.headers, **kwargs.pop("headers", {})}
+        return requests.request(method, self.url + path, headers=headers, timeout=timeout, **kwargs)
 
     def post(self, path: str, **kwargs: Any) -> requests.Response:
-        return requests.post(self.url + path, timeout=30, **kwargs)
+        return self.request("POST", path, **kwargs)
 
     def get(self, path: str, **kwargs: Any) -> requests.Response:
-        return requests.get(self.url + path, timeout=60, **kwargs)
+        return self.request("GET", path, timeout=60, **kwargs)
 
     def delete(self, path: str, **kwargs: Any) -> requests.Response:
-        return requests.delete(self.url + path, timeout=30, **kwargs)
+        return self.request("DELETE", path, **kwargs)
 
     def run(self, path: str, **kwargs: Any) -> dict[str, Any]:
         """Submit like a client (202 + Location), then wait for the job to end."""
@@ -83,6 +105,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "MILVUS_URI": f"http://127.0.0.1:{milvus_port}",
         "MILVUS_COLLECTION": "quarry_test",
         "API_PORT": str(api_port),
+        "API_KEYS": json.dumps(API_KEYS),
+        "MAX_DOCUMENTS_PER_REQUEST": "1000",
+        "MAX_REQUEST_BYTES": str(8 * 1024 * 1024),
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
     }

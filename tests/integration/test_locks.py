@@ -55,3 +55,28 @@ def test_identical_uploads_at_the_same_moment_embed_once(stack: Stack) -> None:
     assert sorted(r["succeeded"] for r in results) == [0, 20]
     assert sorted(r["skipped"] for r in results) == [0, 20]
     assert stack.get("/api/v1/collections/twins").json()["documents"] == 20
+
+
+def test_a_redelivered_batch_takes_over_the_locks_of_its_killed_predecessor(stack: Stack) -> None:
+    client = redis.Redis.from_url(stack.redis_url)
+    locks = DocumentLocks(client, ttl_s=30, wait_s=0.3)
+    key = locks.key("c", "owned")
+    client.set(key, "batch-7.jsonl", px=30_000)  # held by a delivery whose process was killed
+    with pytest.raises(ServiceUnavailable), locks.hold("c", ["owned"]):
+        pass  # anybody else waits
+    with locks.hold("c", ["owned"], owner="batch-7.jsonl"):
+        assert client.get(key) == b"batch-7.jsonl"
+    assert client.get(key) is None
+
+
+def test_held_locks_live_as_long_as_their_holder_refreshes_them(stack: Stack) -> None:
+    client = redis.Redis.from_url(stack.redis_url)
+    locks = DocumentLocks(client, ttl_s=1, wait_s=0.1)
+    with locks.hold("c", ["refreshed"]):
+        key = locks.key("c", "refreshed")
+        time.sleep(0.6)
+        locks.refresh()
+        assert int(client.pttl(key)) > 600
+    client.set(key, "someone-else", px=1000)
+    locks.refresh()  # refreshes only what this process holds
+    assert int(client.pttl(key)) <= 1000

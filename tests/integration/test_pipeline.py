@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-import requests
 
 from tests.integration.conftest import Stack
 
@@ -150,15 +149,16 @@ def test_reingesting_a_document_replaces_its_chunks(stack: Stack) -> None:
 
 
 def test_failing_task_marks_the_job_failed_with_reason(stack: Stack) -> None:
-    files = [("files", ("latin1.txt", "caf\xe9 cr\xe8me".encode("latin-1"), "text/plain"))]
+    # Passes the API's cheap checks (it starts like a PDF), so the worker's parser is what refuses it.
+    files = [("files", ("broken.pdf", b"%PDF-1.7\nthis is not a PDF body\n", "application/pdf"))]
     job = stack.run("/api/v1/documents", files=files)
     assert job["state"] == "failed"
     assert "no document could be ingested" in job["error"]
     assert job["result"] is None and job["finished_at"]
     report = stack.get(f"/api/v1/jobs/{job['job_id']}/documents").json()
     [item] = report["items"]
-    assert item["doc_id"] == "latin1.txt" and item["status"] == "failed"
-    assert "UTF-8" in item["reason"]
+    assert item["doc_id"] == "broken.pdf" and item["status"] == "failed"
+    assert item["reason"].startswith("broken.pdf")
 
 
 def test_unknown_job_is_404_problem(stack: Stack) -> None:
@@ -174,50 +174,6 @@ def test_long_poll_returns_when_job_ends(stack: Stack, ingested: dict[str, Any])
     job_id = response.json()["job_id"]
     body = stack.get(f"/api/v1/jobs/{job_id}", params={"wait": 25}).json()
     assert body["state"] == "succeeded"
-
-
-BAD_REQUESTS = [
-    ("post", "/api/v1/ask", {"data": "{not json", "headers": {"Content-Type": "application/json"}}, 400),
-    ("post", "/api/v1/ask", {"data": "question=hi", "headers": {"Content-Type": "text/plain"}}, 415),
-    ("post", "/api/v1/ask", {"json": {}}, 422),
-    ("post", "/api/v1/ask", {"json": {"question": "   "}}, 422),
-    ("post", "/api/v1/ask", {"json": {"question": "x" * 5000}}, 422),
-    ("post", "/api/v1/ask", {"json": {"question": "hi", "top_k": 0}}, 422),
-    ("post", "/api/v1/ask", {"json": {"question": "hi", "top_k": 1000}}, 422),
-    ("post", "/api/v1/ask", {"json": {"question": "hi", "collection": "Bad Name!"}}, 422),
-    ("post", "/api/v1/ask", {"json": {"question": "hi", "surprise": 1}}, 422),
-    ("post", "/api/v1/ask", {"json": ["question"]}, 422),
-    ("post", "/api/v1/documents", {"json": {"documents": []}}, 422),
-    ("post", "/api/v1/documents", {"json": {"documents": [{"text": ""}]}}, 422),
-    (
-        "post",
-        "/api/v1/documents",
-        {"json": {"documents": [{"id": "a", "text": "x"}, {"id": "a", "text": "y"}]}},
-        422,
-    ),
-    ("post", "/api/v1/documents", {"files": [("f", ("evil.exe", b"MZ", "application/octet-stream"))]}, 415),
-    ("post", "/api/v1/documents", {"json": {"documents": [{"text": "x"}], "on_duplicate": "maybe"}}, 422),
-    ("post", "/api/v1/ask", {"json": {"question": "hi", "filters": {"text": "x"}}}, 422),
-    ("post", "/api/v1/ask", {"json": {"question": "hi", "filters": {"metadata.a b": 1}}}, 422),
-    ("post", "/api/v1/ask", {"json": {"question": "hi", "filters": {"collection": "x"}}}, 422),
-    ("get", "/api/v1/collections/nope-never", {}, 404),
-    ("get", "/api/v1/collections/Bad!", {}, 404),
-    ("post", "/api/v1/documents", {"files": [("f", ("empty.txt", b"", "text/plain"))]}, 422),
-    ("get", "/api/v1/jobs/" + "0" * 32 + "?wait=abc", {}, 422),
-    ("get", "/api/v1/nowhere", {}, 404),
-    ("delete", "/api/v1/ask", {}, 405),
-]
-
-
-@pytest.mark.parametrize(("method", "path", "kwargs", "status"), BAD_REQUESTS)
-def test_bad_input_gets_problem_json(
-    stack: Stack, method: str, path: str, kwargs: dict[str, Any], status: int
-) -> None:
-    response = requests.request(method, stack.url + path, timeout=30, **kwargs)
-    assert response.status_code == status, response.text
-    assert response.headers["Content-Type"] == "application/problem+json"
-    body = response.json()
-    assert body["status"] == status and body["detail"]
 
 
 @pytest.mark.parametrize(

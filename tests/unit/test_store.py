@@ -10,6 +10,8 @@ import pytest
 from pymilvus import MilvusException
 
 from common.errors import ServiceUnavailable
+from common.settings import Settings
+from common.types import Chunk
 from store.exact import ExactDense
 from store.milvus import MilvusStore, milvus_errors
 
@@ -111,3 +113,42 @@ def test_exact_search_fetches_a_big_batch_in_pieces_the_filter_accepts() -> None
     for query, hits in zip(queries, found, strict=True):
         expected = np.argsort(-(vectors @ query))[:100]
         assert [h.doc_id for h in hits] == [f"d{i}" for i in expected]
+
+
+class RecordingClient:
+    """Records upserts (in requests of WRITE_BATCH rows); a query fails once as if Milvus had restarted."""
+
+    def __init__(self) -> None:
+        self.upserts: list[list[dict[str, Any]]] = []
+        self.loads, self.queries = 0, 0
+
+    def upsert(self, name: str, rows: list[dict[str, Any]]) -> None:
+        self.upserts.append(rows)
+
+    def load_collection(self, name: str) -> None:
+        self.loads += 1
+
+    def query(self, name: str, **kwargs: Any) -> list[dict[str, Any]]:
+        self.queries += 1
+        if self.queries == 1:
+            raise MilvusException(101, "Collection 'quarry_chunks' is in state 'released'; call load()")
+        return [{"doc_id": "a", "content_hash": "h"}]
+
+
+def test_first_chunks_are_written_last_so_a_cut_write_never_looks_complete(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("store.milvus.WRITE_BATCH", 3)
+    client = RecordingClient()
+    store = store_with(client)  # type: ignore[arg-type]
+    store.settings = Settings()
+    chunks = [Chunk(doc, i, f"text {i}", "title") for doc in ("a", "b") for i in range(3)]
+    store.insert("c", chunks, np.zeros((6, 2), dtype=np.float32), {"a": "ha", "b": "hb"})
+    order = [(row["doc_id"], row["chunk_index"]) for rows in client.upserts for row in rows]
+    assert order == [("a", 1), ("a", 2), ("b", 1), ("b", 2), ("a", 0), ("b", 0)]
+
+
+def test_a_read_after_a_milvus_restart_loads_the_collection_and_reads_again() -> None:
+    client = RecordingClient()
+    assert store_with(client).document_hashes("c", ["a"]) == {"a": "h"}  # type: ignore[arg-type]
+    assert (client.loads, client.queries) == (1, 2)
