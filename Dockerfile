@@ -9,4 +9,4 @@ RUN useradd --create-home quarry && mkdir -p /data && chown quarry /data
 USER quarry
 ENV DATA_DIR=/data
 EXPOSE 8000
-CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "2", "--worker-class", "gthread", "--threads", "8", "api:create_app()"]
+CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "2", "--worker-class", "gthread", "--threads", "32", "--keep-alive", "30", "api:create_app()"]

@@ -41,7 +41,7 @@ class Tally:
     latency_ms: dict[str, list[float]] = field(
         default_factory=lambda: {"submit": [], "ask": [], "ingest": []}
     )
-    transport_errors: int = 0
+    transport_errors: Counter[str] = field(default_factory=Counter)  # exception name -> count
 
     def http(self, label: str, status: int) -> None:
         with self.lock:
@@ -66,9 +66,9 @@ class LoadClient:
     def call(self, label: str, method: str, path: str, **kwargs: Any) -> requests.Response | None:
         try:
             response = self.session.request(method, self.url + path, timeout=60, **kwargs)
-        except requests.RequestException:
+        except requests.RequestException as exc:
             with self.tally.lock:
-                self.tally.transport_errors += 1
+                self.tally.transport_errors[f"{label} {type(exc).__name__}"] += 1
             return None
         self.tally.http(label, response.status_code)
         if response.status_code in (429, 503):
@@ -104,7 +104,8 @@ class LoadClient:
 
 @dataclass(frozen=True)
 class Plan:
-    collection: str
+    collection: str  # where the ingesters write
+    ask_collection: str  # what the askers search
     stop_at: float  # monotonic time after which nothing new is submitted
     drain_s: float  # how long jobs submitted before stop_at may still take
     docs_per_job: int
@@ -114,7 +115,7 @@ def asker(client: LoadClient, plan: Plan, questions: list[str]) -> None:
     rng = random.Random()
     while time.monotonic() < plan.stop_at:
         started = time.perf_counter()
-        body = {"question": rng.choice(questions), "collection": plan.collection, "top_k": 5}
+        body = {"question": rng.choice(questions), "collection": plan.ask_collection, "top_k": 5}
         job_id = client.submit("ask", "/api/v1/ask", body)
         if job_id:
             client.follow(job_id, "ask", started, plan.stop_at + plan.drain_s)
@@ -146,7 +147,7 @@ def report(tally: Tally, seconds: float) -> dict[str, Any]:
         "seconds": round(seconds, 1),
         "requests": sum(tally.statuses.values()),
         "by_status": dict(sorted(tally.statuses.items())),
-        "transport_errors": tally.transport_errors,
+        "transport_errors": dict(tally.transport_errors),
         "responses_5xx": server_errors,
         "jobs_submitted": len(tally.submitted),
         "jobs_by_state": dict(sorted(tally.states.items())),
@@ -161,7 +162,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("data_dir", type=Path, help="BEIR folder (corpus.jsonl, queries.jsonl)")
     p.add_argument("--url", default="http://127.0.0.1:8000")
     p.add_argument("--api-key", default=os.environ.get("QUARRY_API_KEY"))
-    p.add_argument("--collection", default="load-test")
+    p.add_argument("--collection", default="load-test", help="where the ingesting clients write")
+    p.add_argument(
+        "--ask-collection", default=None, help="what the asking clients search (default: --collection)"
+    )
     p.add_argument("--minutes", type=float, default=5.0)
     p.add_argument("--askers", type=int, default=8)
     p.add_argument("--ingesters", type=int, default=2)
@@ -176,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     docs = [to_document(row) for row in read_jsonl(args.data_dir / "corpus.jsonl")][:2000]
     questions = [row["text"] for row in read_jsonl(args.data_dir / "queries.jsonl")]
     tally, start = Tally(), time.monotonic()
-    plan = Plan(args.collection, start + args.minutes * 60, args.drain_s, args.docs_per_job)
+    asked = args.ask_collection or args.collection
+    plan = Plan(args.collection, asked, start + args.minutes * 60, args.drain_s, args.docs_per_job)
     work = [(asker, questions)] * args.askers + [(ingester, docs)] * args.ingesters
     threads = [
         threading.Thread(target=role, args=(LoadClient(args.url, args.api_key, tally), plan, pool))

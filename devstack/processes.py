@@ -189,11 +189,13 @@ def api_argv(host: str, port: int) -> list[str]:
         "--worker-class",
         "gthread",
         "--threads",
-        "8",
+        "32",  # a long-poll (?wait=) holds a thread for up to MAX_WAIT_S: 2 x 32 concurrent polls
         "--timeout",
         "120",
         "--graceful-timeout",
         "10",
+        "--keep-alive",
+        "30",  # > Retry-After: a client that waits it out must not reuse a connection being closed
         "--no-control-socket",
         "api:create_app()",
     ]
