@@ -1,0 +1,132 @@
+"""`python -m client`: the Quarry command line on top of `QuarryClient`.
+
+    python -m client ingest PATH... --collection C          (bulk upload, waits, reports failures)
+    python -m client ask "question" --top-k 5 [--collection C]
+    python -m client jobs JOB_ID [--wait]
+    python -m client collections
+
+Human output by default, `--json` for scripts. `QUARRY_URL` and `QUARRY_API_KEY` set the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from tqdm import tqdm
+
+from client.http import Job, QuarryClient, QuarryError
+
+EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m client", description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default=os.environ.get("QUARRY_URL", "http://127.0.0.1:8000"))
+    parser.add_argument("--api-key", default=os.environ.get("QUARRY_API_KEY"), help="or $QUARRY_API_KEY")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ingest = sub.add_parser("ingest", help="upload files or directories (the bulk loader)", add_help=False)
+    ingest.add_argument("rest", nargs=argparse.REMAINDER)
+    ask = sub.add_parser("ask", help="ask a question and print the ranked passages")
+    ask.add_argument("question")
+    ask.add_argument("--top-k", type=int)
+    ask.add_argument("--collection")
+    ask.add_argument("--no-rerank", action="store_true")
+    ask.add_argument("--timeout", type=float, default=300.0)
+    jobs = sub.add_parser("jobs", help="show a job")
+    jobs.add_argument("job_id")
+    jobs.add_argument("--wait", action="store_true", help="wait until it ends")
+    sub.add_parser("collections", help="list collections")
+    return parser
+
+
+def wait_with_progress(client: QuarryClient, job_id: str, timeout: float, show: bool) -> Job:
+    """Long-poll the job; a progress bar on stderr while a person is watching."""
+    with tqdm(total=None, desc=job_id[:8], unit="doc", disable=not show, file=sys.stderr) as bar:
+
+        def update(job: Job) -> None:
+            bar.total = job.progress.get("total") or bar.total
+            bar.n = job.progress.get("done", 0)
+            bar.set_postfix_str(job.state)
+
+        return client.wait(job_id, timeout=timeout, on_update=update)
+
+
+def print_answer(job: Job) -> None:
+    passages = (job.result or {}).get("passages", [])
+    if not passages:
+        print("no passages found")
+    for rank, passage in enumerate(passages, 1):
+        score = passage.get("scores", {}).get("final")
+        shown = f"score {score:.4f}" if isinstance(score, float | int) else "no score"
+        title = f" — {passage['title']}" if passage.get("title") else ""
+        print(f"{rank:>2}. {passage['doc_id']}{title}  ({shown})")
+        print(textwrap.indent(textwrap.shorten(passage.get("text", ""), 300), "    "))
+
+
+def print_job(job: Job) -> None:
+    print(f"{job.job_id}  {job.kind}  {job.state}  progress {json.dumps(job.progress)}")
+    if job.error:
+        print(f"error: {job.error}")
+
+
+def emit(as_json: bool, data: Any, human: Callable[[], None]) -> None:
+    """`--json` prints the data for scripts; otherwise the human rendering."""
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        human()
+
+
+def run_ask(client: QuarryClient, args: argparse.Namespace) -> int:
+    rerank = False if args.no_rerank else None
+    job_id = client.ask(args.question, top_k=args.top_k, collection=args.collection, rerank=rerank)
+    job = wait_with_progress(client, job_id, args.timeout, show=not args.json and sys.stderr.isatty())
+    human = print_answer if job.state == "succeeded" else print_job
+    emit(args.json, dataclasses.asdict(job), lambda: human(job))
+    return EXIT_OK if job.state == "succeeded" else EXIT_FAILED
+
+
+def run_jobs(client: QuarryClient, args: argparse.Namespace) -> int:
+    show = not args.json and sys.stderr.isatty()
+    job = wait_with_progress(client, args.job_id, 3600.0, show) if args.wait else client.job(args.job_id)
+    emit(args.json, dataclasses.asdict(job), lambda: print_job(job))
+    return EXIT_FAILED if job.state == "failed" else EXIT_OK
+
+
+def run_collections(client: QuarryClient, args: argparse.Namespace) -> int:
+    items = client.collections()
+
+    def human() -> None:
+        for item in items:
+            print(f"{item['name']:<32} {item['documents']:>8} documents {item['chunks']:>9} chunks")
+
+    emit(args.json, {"items": items}, human)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "ingest":
+        from ingestion.loader import main as bulk_load  # the same loader as `python -m ingestion`
+
+        extra = ["--api-key", args.api_key] if args.api_key else []
+        rest = [arg for arg in args.rest if arg != "--wait"]  # the loader waits unless --no-wait
+        return bulk_load([*rest, "--api", args.url, *extra, *(["--json"] if args.json else [])])
+    client = QuarryClient(args.url, api_key=args.api_key)
+    commands = {"ask": run_ask, "jobs": run_jobs, "collections": run_collections}
+    try:
+        return commands[args.command](client, args)
+    except QuarryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except TimeoutError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
