@@ -24,6 +24,11 @@ from store.catalog import Catalog
 from store.milvus import MilvusStore
 
 log = logging.getLogger(__name__)
+BROKER_ERRORS = (OperationalError, KombuError, redis.RedisError, OSError)
+
+
+def broker_unreachable(exc: Exception) -> ServiceUnavailable:
+    return ServiceUnavailable(f"the job queue (broker) is unreachable: {exc}")
 
 
 class CollectionNames:
@@ -82,9 +87,9 @@ class Services:
                 retry=True,
                 retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_max": 1},
             )
-        except (OperationalError, KombuError, redis.RedisError, OSError) as exc:
+        except BROKER_ERRORS as exc:
             self.jobs.mark_failed(job_id, f"could not be queued: {exc}")
-            raise ServiceUnavailable(f"the job queue (broker) is unreachable: {exc}") from exc
+            raise broker_unreachable(exc) from exc
 
     def queue_depth(self, queue: str) -> int:
         """Messages waiting in a broker queue; one broker read per `queue_depth_cache_s` per process."""
@@ -98,8 +103,8 @@ class Services:
                 depth = int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)
         except ChannelError:
             depth = 0  # the queue does not exist yet: nothing waits
-        except (OperationalError, KombuError, redis.RedisError, OSError) as exc:
-            raise ServiceUnavailable(f"the job queue (broker) is unreachable: {exc}") from exc
+        except BROKER_ERRORS as exc:
+            raise broker_unreachable(exc) from exc
         with self._depth_lock:
             self._depths[queue] = (now, depth)
         return depth

@@ -233,9 +233,11 @@ def redis_errors() -> Iterator[None]:
         raise ServiceUnavailable(f"Redis unreachable: {exc}") from exc
 
 
-def connect_redis(url: str) -> redis.Redis:
+def connect_redis(url: str, **options: Any) -> redis.Redis:
     """A client with timeouts, so a dead Redis fails fast instead of hanging a request."""
-    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=30)
+    return redis.Redis.from_url(
+        url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=30, **options
+    )
 
 
 def connect_redis_patient(url: str, outage_s: float) -> redis.Redis:
@@ -245,11 +247,8 @@ def connect_redis_patient(url: str, outage_s: float) -> redis.Redis:
     otherwise lose work it already did (embedded, written to Milvus) to a short outage.
     """
     retries = int(outage_s) + 4  # backoff reaches its 1 s cap after ~4 tries
-    return redis.Redis.from_url(
+    return connect_redis(
         url,
-        socket_connect_timeout=2,
-        socket_timeout=10,
-        health_check_interval=30,
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
     )

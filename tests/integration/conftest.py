@@ -115,17 +115,23 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     try:
         env["REDIS_URL"] = _redis_url(sup, tmp)
         start_milvus(sup, env["MILVUS_URI"], tmp / "milvus")
-        sup.start("ingest-worker", celery_argv("ingest", 1))
-        sup.start("query-worker", celery_argv("query", 8, threads=True))
-        api = sup.start("api", api_argv("127.0.0.1", api_port))
-        url = f"http://127.0.0.1:{api_port}"
-        wait_until(lambda: _healthy(url), 60, "API", api)
+        url = start_service(sup, api_port, query_threads=8)
         yield Stack(url=url, redis_url=env["REDIS_URL"], logs=tmp / "logs")
     finally:
         sup.stop()
 
 
-def _healthy(url: str) -> bool:
+def start_service(sup: Supervisor, api_port: int, *, query_threads: int) -> str:
+    """The workers and the API (Redis and Milvus already up), as `make run` starts them; returns the URL."""
+    sup.start("ingest-worker", celery_argv("ingest", 1))
+    sup.start("query-worker", celery_argv("query", query_threads, threads=True))
+    api = sup.start("api", api_argv("127.0.0.1", api_port))
+    url = f"http://127.0.0.1:{api_port}"
+    wait_until(lambda: healthy(url), 60, "API", api)
+    return url
+
+
+def healthy(url: str) -> bool:
     try:
         return requests.get(url + "/healthz", timeout=5).status_code == 200
     except requests.RequestException:

@@ -19,21 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import redis
-import requests
 from pymilvus import MilvusClient
 
 from common.locks import DocumentLocks
 from devstack.processes import (
     Supervisor,
-    api_argv,
     celery_argv,
     free_port,
     port_open,
     start_milvus,
     start_redis,
-    wait_until,
 )
-from tests.integration.conftest import Stack
+from tests.integration.conftest import Stack, start_service
 
 MILVUS_COLLECTION = "quarry_faults"
 VISIBILITY_S = 20
@@ -146,13 +143,6 @@ def wait_for(check: Callable[[], Any], timeout_s: float, what: str, every_s: flo
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
-def healthy(url: str) -> bool:
-    try:
-        return requests.get(url + "/healthz", timeout=5).status_code == 200
-    except requests.RequestException:
-        return False
-
-
 @contextmanager
 def fault_stack(tmp: Path) -> Iterator[FaultStack]:
     """The whole service on private Redis and Milvus, with FAULT_SETTINGS; stopped on exit."""
@@ -170,11 +160,7 @@ def fault_stack(tmp: Path) -> Iterator[FaultStack]:
     try:
         start_redis(sup, env["REDIS_URL"], tmp / "redis")
         start_milvus(sup, env["MILVUS_URI"], tmp / "milvus")
-        sup.start("ingest-worker", celery_argv("ingest", 1))
-        sup.start("query-worker", celery_argv("query", 4, threads=True))
-        api = sup.start("api", api_argv("127.0.0.1", api_port))
-        url = f"http://127.0.0.1:{api_port}"
-        wait_until(lambda: healthy(url), 60, "API", api)
+        url = start_service(sup, api_port, query_threads=4)
         logs, uri = tmp / "logs", env["MILVUS_URI"]
         yield FaultStack(url=url, redis_url=env["REDIS_URL"], logs=logs, sup=sup, tmp=tmp, milvus_uri=uri)
     finally:

@@ -17,13 +17,13 @@ import requests
 
 from devstack.processes import start_milvus, start_redis
 from store.milvus import chunk_pk
+from tests.integration.conftest import healthy
 from tests.integration.faultstack import (
     VISIBILITY_S,
     FaultStack,
     batch_in_write_window,
     documents,
     fault_stack,
-    healthy,
     wait_for,
 )
 
