@@ -6,12 +6,13 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: run test lint typecheck unit integration eval bench clean
+.PHONY: run test lint typecheck unit integration eval bench clean browser
 
-$(VENV)/.requirements: requirements.txt
+$(VENV)/.requirements: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation --editable .  # the `quarry` command
 	touch $@
 
 $(VENV)/.requirements-dev: $(VENV)/.requirements requirements-dev.txt
@@ -21,7 +22,7 @@ $(VENV)/.requirements-dev: $(VENV)/.requirements requirements-dev.txt
 run: $(VENV)/.requirements
 	$(PY) -m devstack
 
-test: $(VENV)/.requirements-dev lint typecheck
+test: $(VENV)/.requirements-dev lint typecheck browser
 	$(PY) -m pytest
 
 lint: $(VENV)/.requirements-dev
@@ -34,7 +35,7 @@ typecheck: $(VENV)/.requirements-dev
 unit: $(VENV)/.requirements-dev
 	$(PY) -m pytest tests/unit
 
-integration: $(VENV)/.requirements-dev
+integration: $(VENV)/.requirements-dev browser
 	$(PY) -m pytest tests/integration
 
 # Retrieval quality through the running service (start it first with `make run`).
@@ -46,6 +47,12 @@ eval: $(VENV)/.requirements-dev
 bench: $(VENV)/.requirements-dev
 	$(PY) -m bench.perf ../shared/data/scifact-train --url http://127.0.0.1:8000 --collection scifact \
 		--docs 1000 --json bench/results/latest.json
+
+# Headless Chromium for the web page's browser test (tests/integration/test_web.py): Debian's package,
+# installed only when missing (never a test tool's own browser download).
+browser:
+	@test -x /usr/bin/chromium || { SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+		$$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends chromium; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

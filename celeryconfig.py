@@ -10,8 +10,10 @@ INGEST_TASK = "quarry.ingest"
 INGEST_BATCH_TASK = "quarry.ingest_batch"
 ASK_TASK = "quarry.ask"
 DELETE_TASK = "quarry.delete"
+WEBHOOK_TASK = "quarry.webhook"
 INGEST_QUEUE = "ingest"
 QUERY_QUEUE = "query"
+WEBHOOK_QUEUE = "webhooks"  # consumed by the query worker (threads: webhooks are I/O)
 
 
 def from_settings(settings: Settings) -> dict[str, Any]:
@@ -32,6 +34,8 @@ def from_settings(settings: Settings) -> dict[str, Any]:
             # Deletes are writes: they share the ingest queue (milvus-lite allows one writer at a time).
             DELETE_TASK: {"queue": INGEST_QUEUE},
             ASK_TASK: {"queue": QUERY_QUEUE},
+            # Their own queue, so a slow receiver never delays questions in the broker.
+            WEBHOOK_TASK: {"queue": WEBHOOK_QUEUE},
         },
         "task_default_queue": QUERY_QUEUE,
         "task_create_missing_queues": True,
@@ -51,6 +55,8 @@ def from_settings(settings: Settings) -> dict[str, Any]:
         "task_ignore_result": True,
         "task_store_errors_even_if_ignored": True,
         "result_expires": settings.job_ttl_s,
-        "worker_send_task_events": False,
+        # Task events feed monitors such as Flower (off by default: one Redis publish per task state).
+        "worker_send_task_events": settings.task_events,
+        "task_send_sent_event": settings.task_events,
         "worker_hijack_root_logger": False,
     }

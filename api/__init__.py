@@ -6,9 +6,10 @@ import logging
 
 from flask import Flask
 
-from api import auth, collections, jobs, limits, openapi, problems
+from api import auth, collections, jobs, limits, metrics, problems, spec
 from api.routes import bp, health_bp
 from api.services import Services
+from api.web import bp as web_bp
 from common.settings import Settings, get_settings
 
 
@@ -26,6 +27,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(collections.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(health_bp)
-    app.register_blueprint(openapi.bp)
+    app.register_blueprint(web_bp)  # the page at / and its /static/ assets: no key, no rate limit
+    spec.install(app)  # after the blueprints: it documents their routes
+    metrics.install(app)  # GET /metrics (open like /healthz); counts every request by route template
     logging.basicConfig(level=logging.INFO)
     return app

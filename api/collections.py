@@ -7,9 +7,18 @@ import re
 from flask import Blueprint, Response, jsonify
 
 from api.auth import principal
-from api.routes import MAX_PAGE, int_arg
 from api.schemas import COLLECTION_PATTERN
 from api.services import services, submit
+from api.spec import (
+    Collection,
+    CollectionDocumentsQuery,
+    CollectionList,
+    JobAccepted,
+    Page,
+    responses,
+    spec,
+    validated,
+)
 from celeryconfig import DELETE_TASK
 from common.errors import NotFound
 
@@ -27,7 +36,9 @@ def _collection_or_404(name: str) -> dict[str, int]:
 
 
 @bp.get("")
+@spec.validate(resp=responses(HTTP_200=CollectionList))
 def list_collections() -> Response:
+    """The collections this key may use, with their document and chunk counts."""
     svc, caller = services(), principal()
     names = sorted(name for name in svc.collections.names() if caller.may_use(name))
     items = [{"name": name, **svc.catalog.counts(name)} for name in names]
@@ -35,7 +46,9 @@ def list_collections() -> Response:
 
 
 @bp.get("/<name>")
+@spec.validate(resp=responses(404, HTTP_200=Collection))
 def get_collection(name: str) -> Response:
+    """A collection's counts, embedding model and index parameters."""
     counts = _collection_or_404(name)
     settings = services().settings
     index = {
@@ -51,9 +64,11 @@ def get_collection(name: str) -> Response:
 
 
 @bp.get("/<name>/documents")
+@spec.validate(query=CollectionDocumentsQuery, resp=responses(404, 422, HTTP_200=Page))
 def list_documents(name: str) -> Response:
-    offset = int_arg("offset", 0, 0, 16_383)
-    limit = int_arg("limit", 100, 1, MAX_PAGE)
+    """The collection's documents, paged."""
+    query: CollectionDocumentsQuery = validated("query")
+    offset, limit = query.offset, query.limit
     counts = _collection_or_404(name)
     items = services().catalog.documents(name, offset, limit)
     end = offset + len(items)
@@ -68,7 +83,9 @@ def list_documents(name: str) -> Response:
 
 
 @bp.get("/<name>/documents/<path:doc_id>")
+@spec.validate(resp=responses(404))
 def get_document(name: str, doc_id: str) -> Response:
+    """A document with its chunks."""
     _collection_or_404(name)
     document = services().catalog.document(name, doc_id)
     if document is None:
@@ -77,7 +94,9 @@ def get_document(name: str, doc_id: str) -> Response:
 
 
 @bp.delete("/<name>/documents/<path:doc_id>")
+@spec.validate(resp=responses(404, HTTP_202=JobAccepted))
 def delete_document(name: str, doc_id: str) -> Response:
+    """Delete a document (a job on the ingest queue; search stops seeing it when the job ends)."""
     _collection_or_404(name)
     if services().catalog.document(name, doc_id) is None:
         raise NotFound(f"no document {doc_id!r} in collection {name!r}")
@@ -85,7 +104,9 @@ def delete_document(name: str, doc_id: str) -> Response:
 
 
 @bp.delete("/<name>")
+@spec.validate(resp=responses(404, HTTP_202=JobAccepted))
 def delete_collection(name: str) -> Response:
+    """Delete a collection and everything in it (a job)."""
     _collection_or_404(name)
     services().collections.remove(name)
     return submit("delete", DELETE_TASK, lambda _: ({"collection": name, "doc_ids": None}, 1))

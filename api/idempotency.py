@@ -14,7 +14,7 @@ import redis
 from flask import request
 
 from common.errors import InvalidRequest
-from common.jobs import redis_errors
+from common.redis_client import redis_errors
 
 PREFIX = "quarry:idem:"
 HEADER = "Idempotency-Key"

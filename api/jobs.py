@@ -4,31 +4,17 @@ from __future__ import annotations
 
 import re
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 
 from api.auth import principal
-from api.routes import MAX_PAGE, int_arg
 from api.services import services, submit
+from api.spec import Job, JobAccepted, JobDocumentsQuery, Page, WaitQuery, responses, spec, validated
 from celeryconfig import INGEST_TASK
-from common.errors import Conflict, InvalidRequest, NotFound
+from common.errors import Conflict, NotFound
 from common.jobs import JobRecord, JobState
-from common.reports import STATUSES
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/v1/jobs")
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
-
-
-def _wait_seconds() -> float:
-    raw = request.args.get("wait")
-    if raw is None:
-        return 0.0
-    try:
-        wait = float(raw)
-    except ValueError:
-        raise InvalidRequest("wait must be a number of seconds") from None
-    if not 0 <= wait < float("inf"):
-        raise InvalidRequest("wait must be a non-negative number of seconds")
-    return min(wait, services().settings.max_wait_s)
 
 
 def _job_or_404(job_id: str) -> JobRecord:
@@ -39,8 +25,12 @@ def _job_or_404(job_id: str) -> JobRecord:
 
 
 @bp.get("/<job_id>")
+@spec.validate(query=WaitQuery, resp=responses(404, 422, HTTP_200=Job))
 def get_job(job_id: str) -> Response:
-    wait = _wait_seconds()
+    """A job's state, progress and result; `?wait=S` holds the answer until the job ends (at most
+    `max_wait_s`), so a client follows a job with few requests."""
+    query: WaitQuery = validated("query")
+    wait = min(query.wait, services().settings.max_wait_s)
     record = _job_or_404(job_id)
     if wait > 0 and not record.state.terminal:
         record = services().jobs.wait(job_id, wait) or record
@@ -48,18 +38,16 @@ def get_job(job_id: str) -> Response:
 
 
 @bp.get("/<job_id>/documents")
+@spec.validate(query=JobDocumentsQuery, resp=responses(404, 422, HTTP_200=Page))
 def get_job_documents(job_id: str) -> Response:
     """What happened to each document of an ingest job, paged; `?status=failed` for the failures."""
     _job_or_404(job_id)
-    status = request.args.get("status")
-    if status is not None and status not in STATUSES:
-        raise InvalidRequest(f"status must be one of {', '.join(STATUSES)}")
-    offset = int_arg("offset", 0, 0, 10**9)
-    limit = int_arg("limit", 100, 1, MAX_PAGE)
-    return jsonify(services().reports.page(job_id, status, offset, limit))
+    query: JobDocumentsQuery = validated("query")
+    return jsonify(services().reports.page(job_id, query.status, query.offset, query.limit))
 
 
 @bp.post("/<job_id>/retry")
+@spec.validate(resp=responses(404, 409, HTTP_202=JobAccepted))
 def retry_job(job_id: str) -> Response:
     """A new ingest job over the same upload that re-runs only the documents that failed."""
     record = _job_or_404(job_id)
@@ -73,10 +61,12 @@ def retry_job(job_id: str) -> Response:
     if not failed or original is None:
         raise Conflict(f"job {job_id} has no failed documents to retry")
     kwargs = {**original, "only": failed, "total": len(failed)}
-    return submit("ingest", INGEST_TASK, lambda _: (kwargs, len(failed)))
+    callback_url = (record.callback or {}).get("url")  # the retry reports where the original did
+    return submit("ingest", INGEST_TASK, lambda _: (kwargs, len(failed)), callback_url)
 
 
 @bp.delete("/<job_id>")
+@spec.validate(resp=responses(404, 409, HTTP_200=Job, HTTP_202=Job))
 def cancel_job(job_id: str) -> tuple[Response, int]:
     """Cancel: a queued job ends now; a running one stops at its next checkpoint, keeping what it wrote."""
     record = _job_or_404(job_id)

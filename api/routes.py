@@ -9,46 +9,35 @@ from flask import Blueprint, Response, jsonify, request
 from api.auth import principal
 from api.schemas import AskRequest, IngestRequest, UploadForm
 from api.services import services, submit
+from api.spec import PUBLIC, Health, JobAccepted, responses, spec, validated
 from api.uploads import save_json_documents, save_uploaded_files
 from celeryconfig import ASK_TASK, INGEST_TASK, QUERY_QUEUE
-from common.errors import InvalidRequest, TooManyRequests, UnsupportedMediaType
+from common.errors import InvalidRequest, TooManyRequests
 from common.filters import render_filter
+from common.webhooks import require_allowed_host
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 health_bp = Blueprint("health", __name__)
-MAX_PAGE = 1000
-
-
-def json_body() -> Any:
-    if not request.is_json:
-        raise UnsupportedMediaType(f"expected application/json, got {request.mimetype or 'no content type'}")
-    return request.get_json()  # malformed JSON -> 400 problem via the HTTPException handler
-
-
-def int_arg(name: str, default: int, low: int, high: int) -> int:
-    raw = request.args.get(name)
-    try:
-        value = default if raw is None else int(raw)
-    except ValueError:
-        raise InvalidRequest(f"{name} must be an integer") from None
-    if not low <= value <= high:
-        raise InvalidRequest(f"{name} must be between {low} and {high}")
-    return value
 
 
 @bp.post("/documents")
+@spec.validate(
+    json=IngestRequest, form=UploadForm, resp=responses(400, 403, 413, 415, 422, HTTP_202=JobAccepted)
+)
 def post_documents() -> Response:
+    """Ingest documents: JSON `documents`, or files (multipart, any part name; zips are unpacked)."""
     settings = services().settings
     if request.mimetype == "multipart/form-data":
-        form = UploadForm.model_validate(request.form.to_dict())
-        collection, on_duplicate = form.collection, form.on_duplicate
+        form: UploadForm = validated("form")
+        collection, on_duplicate, callback_url = form.collection, form.on_duplicate, form.callback_url
         save = lambda job_id: save_uploaded_files(job_id, settings, form.parse_options())  # noqa: E731
     else:
-        body = IngestRequest.model_validate(json_body())
-        collection, on_duplicate = body.collection, body.on_duplicate
+        body: IngestRequest = validated("json")
+        collection, on_duplicate, callback_url = body.collection, body.on_duplicate, body.callback_url
         save = lambda job_id: save_json_documents(job_id, body.documents, settings)  # noqa: E731
     collection = collection or settings.default_collection
     principal().require(collection)
+    require_allowed_host(callback_url, settings.webhook_allowed_hosts)
 
     def kwargs(job_id: str) -> tuple[dict[str, Any], int]:
         source, total = save(job_id)  # raises on a refused upload, before anything is registered
@@ -60,13 +49,15 @@ def post_documents() -> Response:
             "on_duplicate": on_duplicate,
         }, total
 
-    return submit("ingest", INGEST_TASK, kwargs)
+    return submit("ingest", INGEST_TASK, kwargs, callback_url)
 
 
 @bp.post("/ask")
+@spec.validate(json=AskRequest, resp=responses(400, 403, 415, 422, HTTP_202=JobAccepted))
 def post_ask() -> Response:
+    """Ask a question: the job's result holds the ranked passages with their score at each stage."""
     settings = services().settings
-    body = AskRequest.model_validate(json_body())
+    body: AskRequest = validated("json")
     if len(body.question) > settings.max_question_chars:
         raise InvalidRequest(f"question is longer than {settings.max_question_chars} characters")
     top_k = body.top_k or settings.default_top_k
@@ -79,6 +70,7 @@ def post_ask() -> Response:
         raise InvalidRequest('exact search is a dense-only reference: send "mode": "dense" with it')
     collection = body.collection or settings.default_collection
     principal().require(collection)
+    require_allowed_host(body.callback_url, settings.webhook_allowed_hosts)
     task_kwargs = {
         "question": body.question,
         "collection": collection,
@@ -88,7 +80,7 @@ def post_ask() -> Response:
         "options": body.stage_options(),
     }
     admit_question()  # last: a bad request is told what is wrong with it even when the queue is full
-    return submit("ask", ASK_TASK, lambda _: (task_kwargs, 1))
+    return submit("ask", ASK_TASK, lambda _: (task_kwargs, 1), body.callback_url)
 
 
 def admit_question() -> None:
@@ -103,7 +95,9 @@ def admit_question() -> None:
 
 
 @health_bp.get("/healthz")
+@spec.validate(resp=responses(HTTP_200=Health, HTTP_503=Health), security=PUBLIC)
 def healthz() -> tuple[Response, int]:
+    """Whether Redis, the broker and Milvus answer (503 when one does not); needs no key."""
     checks = services().health()
     healthy = all(check["ok"] for check in checks.values())
     return jsonify({"status": "ok" if healthy else "degraded", "checks": checks}), 200 if healthy else 503

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
+from spectree.model_adapter.pydantic_adapter import BaseFile
 
 from common.errors import InvalidRequest
 from common.types import OnDuplicate, RerankerBackend, SearchMode
+from common.webhooks import MAX_URL_CHARS, check_callback_url
 
 COLLECTION_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 CollectionName = Annotated[str, StringConstraints(pattern=COLLECTION_PATTERN)]
@@ -39,6 +48,9 @@ class DocumentIn(BaseModel):
 
 
 ColumnName = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+CallbackUrl = Annotated[str, StringConstraints(max_length=MAX_URL_CHARS), AfterValidator(check_callback_url)]
+CALLBACK_DOC = "http(s) URL that gets one signed POST of the job when it ends (see Webhooks)"
+UploadedFile = BaseFile  # "format: binary" in the document
 
 
 class IngestRequest(BaseModel):
@@ -47,18 +59,24 @@ class IngestRequest(BaseModel):
     documents: list[DocumentIn] = Field(min_length=1)
     collection: CollectionName | None = None
     on_duplicate: OnDuplicate = "skip"
+    callback_url: CallbackUrl | None = Field(None, description=CALLBACK_DOC)
 
 
 class UploadForm(BaseModel):
-    """Form fields that come with a multipart upload."""
+    """Form fields that come with a multipart upload. File parts may have any name; `files` is the one the
+    document shows (they are read from the request by `api.uploads`, not through this model)."""
 
     model_config = ConfigDict(extra="forbid")
 
+    files: list[UploadedFile] = Field(
+        default_factory=list, description=".txt .md .html .pdf .docx .json .jsonl .csv, or .zip of them"
+    )
     collection: CollectionName | None = None
     on_duplicate: OnDuplicate = "skip"
     text_column: ColumnName = "text"
     id_column: ColumnName = "id"
     title_column: ColumnName | None = None
+    callback_url: CallbackUrl | None = Field(None, description=CALLBACK_DOC)
 
     def parse_options(self) -> dict[str, str | None]:
         return {
@@ -84,6 +102,7 @@ class AskRequest(BaseModel):
     ef: int | None = Field(default=None, ge=1, le=32_768)
     rrf_k: int | None = Field(default=None, ge=1, le=10_000)
     candidates: int | None = Field(default=None, ge=1, le=1_000)
+    callback_url: CallbackUrl | None = Field(None, description=CALLBACK_DOC)
 
     def chosen_reranker(self, default: str) -> str | None:
         """The backend this question is reranked with, or None; a request may switch it or turn it off."""

@@ -16,10 +16,12 @@ from kombu.exceptions import ChannelError, KombuError, OperationalError
 from api.auth import principal
 from api.idempotency import IdempotencyKeys, header_key, request_fingerprint
 from common.errors import ServiceUnavailable
-from common.jobs import JobStore, connect_redis, redis_errors
+from common.jobs import JobStore
 from common.queueing import make_celery
+from common.redis_client import connect_redis, redis_errors
 from common.reports import DocumentReports
 from common.settings import Settings
+from common.webhooks import WebhookTrigger
 from store.catalog import Catalog
 from store.milvus import MilvusStore
 
@@ -59,7 +61,9 @@ class Services:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.redis = connect_redis(settings.redis_url)
-        self.jobs = JobStore(self.redis, settings.job_ttl_s)
+        # Cancelling a queued job ends it here: its webhook is enqueued by name, like every task.
+        trigger = WebhookTrigger(self.redis, lambda name, kwargs: self.celery.send_task(name, kwargs=kwargs))
+        self.jobs = JobStore(self.redis, settings.job_ttl_s, on_finish=trigger)
         self.reports = DocumentReports(self.redis, settings.job_ttl_s)
         self.collections = CollectionNames(self.redis)
         self.idempotency = IdempotencyKeys(self.redis, settings.idempotency_ttl_s)
@@ -150,10 +154,16 @@ def services() -> Services:
     return current_app.extensions["quarry"]  # type: ignore[no-any-return]
 
 
-def submit(kind: str, task: str, build: Callable[[str], tuple[dict[str, Any], int]]) -> Response:
+def submit(
+    kind: str,
+    task: str,
+    build: Callable[[str], tuple[dict[str, Any], int]],
+    callback_url: str | None = None,
+) -> Response:
     """Record a job, then enqueue it: `build(job_id)` stores what the task needs and returns its kwargs.
 
     With an `Idempotency-Key`, a retry of the same request answers with the job the first one created.
+    A `callback_url` (checked by the schema and `require_allowed_host`) goes in the job record, not the task.
     """
     svc, owner = services(), principal().name
     job_id, idem_key = uuid.uuid4().hex, header_key()
@@ -163,7 +173,7 @@ def submit(kind: str, task: str, build: Callable[[str], tuple[dict[str, Any], in
             return accepted(claimed, replayed=True)
     try:
         kwargs, total = build(job_id)
-        svc.jobs.create(job_id, kind, total, kwargs, owner=owner)
+        svc.jobs.create(job_id, kind, total, kwargs, owner=owner, callback_url=callback_url)
         svc.enqueue(task, job_id, kwargs)
     except Exception:
         if idem_key is not None:

@@ -1,11 +1,12 @@
-"""`python -m client`: the Quarry command line on top of `QuarryClient`.
+"""`quarry` (or `python -m client`): the Quarry command line on top of `QuarryClient`.
 
-    python -m client ingest PATH... --collection C          (bulk upload, waits, reports failures)
-    python -m client ask "question" --top-k 5 [--collection C]
-    python -m client jobs JOB_ID [--wait]
-    python -m client collections
+    quarry ingest PATH... --collection C [--wait]      (bulk upload, waits, reports failures)
+    quarry ask "question" --top-k 5 [--collection C]
+    quarry jobs JOB_ID [--wait]
+    quarry collections
 
 Human output by default, `--json` for scripts. `QUARRY_URL` and `QUARRY_API_KEY` set the defaults.
+`make` installs the command into the project's virtualenv; `pip install -e .` elsewhere.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import textwrap
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import requests
 from tqdm import tqdm
 
 from client.http import Job, QuarryClient, QuarryError
@@ -26,24 +28,40 @@ from client.http import Job, QuarryClient, QuarryError
 EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
 
 
+def connection_options(top_level: bool) -> argparse.ArgumentParser:
+    """--url, --api-key, --json: defaults at the top level; after the command they only override."""
+    defaults: dict[str, Any] = {
+        "url": os.environ.get("QUARRY_URL", "http://127.0.0.1:8000"),
+        "api_key": os.environ.get("QUARRY_API_KEY"),
+        "json": False,
+    }
+    if not top_level:
+        defaults = dict.fromkeys(defaults, argparse.SUPPRESS)
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--url", default=defaults["url"], help="or $QUARRY_URL")
+    options.add_argument("--api-key", default=defaults["api_key"], help="or $QUARRY_API_KEY")
+    options.add_argument("--json", action="store_true", default=defaults["json"], help="output for scripts")
+    return options
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m client", description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default=os.environ.get("QUARRY_URL", "http://127.0.0.1:8000"))
-    parser.add_argument("--api-key", default=os.environ.get("QUARRY_API_KEY"), help="or $QUARRY_API_KEY")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser = argparse.ArgumentParser(
+        prog="quarry", description=__doc__.splitlines()[0], parents=[connection_options(top_level=True)]
+    )
+    common = connection_options(top_level=False)
     sub = parser.add_subparsers(dest="command", required=True)
     ingest = sub.add_parser("ingest", help="upload files or directories (the bulk loader)", add_help=False)
     ingest.add_argument("rest", nargs=argparse.REMAINDER)
-    ask = sub.add_parser("ask", help="ask a question and print the ranked passages")
+    ask = sub.add_parser("ask", help="ask a question and print the ranked passages", parents=[common])
     ask.add_argument("question")
     ask.add_argument("--top-k", type=int)
     ask.add_argument("--collection")
     ask.add_argument("--no-rerank", action="store_true")
     ask.add_argument("--timeout", type=float, default=300.0)
-    jobs = sub.add_parser("jobs", help="show a job")
+    jobs = sub.add_parser("jobs", help="show a job", parents=[common])
     jobs.add_argument("job_id")
     jobs.add_argument("--wait", action="store_true", help="wait until it ends")
-    sub.add_parser("collections", help="list collections")
+    sub.add_parser("collections", help="list collections", parents=[common])
     return parser
 
 
@@ -118,14 +136,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ingestion.loader import main as bulk_load  # the same loader as `python -m ingestion`
 
         extra = ["--api-key", args.api_key] if args.api_key else []
-        rest = [arg for arg in args.rest if arg != "--wait"]  # the loader waits unless --no-wait
-        return bulk_load([*rest, "--api", args.url, *extra, *(["--json"] if args.json else [])])
+        # The loader waits unless --no-wait, and calls the URL --api; options given here come last and win.
+        rest = ["--api" if arg == "--url" else arg for arg in args.rest if arg != "--wait"]
+        return bulk_load(["--api", args.url, *extra, *(["--json"] if args.json else []), *rest])
     client = QuarryClient(args.url, api_key=args.api_key)
     commands = {"ask": run_ask, "jobs": run_jobs, "collections": run_collections}
     try:
         return commands[args.command](client, args)
     except QuarryError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except requests.RequestException as exc:
+        print(f"error: cannot reach {args.url}: {type(exc).__name__}", file=sys.stderr)
         return EXIT_ERROR
     except TimeoutError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -6,10 +6,8 @@ from any machine that can reach the API.
 
 from __future__ import annotations
 
-import mimetypes
 import random
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from email.utils import parsedate_to_datetime
@@ -19,6 +17,8 @@ from urllib.parse import quote
 
 import requests
 
+from client.multipart import MultipartBody
+
 TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 CSV_OPTIONS = frozenset({"text_column", "id_column", "title_column"})
@@ -27,10 +27,7 @@ MIN_POLL_INTERVAL_S = 0.25
 """Floor between polls, so a server that answers long polls early is not hammered."""
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 5.0
-CHUNK_BYTES = 256 * 1024
 
-_PARAM_ESCAPES = str.maketrans({'"': "%22", "\r": "%0D", "\n": "%0A"})
-"""Header parameter escaping as browsers do it for form uploads; UTF-8 names are kept as they are."""
 _sleep = time.sleep  # looked up at call time so tests can skip real waiting
 
 
@@ -60,6 +57,7 @@ class Job:
     created_at: str | None = None
     started_at: str | None = None
     finished_at: str | None = None
+    callback: dict[str, Any] | None = None  # webhook delivery: {"url", "state", "attempts", ...}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Job:
@@ -72,59 +70,6 @@ class Job:
     def done(self) -> bool:
         """True once the job can no longer change state."""
         return self.state in TERMINAL_STATES
-
-
-class _MultipartBody:
-    """A multipart/form-data body streamed from disk with a known Content-Length.
-
-    requests' own `files=` assembles the whole body in memory; a 50 MB upload batch should not. Files are
-    opened one at a time while sending, so a 200-file batch does not hold 200 descriptors either.
-    """
-
-    def __init__(self, form: Mapping[str, str], paths: Sequence[Path]) -> None:
-        self.boundary = uuid.uuid4().hex
-        self._parts: list[bytes | tuple[Path, int]] = []
-        for name, value in form.items():
-            self._parts.append(self._head(name) + value.encode() + b"\r\n")
-        for path in paths:
-            ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-            self._parts += [self._head("files", path.name, ctype), (path, path.stat().st_size), b"\r\n"]
-        self._parts.append(f"--{self.boundary}--\r\n".encode())
-
-    @property
-    def content_type(self) -> str:
-        return f"multipart/form-data; boundary={self.boundary}"
-
-    def _head(self, name: str, filename: str | None = None, ctype: str | None = None) -> bytes:
-        disposition = f'form-data; name="{name.translate(_PARAM_ESCAPES)}"'
-        if filename is not None:
-            disposition += f'; filename="{filename.translate(_PARAM_ESCAPES)}"'
-        lines = [f"--{self.boundary}", f"Content-Disposition: {disposition}"]
-        if ctype:
-            lines.append(f"Content-Type: {ctype}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode()
-
-    def __len__(self) -> int:
-        return sum(part[1] if isinstance(part, tuple) else len(part) for part in self._parts)
-
-    def __iter__(self) -> Iterator[bytes]:
-        for part in self._parts:
-            if isinstance(part, bytes):
-                yield part
-            else:
-                yield from _read_exactly(*part)
-
-
-def _read_exactly(path: Path, size: int) -> Iterator[bytes]:
-    """The first `size` bytes of `path` in chunks; the Content-Length was promised before sending."""
-    remaining = size
-    with path.open("rb") as handle:
-        while remaining > 0:
-            chunk = handle.read(min(CHUNK_BYTES, remaining))
-            if not chunk:
-                raise OSError(f"{path} shrank while it was being uploaded")
-            remaining -= len(chunk)
-            yield chunk
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -207,15 +152,21 @@ class QuarryClient:
         collection: str | None = None,
         on_duplicate: str | None = None,
         csv_options: Mapping[str, str] | None = None,
+        callback_url: str | None = None,
     ) -> str:
-        """Upload files as one ingest job, streaming them from disk; returns the job id."""
+        """Upload files as one ingest job, streaming them from disk; returns the job id.
+
+        `callback_url`, on this and every submit method: the server POSTs the job there when it ends.
+        """
         if not paths:
             raise ValueError("upload_files needs at least one path")
         unknown = set(csv_options or {}) - CSV_OPTIONS
         if unknown:
             raise ValueError(f"unknown csv option(s): {', '.join(sorted(unknown))}")
-        form = _without_none(collection=collection, on_duplicate=on_duplicate, **(csv_options or {}))
-        body = _MultipartBody(form, [Path(p) for p in paths])
+        form = _without_none(
+            collection=collection, on_duplicate=on_duplicate, callback_url=callback_url, **(csv_options or {})
+        )
+        body = MultipartBody(form, [Path(p) for p in paths])
         return self._submit("/api/v1/documents", data=body, headers={"Content-Type": body.content_type})
 
     def submit_documents(
@@ -224,9 +175,15 @@ class QuarryClient:
         *,
         collection: str | None = None,
         on_duplicate: str | None = None,
+        callback_url: str | None = None,
     ) -> str:
         """Submit documents as JSON ({"id"?, "text", "title"?, "metadata"?}); returns the job id."""
-        body = _without_none(documents=list(documents), collection=collection, on_duplicate=on_duplicate)
+        body = _without_none(
+            documents=list(documents),
+            collection=collection,
+            on_duplicate=on_duplicate,
+            callback_url=callback_url,
+        )
         return self._submit("/api/v1/documents", json=body)
 
     def ask(
@@ -236,9 +193,12 @@ class QuarryClient:
         top_k: int | None = None,
         collection: str | None = None,
         rerank: bool | None = None,
+        callback_url: str | None = None,
     ) -> str:
         """Start a search job; the answer is the finished job's `result`."""
-        body = _without_none(question=question, top_k=top_k, collection=collection, rerank=rerank)
+        body = _without_none(
+            question=question, top_k=top_k, collection=collection, rerank=rerank, callback_url=callback_url
+        )
         return self._submit("/api/v1/ask", json=body)
 
     def job(self, job_id: str) -> Job:
@@ -287,10 +247,17 @@ class QuarryClient:
         self, job_id: str, *, status: str | None = None, page_size: int = 500
     ) -> Iterator[dict[str, Any]]:
         """Per-document outcomes of an ingest job ({"doc_id", "status", "reason", "chunks"}), page by page."""
+        return self._pages(_job_path(job_id) + "/documents", page_size, status=status)
+
+    def documents(self, collection: str, *, page_size: int = 500) -> Iterator[dict[str, Any]]:
+        """Every document of a collection, page by page (Milvus serves the first 16,384)."""
+        return self._pages(f"/api/v1/collections/{quote(collection, safe='')}/documents", page_size)
+
+    def _pages(self, path: str, page_size: int, **params: Any) -> Iterator[dict[str, Any]]:
+        """Follow `next_offset` until it is null."""
         offset: int | None = 0
         while offset is not None:
-            params = _without_none(status=status, offset=offset, limit=page_size)
-            page = self._request("GET", _job_path(job_id) + "/documents", params=params)
+            page = self._request("GET", path, params=_without_none(**params, offset=offset, limit=page_size))
             yield from page.get("items", [])
             next_offset = page.get("next_offset")
             if next_offset is not None and next_offset <= offset:

@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
-from common.errors import ServiceUnavailable
+from common.redis_client import redis_errors
+from common.transitions import StateGuard
 
 KEY_PREFIX = "quarry:job:"
 CELERY_META_PREFIX = "celery-task-meta-"
@@ -38,6 +36,10 @@ class JobState(StrEnum):
     @property
     def terminal(self) -> bool:
         return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+OPEN_STATES: tuple[str, ...] = (JobState.QUEUED, JobState.RUNNING)
+CANCELLED = {"state": JobState.CANCELLED.value, "error": "cancelled by request"}
 
 
 class JobCancelled(Exception):
@@ -78,6 +80,7 @@ class JobRecord:
     started_at: str | None = None
     finished_at: str | None = None
     heartbeat_at: str | None = None  # last sign of life of a task running for the job
+    callback: dict[str, Any] | None = None  # webhook: {"url", "state", "attempts", ...} (common.webhooks)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -115,9 +118,13 @@ def _celery_failure(meta_raw: bytes | None) -> str | None:
 class JobStore:
     """All reads and writes of job records; every Redis failure surfaces as ServiceUnavailable."""
 
-    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
+    def __init__(
+        self, client: redis.Redis, ttl_s: int, on_finish: Callable[[str], None] | None = None
+    ) -> None:
         self.client = client
         self.ttl_s = ttl_s
+        self.on_finish = on_finish  # called with the job id after every terminal write (webhooks)
+        self._guard = StateGuard(client)
 
     @staticmethod
     def key(job_id: str) -> str:
@@ -128,10 +135,19 @@ class JobStore:
         return KEY_PREFIX + job_id + ":events"
 
     def create(
-        self, job_id: str, kind: str, total: int, request: dict[str, Any], owner: str | None = None
+        self,
+        job_id: str,
+        kind: str,
+        total: int,
+        request: dict[str, Any],
+        owner: str | None = None,
+        *,
+        callback_url: str | None = None,
     ) -> JobRecord:
         """Record a job before it is queued; `request` (the task's kwargs) is kept for retries."""
         record = JobRecord(job_id=job_id, kind=kind, progress={"done": 0, "total": total}, owner=owner)
+        if callback_url:
+            record.callback = {"url": callback_url, "state": "pending", "attempts": 0, "last_status": None}
         fields = record.to_json()
         fields.pop("job_id")
         self.write(job_id, {**fields, "request": request})
@@ -145,9 +161,7 @@ class JobStore:
     def cancel(self, job_id: str) -> None:
         """Ask for cancellation; a job not yet started ends now, a running one at its next checkpoint."""
         self.write(job_id, {"cancel_requested": True})
-        record = self.get(job_id)
-        if record is not None and record.state is JobState.QUEUED:
-            self.mark_cancelled(job_id)
+        self._finish(job_id, CANCELLED, allowed=(JobState.QUEUED,))  # a started job stops at a checkpoint
 
     def cancel_requested(self, job_id: str) -> bool:
         with redis_errors():
@@ -159,7 +173,7 @@ class JobStore:
             raise JobCancelled(job_id)
 
     def mark_cancelled(self, job_id: str) -> None:
-        self._finish(job_id, {"state": JobState.CANCELLED.value, "error": "cancelled by request"})
+        self._finish(job_id, CANCELLED)
 
     def get(self, job_id: str) -> JobRecord | None:
         """One round trip: the record and Celery's own meta, reconciled."""
@@ -181,8 +195,11 @@ class JobStore:
                 record.state, record.error = JobState.FAILED, lost
         return record
 
-    def mark_running(self, job_id: str) -> None:
-        self.write(job_id, {"state": JobState.RUNNING.value, "started_at": now_iso(), "error": None})
+    def mark_running(self, job_id: str) -> bool:
+        """False when the job ended meanwhile (cancelled while queued): the task must not run it."""
+        fields = {"state": JobState.RUNNING.value, "started_at": now_iso(), "error": None}
+        with redis_errors():
+            return self._guard.move(self.key(job_id), self.ttl_s, OPEN_STATES, _encode(fields))
 
     def set_progress(self, job_id: str, progress: dict[str, int]) -> None:
         """`progress` has at least done and total; ingest jobs add succeeded/failed/skipped/chunks."""
@@ -211,10 +228,32 @@ class JobStore:
                 record = self.get(job_id)
             return record
 
-    def _finish(self, job_id: str, fields: dict[str, Any]) -> None:
-        self.write(job_id, {**fields, "finished_at": now_iso()})
+    def _finish(
+        self,
+        job_id: str,
+        fields: dict[str, Any],
+        *,
+        stamp: bool = True,
+        allowed: tuple[str, ...] = OPEN_STATES,
+    ) -> None:
+        """End the job unless it already ended: the first end is final (and notified once)."""
+        encoded = _encode({**fields, "finished_at": now_iso()} if stamp else fields)
         with redis_errors():
+            if not self._guard.move(self.key(job_id), self.ttl_s, allowed, encoded):
+                return
             self.client.publish(self.channel(job_id), fields["state"])
+        if self.on_finish is not None:
+            self.on_finish(job_id)
+
+    def settle(self, record: JobRecord) -> None:
+        """Store an end that was only derived at read time (worker lost), so it is final and notified.
+
+        Called when the broker hands a lost job's task to a worker again; nothing for a stored end. The job
+        reads as before (`finished_at` stays unset: when the vanished worker stopped is not known).
+        """
+        if record.state.terminal:  # `_finish` moves only an open stored state: a stored end stays as it is
+            fields = {"state": record.state.value, "error": record.error or "worker lost"}
+            self._finish(record.job_id, fields, stamp=False)
 
     def write(self, job_id: str, fields: dict[str, Any]) -> None:
         with redis_errors():
@@ -222,36 +261,6 @@ class JobStore:
             pipe.hset(self.key(job_id), mapping=_encode(fields))  # type: ignore[arg-type]
             pipe.expire(self.key(job_id), self.ttl_s)
             pipe.execute()
-
-
-@contextmanager
-def redis_errors() -> Iterator[None]:
-    """The one place a Redis failure becomes ServiceUnavailable (503 in the API, a retry in a task)."""
-    try:
-        yield
-    except redis.RedisError as exc:
-        raise ServiceUnavailable(f"Redis unreachable: {exc}") from exc
-
-
-def connect_redis(url: str, **options: Any) -> redis.Redis:
-    """A client with timeouts, so a dead Redis fails fast instead of hanging a request."""
-    return redis.Redis.from_url(
-        url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=30, **options
-    )
-
-
-def connect_redis_patient(url: str, outage_s: float) -> redis.Redis:
-    """For workers: a command waits out a Redis restart of about `outage_s` instead of failing the task.
-
-    The API keeps `connect_redis` and answers 503 at once; a worker in the middle of a batch would
-    otherwise lose work it already did (embedded, written to Milvus) to a short outage.
-    """
-    retries = int(outage_s) + 4  # backoff reaches its 1 s cap after ~4 tries
-    return connect_redis(
-        url,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-    )
 
 
 def lost_worker(raw: dict[bytes, bytes], now: float) -> str | None:

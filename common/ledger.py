@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from common.jobs import JobStore, redis_errors
+from common.jobs import JobStore
+from common.redis_client import redis_errors
 
 _FINISH = """
 if redis.call('sadd', KEYS[2], ARGV[1]) == 0 then return -1 end

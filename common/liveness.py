@@ -11,7 +11,8 @@ import time
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from common.jobs import BEAT_FIELD, JobStore, now_iso, redis_errors
+from common.jobs import BEAT_FIELD, JobStore, now_iso
+from common.redis_client import redis_errors
 
 # Only jobs that still exist: a beat must never recreate an expired record without its TTL.
 _BEAT = """

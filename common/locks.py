@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import redis
 
 from common.errors import ServiceUnavailable
-from common.jobs import redis_errors
+from common.redis_client import redis_errors
 
 _ACQUIRE = """
 local holder = redis.call('get', KEYS[1])

@@ -8,7 +8,8 @@ from typing import Any, Literal
 
 import redis
 
-from common.jobs import KEY_PREFIX, redis_errors
+from common.jobs import KEY_PREFIX
+from common.redis_client import redis_errors
 
 Status = Literal["succeeded", "failed", "skipped"]
 STATUSES: tuple[str, ...] = ("succeeded", "failed", "skipped")

@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 OFFLINE_EMBEDDING_MODEL = "bundled:all-MiniLM-L6-v2"
@@ -28,88 +28,161 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
 
     # --- connections ---
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    broker_url: str | None = None  # defaults to redis_url
-    result_backend_url: str | None = None  # defaults to redis_url
-    milvus_uri: str = "http://127.0.0.1:19530"
-    milvus_token: str | None = None
-    milvus_timeout_s: float = 10.0
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis of the job records; also the Celery broker and result backend unless set below",
+    )
+    broker_url: str | None = Field(None, description="Celery broker; unset: REDIS_URL")
+    result_backend_url: str | None = Field(None, description="Celery result backend; unset: REDIS_URL")
+    milvus_uri: str = Field(
+        "http://127.0.0.1:19530",
+        description="Milvus endpoint: the milvus-lite server, Milvus standalone, a cluster or Zilliz Cloud",
+    )
+    milvus_token: str | None = Field(
+        None, description="Milvus token (`user:password` or an API key); unset: no authentication"
+    )
+    milvus_timeout_s: float = Field(10.0, description="timeout of one Milvus call, in seconds")
 
     # --- API ---
-    api_host: str = "127.0.0.1"
-    api_port: int = 8000
+    api_host: str = Field("127.0.0.1", description="address `make run` binds the API to (Docker: 0.0.0.0)")
+    api_port: int = Field(8000, description="port `make run` binds the API to (Docker: 8000)")
     max_wait_s: float = Field(30.0, gt=0, description="cap of ?wait= long polls")
-    max_request_bytes: int = 50 * 1024 * 1024
-    max_question_chars: int = 2000
-    max_documents_per_request: int = 10_000
-    max_top_k: int = 100
-    default_top_k: int = 5
-    default_collection: str = "default"
+    max_request_bytes: int = Field(50 * 1024 * 1024, description="largest request body in bytes (413 above)")
+    max_question_chars: int = Field(2000, description="longest question, in characters")
+    max_documents_per_request: int = Field(
+        10_000, description="documents (JSON) or files (multipart) per request"
+    )
+    max_top_k: int = Field(100, description="largest top_k a question may ask for")
+    default_top_k: int = Field(5, description="top_k of a question that gives none")
+    default_collection: str = Field("default", description="collection of a request that names none")
 
     # --- security and admission ---
-    api_keys: list[ApiKey] = Field(default_factory=list, description="JSON list; empty: the API is open")
-    rate_limit: str | None = None  # per key (or client address), e.g. "600/minute"; None: no limit
+    api_keys: list[ApiKey] = Field(
+        default_factory=list,
+        description='JSON list of {"name", "sha256", "collections"} (see Security); empty: the API is open',
+    )
+    rate_limit: str | None = Field(
+        None, description='limit per key (or client address) on /api routes, e.g. "600/minute"; unset: none'
+    )
     max_query_queue: int = Field(1000, ge=1, description="questions waiting beyond this get 429")
     queue_depth_cache_s: float = Field(1.0, ge=0, description="how long the API reuses a queue length")
     retry_after_s: int = Field(5, ge=1, description="Retry-After sent with a backpressure 429")
     idempotency_ttl_s: int = Field(24 * 3600, ge=1, description="how long an Idempotency-Key is kept")
 
     # --- files ---
-    data_dir: Path = Path("var")
-    upload_dir: Path | None = None  # defaults to data_dir / "uploads"; shared by API and workers
+    data_dir: Path = Field(Path("var"), description="local data: uploads (also Milvus, Redis: `make run`)")
+    upload_dir: Path | None = Field(
+        None, description="uploads waiting for ingest, shared by API and workers; unset: DATA_DIR/uploads"
+    )
 
     # --- models ---
-    embedding_model: str = OFFLINE_EMBEDDING_MODEL
-    embedding_query_instruction: str | None = None  # None: BGE instruction chosen automatically
-    reranker_backend: Literal["maxsim", "cross-encoder", "none"] = "maxsim"
-    reranker_model: str = "BAAI/bge-reranker-v2-m3"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    cpu_bf16: bool = True  # use bf16 on CPUs that have native bf16 instructions
-    torch_threads: int | None = None  # None: cores // (ingest + query concurrency)
-    embed_token_budget: int = Field(16_384, gt=0, description="tokens per forward pass")
-    embed_max_batch: int = Field(128, gt=0)
-    cuda_token_budget: int = Field(65_536, gt=0)
+    embedding_model: str = Field(
+        OFFLINE_EMBEDDING_MODEL,
+        description="Hugging Face id or directory of the embedding model, e.g. `BAAI/bge-small-en-v1.5`; "
+        "the default ships in a package (offline)",
+    )
+    embedding_query_instruction: str | None = Field(
+        None, description='prefix of questions; unset: the BGE instruction, chosen automatically; "" disables'
+    )
+    reranker_backend: Literal["maxsim", "cross-encoder", "none"] = Field(
+        "maxsim",
+        description="default reranker: `maxsim` (offline, the embedding model's token vectors), "
+        "`cross-encoder` (RERANKER_MODEL) or `none`",
+    )
+    reranker_model: str = Field(
+        "BAAI/bge-reranker-v2-m3", description="cross-encoder id or directory, for the cross-encoder backend"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="`auto`: CUDA (fp16) when torch sees a GPU, else CPU; `cuda` fails without one"
+    )
+    cpu_bf16: bool = Field(True, description="bf16 on CPUs with native bf16 instructions (else fp32)")
+    torch_threads: int | None = Field(
+        None,
+        description="torch threads per CPU worker process; unset: cores // (INGEST_CONCURRENCY + "
+        "QUERY_CONCURRENCY)",
+    )
+    embed_token_budget: int = Field(16_384, gt=0, description="padded tokens per forward pass on CPU")
+    embed_max_batch: int = Field(128, gt=0, description="texts per forward pass, at most")
+    cuda_token_budget: int = Field(
+        65_536, gt=0, description="padded tokens per forward pass on CUDA (halved on out-of-memory)"
+    )
 
     # --- chunking ---
-    chunk_tokens: int = Field(128, gt=16)  # tuned on scifact-train with the offline model (see README)
-    chunk_overlap_tokens: int = Field(32, ge=0)
-    chunk_include_title: bool = True
+    # chunk_tokens: tuned on scifact-train with the offline model (see README)
+    chunk_tokens: int = Field(
+        128, gt=16, description="tokens per chunk; tuned for the offline model, re-tune for 512-token BGE"
+    )
+    chunk_overlap_tokens: int = Field(32, ge=0, description="tokens shared by consecutive chunks")
+    chunk_include_title: bool = Field(True, description="embed and index each chunk with its document title")
 
     # --- Milvus index and search (all of them live here) ---
-    milvus_collection: str = "quarry_chunks"
-    hnsw_m: int = 16
-    hnsw_ef_construction: int = 200
-    search_ef: int = 128
-    dense_candidates: int = 100
-    bm25_candidates: int = 100
-    rerank_candidates: int = 30
-    rrf_k: int = 20  # tuned on scifact-train: 20 beat 60 (+0.5 nDCG@10 hybrid, +0.3 reranked); see README
-    rerank_fusion_k: int = 60  # RRF k when fusing the rerank ranking with the hybrid ranking
-    bm25_k1: float = 1.2
-    bm25_b: float = 0.75
+    milvus_collection: str = Field(
+        "quarry_chunks", description="physical Milvus collection; Quarry collections are a partition key"
+    )
+    hnsw_m: int = Field(16, description="HNSW M (graph degree); applies at collection creation")
+    hnsw_ef_construction: int = Field(200, description="HNSW efConstruction; applies at collection creation")
+    search_ef: int = Field(128, description="HNSW ef of a search (raised to the candidate count)")
+    dense_candidates: int = Field(100, description="dense (HNSW) candidates of a question before fusion")
+    bm25_candidates: int = Field(100, description="BM25 candidates of a question before fusion")
+    rerank_candidates: int = Field(30, description="fused candidates the reranker scores again")
+    # rrf_k: tuned on scifact-train: 20 beat 60 (+0.5 nDCG@10 hybrid, +0.3 reranked); see README
+    rrf_k: int = Field(20, description="RRF k fusing the dense and BM25 rankings")
+    rerank_fusion_k: int = Field(60, description="RRF k fusing the rerank ranking with the hybrid ranking")
+    bm25_k1: float = Field(1.2, description="BM25 k1 (term frequency saturation); set at collection creation")
+    bm25_b: float = Field(0.75, description="BM25 b (length normalisation); set at collection creation")
 
     # --- Celery ---
-    ingest_concurrency: int = Field(1, ge=1)
-    query_concurrency: int = Field(1, ge=1)  # query worker processes, each with its own models
+    ingest_concurrency: int = Field(1, ge=1, description="ingest worker processes (its `-c`)")
+    query_concurrency: int = Field(1, ge=1, description="query worker processes, each with its own models")
     query_batch_size: int = Field(16, ge=1, description="questions per batch = task threads per query worker")
     query_batch_wait_ms: float = Field(10.0, ge=0, description="longest a question waits for a batch to fill")
-    task_soft_time_limit_s: int = 1800
-    task_time_limit_s: int = 1900
-    job_ttl_s: int = 7 * 24 * 3600
-    ingest_batch_documents: int = 64
+    task_soft_time_limit_s: int = Field(1800, description="soft time limit of a task, in seconds (it fails)")
+    task_time_limit_s: int = Field(1900, description="hard time limit of a task (its process is killed)")
+    job_ttl_s: int = Field(7 * 24 * 3600, description="how long job records and their reports are kept")
+    ingest_batch_documents: int = Field(64, description="documents per ingest batch task")
 
     # --- reliability ---
     task_max_retries: int = Field(5, ge=0, description="retries of a retriable error (Milvus/Redis down)")
     task_retry_backoff_s: int = Field(2, ge=1, description="first retry delay; doubles, full jitter")
-    task_retry_backoff_max_s: int = Field(60, ge=1)
+    task_retry_backoff_max_s: int = Field(60, ge=1, description="longest retry delay")
     max_deliveries: int = Field(3, ge=1, description="deliveries of an attempt before a lost worker fails it")
     job_heartbeat_interval_s: float = Field(10.0, gt=0, description="how often a running task says it lives")
     job_heartbeat_timeout_s: float = Field(60.0, gt=0, description="silence after which its worker is lost")
-    broker_visibility_timeout_s: int | None = None  # None: task_time_limit_s + 600 (must outlast every task)
+    broker_visibility_timeout_s: int | None = Field(
+        None,
+        description="Redis hands a vanished worker's message to another after this (must outlast any task); "
+        "unset: TASK_TIME_LIMIT_S + 600",
+    )
     worker_redis_outage_s: float = Field(60.0, ge=0, description="how long worker Redis calls wait it out")
     # TEST ONLY (0 = off): every ingest batch pauses this long between embedding and writing, holding its
     # document locks, so the fault tests can kill a worker in the middle of a batch.
-    test_batch_delay_s: float = Field(0.0, ge=0)
+    test_batch_delay_s: float = Field(
+        0.0, ge=0, description="test only (0 = off): each ingest batch pauses between embedding and writing"
+    )
+
+    # --- webhooks ---
+    webhook_secret: SecretStr | None = Field(
+        None, description="HMAC-SHA256 key of X-Quarry-Signature; unset: webhooks are sent unsigned"
+    )
+    webhook_allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description='JSON list of callback hosts ("hooks.example.com", "*.example.com"); empty: any host',
+    )
+    webhook_timeout_s: float = Field(10.0, gt=0, description="connect and read timeout of one POST")
+    webhook_max_retries: int = Field(8, ge=0, description="retries after the first attempt fails")
+    webhook_backoff_s: float = Field(2.0, gt=0, description="first retry delay; doubles, with jitter")
+    webhook_backoff_max_s: float = Field(600.0, gt=0, description="longest delay between two attempts")
+
+    # --- operations ---
+    task_events: bool = Field(
+        False, description="workers send task events and the API task-sent events (Flower needs them)"
+    )
+
+    # --- metrics ---
+    # prometheus_client reads this same variable itself; gunicorn.conf.py sets it for the API's workers.
+    prometheus_multiproc_dir: Path | None = Field(
+        None, description="the API workers' metric files, emptied at start; unset: DATA_DIR/prometheus"
+    )
 
     @model_validator(mode="after")
     def _check_reliability(self) -> Settings:

@@ -170,9 +170,13 @@ def celery_argv(queue: str, concurrency: int, *, threads: bool = False, name: st
 
 
 def query_workers(settings: Settings) -> list[tuple[str, list[str]]]:
-    """One process per `query_concurrency` (each holds its models), `query_batch_size` task threads each."""
+    """One process per `query_concurrency` (each holds its models), `query_batch_size` task threads each.
+
+    They also send the webhooks (queue `webhooks`): I/O that suits a threads pool.
+    """
+    size = settings.query_batch_size
     return [
-        (f"query-worker-{i}", celery_argv("query", settings.query_batch_size, threads=True, name=f"query{i}"))
+        (f"query-worker-{i}", celery_argv("query,webhooks", size, threads=True, name=f"query{i}"))
         for i in range(settings.query_concurrency)
     ]
 
@@ -197,5 +201,7 @@ def api_argv(host: str, port: int) -> list[str]:
         "--keep-alive",
         "30",  # > Retry-After: a client that waits it out must not reuse a connection being closed
         "--no-control-socket",
+        "--config",  # hooks: the metrics directory of the workers (PROMETHEUS_MULTIPROC_DIR)
+        str(Path(__file__).resolve().parents[1] / "gunicorn.conf.py"),
         "api:create_app()",
     ]

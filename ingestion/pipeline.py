@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common import metrics
 from common.errors import DocumentError
 from common.reports import STATUSES, Outcome
 from common.settings import Settings
@@ -117,24 +118,29 @@ def _chunk(
     return chunks
 
 
+def _embed(chunks: list[Chunk], embedder: Embedder, settings: Settings) -> Any:
+    """One embedding call over the batch's chunks, timed and counted for the metrics."""
+    metrics.emit(metrics.batch("chunks", len(chunks)))
+    with metrics.timed("ingest", "embed"):
+        return embedder.embed_documents([embedding_text(c, settings.chunk_include_title) for c in chunks])
+
+
 def write_batch(
     plan: Plan, *, collection: str, embedder: Embedder, store: VectorStore, settings: Settings
 ) -> list[Outcome]:
     """Embed, then upsert; a replaced document's old chunks are deleted first, so none is orphaned."""
     outcomes = list(plan.outcomes)
-    chunks = _chunk(plan.write, embedder, settings, outcomes)
+    with metrics.timed("ingest", "chunk"):
+        chunks = _chunk(plan.write, embedder, settings, outcomes)
     failed = {o.doc_id for o in outcomes if o.status == "failed"}
-    vectors = (
-        embedder.embed_documents([embedding_text(c, settings.chunk_include_title) for c in chunks])
-        if chunks
-        else None
-    )
+    vectors = _embed(chunks, embedder, settings) if chunks else None
     if settings.test_batch_delay_s:  # test only: a window in which fault tests kill the worker
         time.sleep(settings.test_batch_delay_s)
-    if plan.replaced:
-        store.delete(collection, plan.replaced)
-    if vectors is not None:
-        store.insert(collection, chunks, vectors, {doc.id: digest for doc, digest in plan.write})
+    with metrics.timed("ingest", "write"):
+        if plan.replaced:
+            store.delete(collection, plan.replaced)
+        if vectors is not None:
+            store.insert(collection, chunks, vectors, {doc.id: digest for doc, digest in plan.write})
     per_doc: dict[str, int] = {}
     for chunk in chunks:
         per_doc[chunk.doc_id] = per_doc.get(chunk.doc_id, 0) + 1
@@ -161,5 +167,6 @@ def ingest_batch(
     with lock(collection, ids):
         plan = plan_batch(items, store.document_hashes(collection, ids), on_duplicate)
         outcomes = write_batch(plan, collection=collection, embedder=embedder, store=store, settings=settings)
-    store.flush()
+    with metrics.timed("ingest", "flush"):
+        store.flush()
     return outcomes

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from celeryconfig import INGEST_BATCH_TASK
+from common import metrics
 from common.reports import Outcome
 from common.types import OnDuplicate
 from ingestion.batches import read_batch_file, split_into_batches, write_batch_file
@@ -22,12 +23,13 @@ def split_job(rt: Runtime, job_id: str, source: dict[str, Any], only: list[str] 
     batches = split_into_batches(
         load_documents(source, rt.settings.uploads, only), rt.settings.ingest_batch_documents
     )
-    for index, batch in enumerate(batches):
-        rt.jobs.check_cancelled(job_id)
-        path = f"{job_id}/batches/{index:05d}.jsonl"
-        write_batch_file(rt.settings.uploads / path, batch)
-        paths.append(path)
-        total += len(batch)
+    with metrics.timed("ingest", "parse"):  # documents are parsed as the batches are read
+        for index, batch in enumerate(batches):
+            rt.jobs.check_cancelled(job_id)
+            path = f"{job_id}/batches/{index:05d}.jsonl"
+            write_batch_file(rt.settings.uploads / path, batch)
+            paths.append(path)
+            total += len(batch)
     rt.ledger.start(job_id, len(paths), total)
     return paths
 
@@ -47,6 +49,7 @@ def run_batch(
     if rt.jobs.cancel_requested(job_id):
         return []
     items = read_batch_file(rt.settings.uploads / path)
+    metrics.emit(metrics.batch("documents", len(items)))
     outcomes = ingest_batch(
         items,
         collection=collection,
@@ -82,11 +85,16 @@ def finalize(rt: Runtime, job_id: str, collection: str) -> None:
     elif progress.get("total", 0) == 0:
         rt.jobs.mark_failed(job_id, "the upload contained no documents")
     elif progress.get("failed") and not (progress.get("succeeded") or progress.get("skipped")):
-        first = rt.reports.first(job_id) or {}
         rt.jobs.mark_failed(
             job_id,
             f"no document could be ingested: all {progress['failed']} failed (see the job's documents; "
-            f"{first.get('doc_id')}: {first.get('reason')})",
+            f"{_first_failure(rt.reports.first(job_id) or {})})",
         )
     else:
         rt.jobs.mark_succeeded(job_id, {"collection": collection, **progress})
+
+
+def _first_failure(report: dict[str, Any]) -> str:
+    """The first failed document's reason, naming the document once (most reasons already start with it)."""
+    doc_id, reason = str(report.get("doc_id")), str(report.get("reason"))
+    return reason if reason.startswith(doc_id) else f"{doc_id}: {reason}"

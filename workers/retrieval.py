@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from common import metrics
 from common.settings import Settings
 from common.types import Chunk, Embedder, Hit, Ranked, Reranker, SearchOptions, VectorStore
 from ingestion.chunking import embedding_text
@@ -129,6 +130,7 @@ class Retriever:
         ranked = self._rerank(questions, hits, outcomes)
         if any(q.reranker for q in questions):
             timings["rerank_ms"] = _ms(start)
+        metrics.emit(metrics.batch("questions", len(questions)), *metrics.stage_timings("ask", timings))
         for i, question in enumerate(questions):
             if i not in outcomes:
                 outcomes[i] = self._result(question, options[i], ranked[i], timings)

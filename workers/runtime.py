@@ -11,12 +11,15 @@ import threading
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from common.jobs import JobStore, connect_redis_patient
+from common.jobs import JobStore
 from common.ledger import BatchLedger
 from common.liveness import Liveness
 from common.locks import DocumentLocks
+from common.metrics import RedisMetrics
+from common.redis_client import connect_redis, connect_redis_patient
 from common.reports import DocumentReports
 from common.settings import Settings, get_settings
+from common.webhooks import WebhookTrigger
 
 if TYPE_CHECKING:
     from common.types import Embedder, Reranker
@@ -38,7 +41,13 @@ class Runtime:
     def jobs(self) -> JobStore:
         """A patient client: a task waits out a short Redis restart instead of losing its work."""
         client = connect_redis_patient(self.settings.redis_url, self.settings.worker_redis_outage_s)
-        return JobStore(client, self.settings.job_ttl_s)
+        return JobStore(client, self.settings.job_ttl_s, on_finish=WebhookTrigger(client, _send_task))
+
+    @cached_property
+    def metrics(self) -> RedisMetrics:
+        """Its own client, 1 s timeouts, no retries: a metrics write never waits out a Redis outage."""
+        client = connect_redis(self.settings.redis_url, socket_connect_timeout=1, socket_timeout=1)
+        return RedisMetrics(client)
 
     @cached_property
     def liveness(self) -> Liveness:
@@ -114,6 +123,13 @@ class Runtime:
         store = MilvusStore(self.settings)
         store.ensure_collection(self.embedder.model_name, self.embedder.dimension)
         return store
+
+
+def _send_task(name: str, kwargs: dict[str, Any]) -> Any:
+    """Enqueue by name through the worker's own app (imported late: the app imports the tasks)."""
+    from workers.app import app
+
+    return app.send_task(name, kwargs=kwargs)
 
 
 _RUNTIMES: dict[int, Runtime] = {}  # keyed by pid: a forked child never reuses its parent's models

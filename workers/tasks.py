@@ -78,10 +78,12 @@ class JobTask(RetriableTask):
         jobs = runtime().jobs
         record = jobs.get(task_id)
         if record is not None and record.state.terminal:
+            jobs.settle(record)  # a lost worker's end, until now only read so: stored (and its webhook sent)
             raise Ignore()  # a redelivered message for a job that already ended: never reopen it
         jobs.check_cancelled(task_id)  # raising here skips the body: work not started does not run
+        if not jobs.mark_running(task_id):
+            raise Ignore()  # cancelled between the checks above and now: a start never reopens an end
         self.start_running(task_id, kwargs)
-        jobs.mark_running(task_id)
 
     completes_job = True  # False for a coordinator whose batches end the job
 
@@ -128,6 +130,8 @@ class BatchTask(RetriableTask):
 
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
         record = runtime().jobs.get(kwargs["job_id"])
+        if record is not None and record.state.terminal:
+            runtime().jobs.settle(record)  # a lost worker's end: stored now, so its webhook is sent
         if record is None or record.state.terminal:
             raise Ignore()  # the job ended meanwhile (its worker was lost): a late batch never reopens it
         self.start_running(task_id, kwargs)

@@ -30,7 +30,9 @@ from devstack.processes import (
 )
 
 pytestmark = pytest.mark.integration
-TEST_REDIS_DB = 15  # keeps test queues and jobs apart from a `make run` stack on the same server
+# Keeps test queues and jobs apart from a `make run` stack on the same server; two test runs at once need
+# two databases (QUARRY_TEST_REDIS_DB=14 for the second).
+TEST_REDIS_DB = int(os.environ.get("QUARRY_TEST_REDIS_DB", "15"))
 # The stack runs with API keys: most tests use MAIN (every collection); the tenant tests use A and B.
 KEYS = {
     "main": ("qk_main-test-key", ["*"]),
@@ -38,6 +40,16 @@ KEYS = {
     "b": ("qk_b-test-key", ["b-docs"]),
 }
 API_KEYS = [{"name": name, "sha256": digest(key), "collections": cols} for name, (key, cols) in KEYS.items()]
+# Webhooks (tests/integration/test_webhooks.py): signed, retried fast, only to this machine's receivers.
+WEBHOOK_SECRET = "whsec-test-secret"
+WEBHOOK_ENV = {
+    "WEBHOOK_SECRET": WEBHOOK_SECRET,
+    "WEBHOOK_ALLOWED_HOSTS": '["127.0.0.1"]',
+    "WEBHOOK_BACKOFF_S": "0.2",
+    "WEBHOOK_BACKOFF_MAX_S": "1",
+    "WEBHOOK_MAX_RETRIES": "3",
+    "WEBHOOK_TIMEOUT_S": "5",
+}
 
 
 def bearer(name: str) -> dict[str, str]:
@@ -110,6 +122,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "MAX_REQUEST_BYTES": str(8 * 1024 * 1024),
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
+        **WEBHOOK_ENV,
     }
     sup = Supervisor(env=env, log_dir=tmp / "logs")
     try:
@@ -124,7 +137,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def start_service(sup: Supervisor, api_port: int, *, query_threads: int) -> str:
     """The workers and the API (Redis and Milvus already up), as `make run` starts them; returns the URL."""
     sup.start("ingest-worker", celery_argv("ingest", 1))
-    sup.start("query-worker", celery_argv("query", query_threads, threads=True))
+    sup.start("query-worker", celery_argv("query,webhooks", query_threads, threads=True, name="query"))
     api = sup.start("api", api_argv("127.0.0.1", api_port))
     url = f"http://127.0.0.1:{api_port}"
     wait_until(lambda: healthy(url), 60, "API", api)

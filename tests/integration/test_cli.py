@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from client import QuarryClient
 from client.cli import main
 from tests.integration.conftest import KEYS, Stack
 
@@ -47,3 +50,22 @@ def test_errors_are_reported_with_the_servers_reason(
     assert "404" in capsys.readouterr().err
     assert main(["--url", stack.url, "--api-key", "qk_wrong", "collections"]) == 2
     assert "401" in capsys.readouterr().err
+
+
+def test_the_installed_quarry_command(stack: Stack) -> None:
+    quarry = Path(sys.executable).with_name("quarry")
+    assert quarry.exists(), "`make` installs the console script (pip install --editable .)"
+    argv = [str(quarry), "collections", "--json", "--url", stack.url, "--api-key", KEYS["main"][0]]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert isinstance(json.loads(done.stdout)["items"], list)
+
+
+def test_the_client_pages_through_a_collection(stack: Stack) -> None:
+    docs = [{"id": f"page-{i}", "text": f"Document number {i} about paging."} for i in range(7)]
+    assert stack.run("/api/v1/documents", json={"documents": docs, "collection": "cli-pages"})["state"] == (
+        "succeeded"
+    )
+    client = QuarryClient(stack.url, api_key=KEYS["main"][0])
+    ids = [doc["doc_id"] for doc in client.documents("cli-pages", page_size=3)]
+    assert sorted(ids) == sorted(doc["id"] for doc in docs)

@@ -154,6 +154,7 @@ def test_failing_task_marks_the_job_failed_with_reason(stack: Stack) -> None:
     job = stack.run("/api/v1/documents", files=files)
     assert job["state"] == "failed"
     assert "no document could be ingested" in job["error"]
+    assert job["error"].count("broken.pdf") == 1, job["error"]  # the reason names the file once
     assert job["result"] is None and job["finished_at"]
     report = stack.get(f"/api/v1/jobs/{job['job_id']}/documents").json()
     [item] = report["items"]

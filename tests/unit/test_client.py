@@ -18,6 +18,7 @@ from werkzeug.formparser import parse_form_data
 
 from client import Job, QuarryClient, QuarryError
 from client import http as client_http
+from client import multipart as client_multipart
 from ingestion import loader
 
 Reply = tuple[int, dict[str, str], bytes]
@@ -181,10 +182,10 @@ def test_upload_streams_files_and_fields_as_multipart(fake: FakeQuarry, tmp_path
 
 def test_multipart_body_is_read_from_disk_in_chunks(tmp_path: Path) -> None:
     big = tmp_path / "big.jsonl"
-    big.write_bytes(b"x" * (client_http.CHUNK_BYTES * 2 + 10))
-    body = client_http._MultipartBody({"collection": "c"}, [big])
+    big.write_bytes(b"x" * (client_multipart.CHUNK_BYTES * 2 + 10))
+    body = client_multipart.MultipartBody({"collection": "c"}, [big])
     chunks = list(body)
-    assert max(len(chunk) for chunk in chunks) <= client_http.CHUNK_BYTES
+    assert max(len(chunk) for chunk in chunks) <= client_multipart.CHUNK_BYTES
     assert len(chunks) >= 3 and sum(map(len, chunks)) == len(body)
 
 

@@ -1,0 +1,131 @@
+"""`GET /metrics`: Prometheus metrics of the API, the workers (from Redis) and the broker queues.
+
+Requests are counted and timed by route *template* (`/api/v1/jobs/<job_id>`, never the raw path), so the
+number of series stays bounded. Under gunicorn every worker process counts its own requests:
+prometheus_client's multiprocess mode (`PROMETHEUS_MULTIPROC_DIR`, set by `gunicorn.conf.py`) adds them up
+at scrape time. The endpoint is open like /healthz (it is outside /api/: no key, no rate limit) and shows
+no tenant's data: routes, counts, timings and queue lengths only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from flask import Flask, Response, current_app, g, request, request_finished, request_started
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, values
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from api.services import Services
+from common.errors import ServiceUnavailable
+from common.metrics import FleetCollector, RedisMetrics
+
+log = logging.getLogger(__name__)
+EXTENSION = "quarry-metrics"
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+LABELS = ("method", "route", "status")
+
+# Module level: in multiprocess mode the values live in this process's files, whatever the registry.
+REQUESTS = Counter(
+    "quarry_http_requests_total",
+    "HTTP requests answered, by method, route template and status",
+    LABELS,
+    registry=None,
+)
+LATENCY = Histogram(
+    "quarry_http_request_duration_seconds",
+    "Time to answer an HTTP request, by method, route template and status",
+    LABELS,
+    registry=None,
+    buckets=LATENCY_BUCKETS,
+)
+
+
+def multiprocess() -> bool:
+    """What prometheus_client chose at import (it reads PROMETHEUS_MULTIPROC_DIR itself)."""
+    return bool(getattr(values.ValueClass, "_multiprocess", False))
+
+
+class QueueCollector(Collector):
+    """`quarry_queue_depth{queue}`: messages waiting in each broker queue, read at scrape time."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # registering must not reach the broker
+
+    def queues(self) -> list[str]:
+        """Every queue a task is routed to, plus the default one."""
+        conf = self.services.celery.conf
+        routed = {str(route["queue"]) for route in conf.task_routes.values()}
+        return sorted(routed | {str(conf.task_default_queue)})
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(
+            "quarry_queue_depth", "Messages waiting in a broker queue", labels=["queue"]
+        )
+        for queue in self.queues():
+            try:
+                gauge.add_metric([queue], float(self.services.queue_depth(queue)))
+            except ServiceUnavailable as exc:  # the broker is down: no values rather than wrong zeros
+                log.warning("queue depths unreadable: %s", exc.detail)
+                break  # each try waits out the broker's connection retries: once per scrape is enough
+        yield gauge
+
+
+def scrape_registry(services: Services) -> CollectorRegistry:
+    """What one scrape shows: the API's requests, the workers' metrics and the queues."""
+    registry = CollectorRegistry(auto_describe=False)
+    if multiprocess():
+        MultiProcessCollector(registry)  # every gunicorn worker's files
+    else:
+        registry.register(REQUESTS)
+        registry.register(LATENCY)
+    registry.register(FleetCollector(RedisMetrics(services.redis)))
+    registry.register(QueueCollector(services))
+    return registry
+
+
+def route_of() -> str:
+    """The matched rule's template; a request no rule matched (404, 405) shares one label value."""
+    rule = request.url_rule
+    return rule.rule if rule is not None else "unmatched"
+
+
+def _started(sender: Flask, **_: Any) -> None:
+    g.metrics_started = time.perf_counter()
+
+
+def _finished(sender: Flask, response: Response, **_: Any) -> None:
+    started: float | None = g.get("metrics_started")
+    method = request.method if request.method in METHODS else "other"  # any token is a valid method
+    labels = (method, route_of(), str(response.status_code))
+    try:
+        REQUESTS.labels(*labels).inc()
+        if started is not None:
+            LATENCY.labels(*labels).observe(time.perf_counter() - started)
+    except OSError:  # multiprocess files unwritable (directory gone, disk full): answer all the same
+        log.exception("request metrics not recorded")
+
+
+def scrape() -> Response:
+    """Prometheus text format, or OpenMetrics when the scraper asks for it."""
+    encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+    body = encode(current_app.extensions[EXTENSION])
+    return Response(body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
+
+
+def install(app: Flask) -> None:
+    """Count every request of `app` and serve `/metrics`; reads nothing until scraped."""
+    disable_created_metrics()  # no `_created` series: the same exposition as in multiprocess mode
+    app.extensions[EXTENSION] = scrape_registry(app.extensions["quarry"])
+    request_started.connect(_started, app)  # before any before_request: auth may refuse the request
+    request_finished.connect(_finished, app)  # also for responses made by error handlers
+    app.add_url_rule("/metrics", "metrics", scrape, methods=["GET"])

@@ -1,0 +1,152 @@
+// Shared by the page's modules: DOM building, the API client and problem display.
+// Every string from the server goes into the page as text (text nodes / textContent), never as HTML.
+
+export const API = "/api/v1";
+export const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+const STATES = new Set(["queued", "running", "succeeded", "failed", "cancelled", "skipped"]);
+
+export const $ = (id) => document.getElementById(id);
+export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// ---- DOM helpers -------------------------------------------------------------------------------
+
+/** An element; string children become text nodes (append never parses markup). */
+export function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(props)) {
+    if (name === "class") node.className = value;
+    else if (name.startsWith("aria-") || name.startsWith("data-") || name === "role") {
+      node.setAttribute(name, value);
+    } else node[name] = value;
+  }
+  for (const child of children) {
+    if (child !== null && child !== undefined && child !== false) node.append(child);
+  }
+  return node;
+}
+
+export function stateClass(state) {
+  return `state state-${STATES.has(state) ? state : "other"}`;
+}
+
+export function formatBytes(n) {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} kB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MB`;
+}
+
+export function formatScore(value) {
+  if (typeof value !== "number") return "—";
+  return Math.abs(value) >= 100 ? value.toFixed(1) : value.toFixed(4);
+}
+
+// ---- settings ----------------------------------------------------------------------------------
+
+export function remember(name, value) {
+  try {
+    if (value) localStorage.setItem(name, value);
+    else localStorage.removeItem(name);
+  } catch {
+    /* storage disabled: the page still works for this visit */
+  }
+}
+
+export function recall(name) {
+  try {
+    return localStorage.getItem(name) || "";
+  } catch {
+    return "";
+  }
+}
+
+export const apiKey = () => $("api-key").value.trim();
+export const collectionName = () => $("collection").value.trim();
+
+// ---- API calls and problems --------------------------------------------------------------------
+
+export class ApiError extends Error {
+  constructor(problem) {
+    super(problem.title);
+    this.problem = problem;
+  }
+}
+
+/** The RFC 9457 problem in a response, or one made up from what came back. */
+export function toProblem(status, statusText, body, text) {
+  if (body && typeof body === "object" && (body.title || body.detail)) {
+    return {
+      status,
+      title: String(body.title || `HTTP ${status}`),
+      detail: String(body.detail || ""),
+      errors: Array.isArray(body.errors) ? body.errors : [],
+    };
+  }
+  return { status, title: `HTTP ${status} ${statusText || ""}`.trim(), detail: (text || "").slice(0, 300), errors: [] };
+}
+
+export function networkProblem(what) {
+  return {
+    status: 0,
+    title: "The service did not answer",
+    detail: `${what} failed: check that Quarry is running and reachable.`,
+    errors: [],
+  };
+}
+
+export function authHeaders() {
+  const key = apiKey();
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+export async function api(method, path, body) {
+  const headers = { Accept: "application/json, application/problem+json", ...authHeaders() };
+  const init = { method, headers, cache: "no-store" };
+  if (body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  let response;
+  let text;
+  try {
+    response = await fetch(path, init);
+    text = await response.text();
+  } catch {
+    throw new ApiError(networkProblem(`${method} ${path}`));
+  }
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    /* not JSON: shown as text below */
+  }
+  if (!response.ok) {
+    const problem = toProblem(response.status, response.statusText, data, text);
+    problem.retryAfter = Number(response.headers.get("Retry-After")) || 0;
+    throw new ApiError(problem);
+  }
+  return data;
+}
+
+export function showProblem(box, problem) {
+  const heading = problem.status ? `${problem.title} (${problem.status})` : problem.title;
+  box.replaceChildren(el("strong", { class: "problem-title" }, heading));
+  if (problem.detail) box.append(el("p", { class: "problem-detail" }, problem.detail));
+  if (problem.errors && problem.errors.length) {
+    const items = problem.errors.slice(0, 20).map((item) => {
+      const text = item && typeof item === "object" ? `${item.loc || "request"}: ${item.msg || JSON.stringify(item)}` : String(item);
+      return el("li", {}, text);
+    });
+    box.append(el("ul", {}, ...items));
+  }
+  box.hidden = false;
+}
+
+export function report(box, err) {
+  const problem = err instanceof ApiError ? err.problem : { status: 0, title: "Error in the page", detail: String(err), errors: [] };
+  showProblem(box, problem);
+}
+
+export function clearProblem(box) {
+  box.hidden = true;
+  box.replaceChildren();
+}

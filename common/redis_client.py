@@ -1,0 +1,47 @@
+"""Redis clients with timeouts, and the one place a Redis failure becomes a domain error."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from common.errors import ServiceUnavailable
+
+
+@contextmanager
+def redis_errors() -> Iterator[None]:
+    """The one place a Redis failure becomes ServiceUnavailable (503 in the API, a retry in a task)."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        raise ServiceUnavailable(f"Redis unreachable: {exc}") from exc
+
+
+def connect_redis(url: str, **options: Any) -> redis.Redis:
+    """A client with timeouts, so a dead Redis fails fast instead of hanging a request; `options` add to
+    or override them."""
+    defaults: dict[str, Any] = {
+        "socket_connect_timeout": 2,
+        "socket_timeout": 10,
+        "health_check_interval": 30,
+    }
+    return redis.Redis.from_url(url, **{**defaults, **options})
+
+
+def connect_redis_patient(url: str, outage_s: float) -> redis.Redis:
+    """For workers: a command waits out a Redis restart of about `outage_s` instead of failing the task.
+
+    The API keeps `connect_redis` and answers 503 at once; a worker in the middle of a batch would
+    otherwise lose work it already did (embedded, written to Milvus) to a short outage.
+    """
+    retries = int(outage_s) + 4  # backoff reaches its 1 s cap after ~4 tries
+    return connect_redis(
+        url,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+    )

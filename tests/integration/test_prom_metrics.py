@@ -1,0 +1,137 @@
+"""GET /metrics on the live stack: the API's requests (both gunicorn workers), the workers' tasks and
+stages (through Redis) and the broker's queues, after one ingest and one question."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.conftest import Stack
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+COLLECTION = "prom-metrics"
+DOCUMENTS = [
+    {"id": "kiln", "title": "Kilns", "text": "A kiln is a thermally insulated chamber used to fire pottery."},
+    {"id": "loom", "title": "Looms", "text": "A loom is a device used to weave cloth and tapestry."},
+    {
+        "id": "lathe",
+        "title": "Lathes",
+        "text": "A lathe rotates a workpiece about an axis to cut or shape it.",
+    },
+]
+HEALTH_CHECKS = 8
+
+
+def scrape(stack: Stack) -> Samples:
+    """Like Prometheus: no API key."""
+    response = requests.get(stack.url + "/metrics", timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"].startswith("text/plain; version=")
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """The sum over every series of `name` whose labels include `labels` (0 if none)."""
+    wanted = set(labels.items())
+    return sum(v for (n, got), v in samples.items() if n == name and wanted <= set(got))
+
+
+def eventually(stack: Stack, ready: Callable[[Samples], bool], timeout_s: float = 60) -> Samples:
+    """A task's metrics are written when it returns, just after it ends its job: scrape until they land."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        samples = scrape(stack)
+        if ready(samples) or time.monotonic() > deadline:
+            return samples
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def samples(stack: Stack) -> Samples:
+    ingest = stack.run("/api/v1/documents", json={"documents": DOCUMENTS, "collection": COLLECTION})
+    assert ingest["state"] == "succeeded", ingest
+    ask = stack.run("/api/v1/ask", json={"question": "where is pottery fired?", "collection": COLLECTION})
+    assert ask["state"] == "succeeded", ask
+    assert ask["result"]["passages"][0]["doc_id"] == "kiln"
+    for _ in range(HEALTH_CHECKS):
+        assert requests.get(stack.url + "/healthz", timeout=30).status_code == 200
+    return eventually(
+        stack,
+        lambda s: all(
+            value(s, "quarry_tasks_total", kind=kind, outcome="succeeded") >= 1
+            for kind in ("ingest", "ingest_batch", "ask")
+        ),
+    )
+
+
+def test_api_requests_by_route_template_and_status(samples: Samples) -> None:
+    requests_total = "quarry_http_requests_total"
+    assert value(samples, requests_total, method="POST", route="/api/v1/documents", status="202") >= 1
+    assert value(samples, requests_total, method="POST", route="/api/v1/ask", status="202") >= 1
+    assert value(samples, requests_total, method="GET", route="/api/v1/jobs/<job_id>", status="200") >= 2
+    # Both gunicorn workers answer requests: only the multiprocess files add up to every health check.
+    assert value(samples, requests_total, route="/healthz", status="200") >= HEALTH_CHECKS
+    latency = "quarry_http_request_duration_seconds_count"
+    assert value(samples, latency, route="/api/v1/jobs/<job_id>") >= 2
+    routes = {dict(labels).get("route") for name, labels in samples if name == requests_total}
+    assert all(route == "unmatched" or route.startswith("/") for route in routes if route)
+    assert not any(len(part) == 32 for route in routes if route for part in route.split("/"))  # no job id
+
+
+def test_the_api_workers_share_a_metrics_directory(stack: Stack, samples: Samples) -> None:
+    directory = stack.logs.parent / "data" / "prometheus"
+    kinds = {path.name.split("_")[0] for path in directory.glob("*.db")}
+    assert {"counter", "histogram"} <= kinds, directory
+
+
+def test_worker_tasks_by_kind_and_outcome(samples: Samples) -> None:
+    assert value(samples, "quarry_fleet_metrics_up") == 1
+    for kind in ("ingest", "ingest_batch", "ask"):
+        assert value(samples, "quarry_tasks_total", kind=kind, outcome="succeeded") >= 1, kind
+        assert value(samples, "quarry_task_duration_seconds_count", kind=kind) >= 1, kind
+        assert value(samples, "quarry_task_duration_seconds_sum", kind=kind) > 0, kind
+        buckets = value(samples, "quarry_task_duration_seconds_bucket", kind=kind, le="+Inf")
+        assert buckets == value(samples, "quarry_task_duration_seconds_count", kind=kind)
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "stage"),
+    [
+        ("ingest", "parse"),
+        ("ingest", "chunk"),
+        ("ingest", "embed"),
+        ("ingest", "write"),
+        ("ingest", "flush"),
+        ("ask", "embed"),
+        ("ask", "search"),
+        ("ask", "rerank"),
+    ],
+)
+def test_stage_durations(samples: Samples, pipeline: str, stage: str) -> None:
+    labels: dict[str, Any] = {"pipeline": pipeline, "stage": stage}
+    assert value(samples, "quarry_stage_duration_seconds_count", **labels) >= 1
+    assert value(samples, "quarry_stage_duration_seconds_sum", **labels) > 0
+
+
+def test_batch_sizes(samples: Samples) -> None:
+    assert value(samples, "quarry_batch_size_count", batch="questions") >= 1
+    assert value(samples, "quarry_batch_size_sum", batch="questions") >= 1
+    assert value(samples, "quarry_batch_size_sum", batch="documents") >= len(DOCUMENTS)
+    assert value(samples, "quarry_batch_size_sum", batch="chunks") >= len(DOCUMENTS)
+
+
+def test_queue_depths_of_every_queue(samples: Samples) -> None:
+    depths = {
+        dict(labels)["queue"]: v for (name, labels), v in samples.items() if name == "quarry_queue_depth"
+    }
+    assert {"ingest", "query"} <= depths.keys()
+    assert all(depth >= 0 for depth in depths.values())  # the stack is idle now: zero is the right answer
