@@ -65,7 +65,9 @@ class Settings(BaseSettings):
         None, description='limit per key (or client address) on /api routes, e.g. "600/minute"; unset: none'
     )
     max_query_queue: int = Field(1000, ge=1, description="questions waiting beyond this get 429")
-    queue_depth_cache_s: float = Field(1.0, ge=0, description="how long the API reuses a queue length")
+    queue_depth_cache_s: float = Field(
+        1.0, ge=0, description="how long the API reuses a queue length, or a failure to read one"
+    )
     retry_after_s: int = Field(5, ge=1, description="Retry-After sent with a backpressure 429")
     idempotency_ttl_s: int = Field(24 * 3600, ge=1, description="how long an Idempotency-Key is kept")
 
