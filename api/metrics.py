@@ -76,7 +76,7 @@ class QueueCollector(Collector):
                 gauge.add_metric([queue], float(self.services.queue_depth(queue)))
             except ServiceUnavailable as exc:  # the broker is down: no values rather than wrong zeros
                 log.warning("queue depths unreadable: %s", exc.detail)
-                break  # each try waits out the broker's connection retries: once per scrape is enough
+                break  # the other queues would fail alike: one warning per scrape is enough
         yield gauge
 
 

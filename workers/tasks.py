@@ -14,7 +14,7 @@ from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
 from celeryconfig import ASK_TASK, DELETE_TASK, INGEST_BATCH_TASK, INGEST_TASK
 from common.errors import RETRIABLE_ERRORS, QuarryError
-from common.jobs import JobCancelled
+from common.jobs import JobCancelled, JobRecord
 from common.settings import get_settings
 from common.types import OnDuplicate
 from ingestion.pipeline import count
@@ -62,6 +62,17 @@ class RetriableTask(Task):  # type: ignore[misc]
         check_delivery(rt.liveness, job_id, task_id, self.request.retries, rt.settings.max_deliveries)
         rt.heartbeat.begin(job_id, task_id)
 
+    def unless_ended(self, job_id: str) -> JobRecord | None:
+        """The job's record; Ignore when the job already ended, so a redelivered or late message never
+        reopens it. A lost worker's end, until now only derived at read time, is stored first (and its
+        webhook sent)."""
+        jobs = runtime().jobs
+        record = jobs.get(job_id)
+        if record is not None and record.state.terminal:
+            jobs.settle(record)
+            raise Ignore()
+        return record
+
     def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         runtime().heartbeat.end(self.job_of(task_id, kwargs), task_id)
 
@@ -75,11 +86,8 @@ class JobTask(RetriableTask):
     """Base task that mirrors Celery's lifecycle into the job record (job id = task id)."""
 
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
+        self.unless_ended(task_id)
         jobs = runtime().jobs
-        record = jobs.get(task_id)
-        if record is not None and record.state.terminal:
-            jobs.settle(record)  # a lost worker's end, until now only read so: stored (and its webhook sent)
-            raise Ignore()  # a redelivered message for a job that already ended: never reopen it
         jobs.check_cancelled(task_id)  # raising here skips the body: work not started does not run
         if not jobs.mark_running(task_id):
             raise Ignore()  # cancelled between the checks above and now: a start never reopens an end
@@ -129,11 +137,8 @@ class BatchTask(RetriableTask):
         return str(kwargs["job_id"])
 
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
-        record = runtime().jobs.get(kwargs["job_id"])
-        if record is not None and record.state.terminal:
-            runtime().jobs.settle(record)  # a lost worker's end: stored now, so its webhook is sent
-        if record is None or record.state.terminal:
-            raise Ignore()  # the job ended meanwhile (its worker was lost): a late batch never reopens it
+        if self.unless_ended(kwargs["job_id"]) is None:
+            raise Ignore()  # the job's record expired: a late batch has nothing to add to
         self.start_running(task_id, kwargs)
 
     def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
