@@ -13,7 +13,7 @@ DELETE_TASK = "quarry.delete"
 WEBHOOK_TASK = "quarry.webhook"
 INGEST_QUEUE = "ingest"
 QUERY_QUEUE = "query"
-WEBHOOK_QUEUE = "webhooks"  # consumed by the query worker (threads: webhooks are I/O)
+WEBHOOK_QUEUE = "webhooks"  # its own worker pool (threads: deliveries wait on the network)
 
 
 def from_settings(settings: Settings) -> dict[str, Any]:

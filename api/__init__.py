@@ -6,7 +6,7 @@ import logging
 
 from flask import Flask
 
-from api import auth, collections, jobs, limits, metrics, problems, spec
+from api import auth, collections, guard, jobs, jsonbody, limits, metrics, problems, spec
 from api.routes import bp, health_bp
 from api.services import Services
 from api.web import bp as web_bp
@@ -18,9 +18,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or get_settings()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    jsonbody.install(app, settings.max_json_depth)  # bodies the decoder cannot take are a 400, never a 500
     app.extensions["quarry"] = Services(settings)
     problems.register(app)
+    guard.install(app, settings)  # open mode only: Host (DNS rebinding) and Origin (CSRF) checks, first
     auth.install(app, settings.api_keys)
     limits.install(app, settings)  # after auth: the limit is per API key
     app.register_blueprint(bp)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
@@ -12,6 +16,7 @@ from api.spec import Job, JobAccepted, JobDocumentsQuery, Page, WaitQuery, respo
 from celeryconfig import INGEST_TASK
 from common.errors import Conflict, NotFound
 from common.jobs import JobRecord, JobState
+from common.retention import source_paths, upload_dirs
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/v1/jobs")
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -56,13 +61,36 @@ def retry_job(job_id: str) -> Response:
     if not record.state.terminal:
         raise Conflict(f"job {job_id} is still {record.state}; retry it once it has ended")
     svc = services()
-    failed = [item["doc_id"] for item in svc.reports.all(job_id) if item["status"] == "failed"]
+    failed = svc.reports.ids(job_id, "failed")
     original = svc.jobs.request(job_id)
     if not failed or original is None:
         raise Conflict(f"job {job_id} has no failed documents to retry")
     kwargs = {**original, "only": failed, "total": len(failed)}
     callback_url = (record.callback or {}).get("url")  # the retry reports where the original did
-    return submit("ingest", INGEST_TASK, lambda _: (kwargs, len(failed)), callback_url)
+    with _upload_kept(job_id, original):
+        return submit("ingest", INGEST_TASK, lambda _: (kwargs, len(failed)), callback_url)
+
+
+@contextmanager
+def _upload_kept(job_id: str, request: dict[str, Any]) -> Iterator[None]:
+    """Keep the upload a retry reads until the retry ends (its end schedules it again); 409 once it was
+    deleted after UPLOAD_RETENTION_S."""
+    svc, dirs = services(), upload_dirs(job_id, request)
+    svc.retention.pin(dirs)
+    try:
+        uploads = svc.settings.uploads
+        if not all((uploads / path).exists() for path in source_paths(request)):
+            raise Conflict(
+                f"the upload of job {job_id} was deleted {svc.settings.upload_retention_s} s after the job "
+                "ended (UPLOAD_RETENTION_S); upload the files again"
+            )
+        for name in dirs:
+            with suppress(OSError):
+                os.utime(uploads / name)  # fresh: never mistaken for an orphan while the retry runs
+        yield
+    except BaseException:
+        svc.retention.schedule(dirs)  # nothing will read them: back on the schedule
+        raise
 
 
 @bp.delete("/<job_id>")

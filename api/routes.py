@@ -13,7 +13,7 @@ from api.spec import PUBLIC, Health, JobAccepted, responses, spec, validated
 from api.uploads import save_json_documents, save_uploaded_files
 from celeryconfig import ASK_TASK, INGEST_TASK, QUERY_QUEUE
 from common.errors import InvalidRequest, TooManyRequests
-from common.filters import render_filter
+from common.filters import check_limits, render_filter
 from common.webhooks import require_allowed_host
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -37,7 +37,7 @@ def post_documents() -> Response:
         save = lambda job_id: save_json_documents(job_id, body.documents, settings)  # noqa: E731
     collection = collection or settings.default_collection
     principal().require(collection)
-    require_allowed_host(callback_url, settings.webhook_allowed_hosts)
+    require_allowed_host(callback_url, settings)
 
     def kwargs(job_id: str) -> tuple[dict[str, Any], int]:
         source, total = save(job_id)  # raises on a refused upload, before anything is registered
@@ -65,12 +65,13 @@ def post_ask() -> Response:
         raise InvalidRequest(f"top_k must be between 1 and {settings.max_top_k}")
     if "collection" in body.filters:
         raise InvalidRequest("choose the collection with the `collection` field, not a filter")
+    check_limits(body.filters, settings)
     render_filter(body.filters)  # refuse bad filters here, with a 422, not in the worker
     if body.exact and (body.mode or "hybrid") != "dense":
         raise InvalidRequest('exact search is a dense-only reference: send "mode": "dense" with it')
     collection = body.collection or settings.default_collection
     principal().require(collection)
-    require_allowed_host(body.callback_url, settings.webhook_allowed_hosts)
+    require_allowed_host(body.callback_url, settings)
     task_kwargs = {
         "question": body.question,
         "collection": collection,

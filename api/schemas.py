@@ -14,9 +14,9 @@ from pydantic import (
 )
 from spectree.model_adapter.pydantic_adapter import BaseFile
 
+from common.callback_urls import MAX_URL_CHARS, check_callback_url
 from common.errors import InvalidRequest
 from common.types import OnDuplicate, RerankerBackend, SearchMode
-from common.webhooks import MAX_URL_CHARS, check_callback_url
 
 COLLECTION_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 CollectionName = Annotated[str, StringConstraints(pattern=COLLECTION_PATTERN)]

@@ -16,11 +16,13 @@ from kombu.exceptions import ChannelError, KombuError, OperationalError
 
 from api.auth import principal
 from api.idempotency import IdempotencyKeys, header_key, request_fingerprint
+from api.redaction import Redactor, display_broker, display_milvus, display_redis
 from common.errors import ServiceUnavailable
-from common.jobs import JobStore
+from common.jobs import JobStore, each
 from common.queueing import make_celery
 from common.redis_client import connect_redis, redis_errors
 from common.reports import DocumentReports
+from common.retention import UploadRetention
 from common.settings import Settings
 from common.webhooks import WebhookTrigger
 from store.catalog import Catalog
@@ -64,7 +66,8 @@ class Services:
         self.redis = connect_redis(settings.redis_url)
         # Cancelling a queued job ends it here: its webhook is enqueued by name, like every task.
         trigger = WebhookTrigger(self.redis, lambda name, kwargs: self.celery.send_task(name, kwargs=kwargs))
-        self.jobs = JobStore(self.redis, settings.job_ttl_s, on_finish=trigger)
+        self.retention = UploadRetention(self.redis, settings.upload_retention_s)
+        self.jobs = JobStore(self.redis, settings.job_ttl_s, on_finish=each(trigger, self.retention))
         self.reports = DocumentReports(self.redis, settings.job_ttl_s)
         self.collections = CollectionNames(self.redis)
         self.idempotency = IdempotencyKeys(self.redis, settings.idempotency_ttl_s)
@@ -122,45 +125,45 @@ class Services:
         return depth
 
     def health(self) -> dict[str, dict[str, Any]]:
-        return {"redis": self._check_redis(), "broker": self._check_broker(), "milvus": self._check_milvus()}
+        """Each dependency by scheme, host, port and database; no credential, in any spelling, and
+        error texts scrubbed of every configured secret (libraries echo URLs in them)."""
+        redactor = Redactor.from_settings(self.settings)
+        return {
+            "redis": self._check_redis(redactor),
+            "broker": self._check_broker(redactor),
+            "milvus": self._check_milvus(redactor),
+        }
 
-    def _check_redis(self) -> dict[str, Any]:
+    def _check_redis(self, redactor: Redactor) -> dict[str, Any]:
+        url = display_redis(self.settings.redis_url)
         try:
             self.redis.ping()
-            return {"ok": True, "url": _redact(self.settings.redis_url)}
+            return {"ok": True, "url": url}
         except redis.RedisError as exc:
-            return {"ok": False, "url": _redact(self.settings.redis_url), "error": str(exc)}
+            return {"ok": False, "url": url, "error": redactor.error(exc)}
 
-    def _check_broker(self) -> dict[str, Any]:
-        url = _redact(self.settings.broker)
+    def _check_broker(self, redactor: Redactor) -> dict[str, Any]:
+        url = display_broker(self.settings.broker)
         try:
             with self.celery.connection_for_write() as conn:
                 connect_quickly(conn)
             return {"ok": True, "url": url}
         except Exception as exc:  # any transport error means "down" for a health probe
-            return {"ok": False, "url": url, "error": str(exc)}
+            return {"ok": False, "url": url, "error": redactor.error(exc)}
 
-    def _check_milvus(self) -> dict[str, Any]:
-        uri = _redact(self.settings.milvus_uri)
+    def _check_milvus(self, redactor: Redactor) -> dict[str, Any]:
+        uri = display_milvus(self.settings.milvus_uri)
         try:
             return {"ok": True, "uri": uri, "version": self.catalog.store.ping()}
         except Exception as exc:  # pymilvus raises many types; all mean "down" here
             with self._milvus_lock:
                 self._catalog = None  # reconnect on the next probe
-            return {"ok": False, "uri": uri, "error": str(exc).splitlines()[0][:300]}
+            return {"ok": False, "uri": uri, "error": redactor.error(exc)}
 
 
 def connect_quickly(conn: Connection) -> None:
     """One retry within 2 s: kombu's defaults (retries 2 s apart for up to 4 s) held a request 6 s."""
     conn.ensure_connection(max_retries=1, interval_start=0.2, timeout=2)
-
-
-def _redact(url: str) -> str:
-    """Hide credentials in URLs shown by /healthz."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"
 
 
 def services() -> Services:

@@ -35,10 +35,22 @@ def _before(req: Any, resp: Any, error: Exception | None, instance: Any, adapter
     if req.method in BODY_METHODS and req.mimetype not in FORM_TYPES and not req.is_json:
         raise UnsupportedMediaType(f"expected application/json, got {req.mimetype or 'no content type'}")
     if req.is_json and req.get_json(silent=True) is None:
-        raise BadRequest("the body is not valid JSON (UTF-8)")
+        raise BadRequest(f"the body is not valid JSON: {_json_error(req)}")
     if isinstance(error, ValidationError):
         raise error  # -> 422 problem with each field's message (api.problems)
     raise InvalidRequest(str(error))
+
+
+def _json_error(req: Any) -> str:
+    """Why the body could not be decoded, in the decoder's words (`api.jsonbody`)."""
+    try:
+        req.get_json()
+    except BadRequest as exc:
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, ValueError):  # Flask wraps the decoder's error
+            cause = cause.__cause__ or cause.__context__
+        return str(cause or "it cannot be decoded")
+    return "it is null"
 
 
 class FlaskFormFields(FlaskPlugin):  # type: ignore[misc]

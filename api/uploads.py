@@ -15,7 +15,9 @@ from api.schemas import DocumentIn
 from common.errors import DocumentError, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from common.settings import Settings
 from common.types import Document
+from ingestion.archive_limits import ArchiveLimits, format_size
 from ingestion.parsing import SUPPORTED_SUFFIXES, precheck, sanitize_filename, write_documents_jsonl
+from ingestion.validation import document_problem
 
 Source = dict[str, Any]
 
@@ -38,10 +40,23 @@ def save_json_documents(job_id: str, docs: list[DocumentIn], settings: Settings)
         Document(id=doc.id or content_id(doc.text), text=doc.text, title=doc.title, metadata=doc.metadata)
         for doc in docs
     ]
+    _reject_unstorable(parsed, settings.max_metadata_bytes)
     _reject_duplicate_ids([doc.id for doc in parsed])
     path = _job_dir(job_id, settings) / "documents.jsonl"
     write_documents_jsonl(path, parsed)
     return {"kind": "jsonl", "path": f"{job_id}/documents.jsonl"}, len(parsed)
+
+
+def _reject_unstorable(docs: list[Document], max_metadata_bytes: int) -> None:
+    """422 naming every document the store would refuse (the workers check uploads the same way)."""
+    errors: list[dict[str, object]] = [
+        {"loc": f"documents.{index}", "msg": problem}
+        for index, doc in enumerate(docs)
+        if (problem := document_problem(doc, max_metadata_bytes))
+    ]
+    if errors:
+        shown = "; ".join(f"{error['loc']}: {error['msg']}" for error in errors[:5])
+        raise InvalidRequest(shown, errors=errors[:100])
 
 
 def _reject_duplicate_ids(ids: list[str]) -> None:
@@ -78,7 +93,7 @@ def save_uploaded_files(
     try:
         pairs = enumerate(zip(files, names, strict=True))
         saved = [_save(job_id, job_dir, index, item, name) for index, (item, name) in pairs]
-        _refuse_if_nothing_readable(job_dir, saved)
+        _refuse_if_nothing_readable(job_dir, saved, settings)
     except Exception:
         shutil.rmtree(job_dir, ignore_errors=True)  # a refused upload leaves nothing behind
         raise
@@ -93,15 +108,38 @@ def _save(job_id: str, job_dir: Path, index: int, item: FileStorage, name: str) 
     return {"path": f"{job_id}/{stored}", "name": name}
 
 
-def _refuse_if_nothing_readable(job_dir: Path, saved: list[dict[str, str]]) -> None:
-    """422 when every file fails the parsers' cheap checks; otherwise bad files fail alone in the job."""
-    reasons = []
+def _refuse_if_nothing_readable(job_dir: Path, saved: list[dict[str, str]], settings: Settings) -> None:
+    """422 when every file fails the parsers' cheap checks, or when the zip archives that pass them
+    would together expand past the upload's budget; otherwise bad files fail alone in the job."""
+    limits = ArchiveLimits.from_settings(settings)
+    reasons: list[str] = []
+    expanded: dict[str, int] = {}
     for item in saved:
         try:
-            precheck(job_dir / Path(item["path"]).name, item["name"])
+            expanded[item["name"]] = precheck(job_dir / Path(item["path"]).name, item["name"], limits=limits)
         except DocumentError as exc:
             reasons.append(exc.detail)
     if reasons and len(reasons) == len(saved):
         raise InvalidRequest(
             "; ".join(reasons[:5]), errors=[{"loc": "files", "msg": r} for r in reasons[:50]]
         )
+    _refuse_over_budget({name: size for name, size in expanded.items() if size}, settings)
+
+
+def _refuse_over_budget(expanded: dict[str, int], settings: Settings) -> None:
+    """The request's archives, by their declared sizes, against UPLOAD_MAX_EXPANDED_BYTES.
+
+    A refused archive never expands, so only those that passed their own checks count. 422, not 413:
+    the body is within MAX_REQUEST_BYTES (413 says the bytes sent are too many); what is refused is
+    what its archives would become, as for a single zip bomb (also 422).
+    """
+    total, limit = sum(expanded.values()), settings.upload_max_expanded_bytes
+    if total <= limit:
+        return
+    sizes = [f"{name}: {format_size(size)}" for name, size in expanded.items()]
+    raise InvalidRequest(
+        f"the zip archives of this upload would expand to {format_size(total)} together "
+        f"({', '.join(sizes[:5])}{', ...' if len(sizes) > 5 else ''}), above the "
+        f"{format_size(limit)} limit per upload; send them in separate uploads",
+        errors=[{"loc": "files", "msg": f"{size} when expanded"} for size in sizes[:50]],
+    )

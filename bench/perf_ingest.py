@@ -16,7 +16,7 @@ from bench.eval_beir import Client, ingest
 from common.settings import Settings
 from common.types import Document, Embedder
 from ingestion.chunking import embedding_text
-from ingestion.pipeline import chunks_of
+from ingestion.writing import chunks_of
 from workers.runtime import Runtime
 
 NAIVE_BATCH = 32

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from common.errors import InvalidRequest
+from common.settings import Settings
 
 FIELDS = frozenset({"collection", "doc_id", "chunk_index", "pk"})
 METADATA_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -65,6 +66,24 @@ def _condition(name: str, value: Any) -> str:
             return "(" + " or ".join(f"{ref} == {item}" for item in values) + ")"
         return f"{ref} in [{', '.join(values)}]"
     return f"{ref} == {literal(value)}"
+
+
+def check_limits(conditions: Mapping[str, Any], settings: Settings) -> None:
+    """A question's filters are stored with its job and rendered into every search: bound what they cost."""
+    if len(conditions) > settings.max_filter_conditions:
+        raise InvalidRequest(
+            f"filters have {len(conditions)} conditions; at most {settings.max_filter_conditions}"
+        )
+    most_chars = settings.max_filter_value_chars
+    for name, value in conditions.items():
+        values = value if isinstance(value, list) else [value]
+        if len(values) > settings.max_filter_values:
+            raise InvalidRequest(f"filter on {name!r} has more than {settings.max_filter_values} values")
+        longest = max((len(item) for item in values if isinstance(item, str)), default=0)
+        if longest > most_chars:
+            raise InvalidRequest(
+                f"filter on {name!r} has a value of {longest} characters; at most {most_chars}"
+            )
 
 
 def render_filter(conditions: Mapping[str, Any]) -> str:

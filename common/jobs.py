@@ -115,6 +115,16 @@ def _celery_failure(meta_raw: bytes | None) -> str | None:
     return f"{kind}: {message}" if message else str(kind)
 
 
+def each(*hooks: Callable[[str], None]) -> Callable[[str], None]:
+    """One `on_finish` that calls every hook in turn (hooks never raise: the end is recorded already)."""
+
+    def call(job_id: str) -> None:
+        for hook in hooks:
+            hook(job_id)
+
+    return call
+
+
 class JobStore:
     """All reads and writes of job records; every Redis failure surfaces as ServiceUnavailable."""
 

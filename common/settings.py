@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -49,6 +50,9 @@ class Settings(BaseSettings):
     max_wait_s: float = Field(30.0, gt=0, description="cap of ?wait= long polls")
     max_request_bytes: int = Field(50 * 1024 * 1024, description="largest request body in bytes (413 above)")
     max_question_chars: int = Field(2000, description="longest question, in characters")
+    max_json_depth: int = Field(
+        32, ge=2, le=200, description="deepest nesting of arrays and objects a JSON body may have (400 above)"
+    )
     max_documents_per_request: int = Field(
         10_000, description="documents (JSON) or files (multipart) per request"
     )
@@ -70,6 +74,48 @@ class Settings(BaseSettings):
     )
     retry_after_s: int = Field(5, ge=1, description="Retry-After sent with a backpressure 429")
     idempotency_ttl_s: int = Field(24 * 3600, ge=1, description="how long an Idempotency-Key is kept")
+    trusted_hosts: list[str] = Field(
+        default_factory=lambda: ["localhost", "127.0.0.1", "::1"],
+        description="host names the open API answers to (DNS-rebinding guard; IP literals always pass; "
+        'with API_KEYS set, any); "*" trusts every name',
+    )
+
+    # --- bounds on what one request or job may cost ---
+    max_metadata_bytes: int = Field(
+        16 * 1024, ge=2, description="largest metadata of one document, in bytes of compact JSON"
+    )
+    max_filter_conditions: int = Field(16, ge=1, description="conditions (keys) in a question's filters")
+    max_filter_values: int = Field(
+        1000, ge=1, le=1000, description="values in one filter's list (`in`); Milvus-lite's limit is 1000"
+    )
+    max_filter_value_chars: int = Field(512, ge=1, description="longest string value in a filter")
+    max_documents_per_job: int = Field(
+        100_000,
+        ge=1,
+        description="documents one ingest job may hold (files of records included); a larger upload fails "
+        "before anything is written: split it",
+    )
+    upload_max_expanded_bytes: int = Field(
+        1024**3, ge=1, description="bytes the zip archives of one upload may expand to, all together"
+    )
+    zip_max_members: int = Field(10_000, ge=1, description="entries in one zip archive")
+    zip_max_ratio: float = Field(
+        200.0, gt=1, description="expanded/compressed size above which an archive (or member) is a zip bomb"
+    )
+    upload_retention_s: int = Field(
+        24 * 3600,
+        ge=0,
+        description="how long an ended job's upload is kept (POST /jobs/<id>/retry needs it); then deleted",
+    )
+    sweep_interval_s: float = Field(
+        60.0, gt=0, description="how often ingest workers delete uploads past their retention"
+    )
+    exact_max_chunks: int = Field(
+        100_000,
+        ge=1,
+        description="chunks an exact (brute-force) search may hold in a query worker's memory, all "
+        "collections together (least recently used dropped first); a larger collection fails the question",
+    )
 
     # --- files ---
     data_dir: Path = Field(Path("var"), description="local data: uploads (also Milvus, Redis: `make run`)")
@@ -170,7 +216,17 @@ class Settings(BaseSettings):
         default_factory=list,
         description='JSON list of callback hosts ("hooks.example.com", "*.example.com"); empty: any host',
     )
-    webhook_timeout_s: float = Field(10.0, gt=0, description="connect and read timeout of one POST")
+    webhook_allowed_networks: list[str] = Field(
+        default_factory=list,
+        description='JSON list of CIDR networks ("10.1.0.0/16") callbacks may reach although they are not '
+        "public (loopback, private, link-local); empty: public addresses only",
+    )
+    webhook_timeout_s: float = Field(
+        10.0, gt=0, description="total deadline of one delivery attempt: resolve, connect, send, answer"
+    )
+    webhook_concurrency: int = Field(
+        8, ge=1, description="deliveries at once per webhook worker (its own pool, apart from questions)"
+    )
     webhook_max_retries: int = Field(8, ge=0, description="retries after the first attempt fails")
     webhook_backoff_s: float = Field(2.0, gt=0, description="first retry delay; doubles, with jitter")
     webhook_backoff_max_s: float = Field(600.0, gt=0, description="longest delay between two attempts")
@@ -196,6 +252,13 @@ class Settings(BaseSettings):
     def visibility_timeout_s(self) -> int:
         """Seconds after which Redis gives an unacknowledged message (its worker vanished) to another."""
         return self.broker_visibility_timeout_s or self.task_time_limit_s + 600
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            ipaddress.ip_network(entry, strict=False)  # ValueError names the bad entry
+        return value
 
     @field_validator("embedding_model", "reranker_model")
     @classmethod

@@ -4,7 +4,8 @@ Whichever process ends a job (a worker, or the API cancelling a queued job) call
 `JobStore._finish`. It claims the job's single event with HSETNX, so redeliveries and races never send
 twice, and enqueues `quarry.webhook` by name (the API imports no worker code). The delivery task
 (`workers.webhooks`) builds the body, signs it and retries transient failures; it writes only the
-record's `callback` field, never the job's own state. Plain functions here are shared by both sides.
+record's `callback` field, never the job's own state. Plain functions here are shared by both sides;
+where a callback may go (URL syntax, host allowlist, addresses) is `common.callback_urls`.
 """
 
 from __future__ import annotations
@@ -15,19 +16,20 @@ import json
 import logging
 import random
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import redis
 
 from celeryconfig import WEBHOOK_TASK
+from common.callback_urls import CallbackRefused, Resolver, Unresolved, check_target
 from common.errors import InvalidRequest
 from common.jobs import JobRecord, JobStore, now_iso
+from common.settings import Settings
 
 log = logging.getLogger(__name__)
 
-MAX_URL_CHARS = 2048
+SUBMIT_RESOLVE_TIMEOUT_S = 2.0  # the API waits this long for the resolver at most (a request is held)
 CALLBACK_FIELD = "callback"  # {"url", "state", "attempts", "last_status", "last_error", ...}
 EVENT_FIELD = "callback_event"  # the job's one event id, claimed once with HSETNX
 SIGNATURE_HEADER = "X-Quarry-Signature"
@@ -35,44 +37,25 @@ USER_AGENT = "Quarry-Webhook/1"
 Verdict = Literal["delivered", "retry", "give_up"]
 
 
-def check_callback_url(url: str) -> str:
-    """Pydantic validator of `callback_url`: http(s), a host, at most 2048 characters."""
-    if len(url) > MAX_URL_CHARS:
-        raise ValueError(f"must be at most {MAX_URL_CHARS} characters")
+def require_allowed_host(url: str | None, settings: Settings, resolver: Resolver | None = None) -> None:
+    """The API's SSRF guard, run before a job is stored: a callback the worker would refuse is a 422.
+
+    The host must be on `WEBHOOK_ALLOWED_HOSTS` (when set) and every address it resolves to public or in
+    `WEBHOOK_ALLOWED_NETWORKS`; a name that does not exist is refused too. A resolver that fails for now
+    (or takes longer than SUBMIT_RESOLVE_TIMEOUT_S) does not hold the request: the delivery checks again.
+    """
+    if url is None:
+        return
+    timeout_s = min(SUBMIT_RESOLVE_TIMEOUT_S, settings.webhook_timeout_s)
     try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        _ = parts.port  # raises ValueError on a port that is not a number in range
-    except ValueError as exc:
-        raise ValueError(f"is not a valid URL ({exc})") from None
-    if parts.scheme not in ("http", "https"):
-        raise ValueError("must be an http:// or https:// URL")
-    if not host:
-        raise ValueError("must name a host")
-    if any(ch.isspace() or ord(ch) < 32 for ch in url):
-        raise ValueError("must not contain whitespace or control characters")
-    return url
-
-
-def host_allowed(url: str, allowed: Sequence[str]) -> bool:
-    """Whether the URL's host is on the allowlist (empty: any host); `*.example.com` allows subdomains."""
-    if not allowed:
-        return True
-    host = (urlsplit(url).hostname or "").lower().rstrip(".")
-    for entry in (item.lower().rstrip(".") for item in allowed):
-        if host == entry or (entry.startswith("*.") and host.endswith(entry[1:])):
-            return True
-    return False
-
-
-def require_allowed_host(url: str | None, allowed: Sequence[str]) -> None:
-    """The API's SSRF guard: a callback host outside `WEBHOOK_ALLOWED_HOSTS` is refused with 422."""
-    if url is not None and not host_allowed(url, allowed):
-        host = urlsplit(url).hostname
-        raise InvalidRequest(
-            f"callback_url host {host!r} is not allowed (WEBHOOK_ALLOWED_HOSTS)",
-            errors=[{"loc": "callback_url", "msg": "host not allowed"}],
-        )
+        check_target(url, settings, timeout_s, resolver)
+    except CallbackRefused as exc:
+        raise InvalidRequest(str(exc), errors=[{"loc": "callback_url", "msg": str(exc)}]) from None
+    except Unresolved as exc:
+        if exc.not_found:
+            detail = f"callback_url host cannot be called: {exc}"
+            raise InvalidRequest(detail, errors=[{"loc": "callback_url", "msg": detail}]) from None
+        log.info("callback_url accepted unchecked, the resolver failed: %s", exc)
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -83,7 +66,7 @@ def sign(secret: str, body: bytes) -> str:
 def classify(status: int | None) -> Verdict:
     """2xx delivered; no answer (connection error, timeout), 429 and 5xx retry; anything else gives up.
 
-    Redirects are not followed (they could point past the allowlist), so a 3xx gives up too.
+    Redirects are not followed (they could point past the address checks), so a 3xx gives up too.
     """
     if status is None or status == 429 or status >= 500:
         return "retry"

@@ -17,6 +17,7 @@ from devstack.processes import (
     query_workers,
     start_milvus,
     start_redis,
+    webhook_worker,
 )
 
 
@@ -36,7 +37,7 @@ def main() -> int:
         start_redis(sup, settings.redis_url, data / "redis")
         start_milvus(sup, settings.milvus_uri, data / "milvus")
         sup.start("ingest-worker", celery_argv("ingest", settings.ingest_concurrency))
-        for name, argv in query_workers(settings):
+        for name, argv in [*query_workers(settings), webhook_worker(settings.webhook_concurrency)]:
             sup.start(name, argv)
         if port_open(settings.api_host, settings.api_port):
             raise RuntimeError(f"port {settings.api_port} is taken; set API_PORT")

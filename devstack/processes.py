@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 
 import redis
 
+from celeryconfig import QUERY_QUEUE, WEBHOOK_QUEUE
 from common.settings import Settings
 
 
@@ -170,15 +171,18 @@ def celery_argv(queue: str, concurrency: int, *, threads: bool = False, name: st
 
 
 def query_workers(settings: Settings) -> list[tuple[str, list[str]]]:
-    """One process per `query_concurrency` (each holds its models), `query_batch_size` task threads each.
-
-    They also send the webhooks (queue `webhooks`): I/O that suits a threads pool.
-    """
+    """One process per `query_concurrency` (each holds its models), `query_batch_size` task threads each."""
     size = settings.query_batch_size
     return [
-        (f"query-worker-{i}", celery_argv("query,webhooks", size, threads=True, name=f"query{i}"))
+        (f"query-worker-{i}", celery_argv(QUERY_QUEUE, size, threads=True, name=f"query{i}"))
         for i in range(settings.query_concurrency)
     ]
+
+
+def webhook_worker(concurrency: int) -> tuple[str, list[str]]:
+    """Deliveries in a pool of their own (threads: they wait on the network), so a slow receiver holds
+    one of these threads, never one a question needs. It loads no model."""
+    return "webhook-worker", celery_argv(WEBHOOK_QUEUE, concurrency, threads=True, name="webhooks")
 
 
 def api_argv(host: str, port: int) -> list[str]:

@@ -2,7 +2,8 @@
 
 An archive is untrusted input: member names may try to escape the extraction directory and sizes
 may be forged. The central directory is checked before anything is written, and the bytes actually
-produced are counted while streaming, so a zip bomb is refused before it fills the disk.
+produced are counted while streaming, so a zip bomb is refused before it fills the disk. What an
+archive (and an upload's archives together) may cost is in `ingestion.archive_limits`.
 """
 
 from __future__ import annotations
@@ -12,20 +13,40 @@ import stat
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from common.errors import DocumentError
+from ingestion.archive_limits import (
+    MAX_ARCHIVE_BYTES,
+    MAX_ARCHIVE_MEMBERS,
+    MAX_COMPRESSION_RATIO,
+    RATIO_CHECK_MIN_BYTES,
+    ArchiveLimits,
+    ExpansionBudget,
+    ExpansionMeter,
+    check_declared_sizes,
+    check_member_ratio,
+    compressed_bytes,
+    format_size,
+)
 from ingestion.formats.common import sanitize_filename
 
-MAX_ARCHIVE_MEMBERS = 10_000
-MAX_ARCHIVE_BYTES = 2 * 1024**3
-"""Total uncompressed bytes one archive may extract to."""
-MAX_COMPRESSION_RATIO = 200.0
-"""Uncompressed/compressed size above which a member is taken for a zip bomb (text rarely tops 20)."""
-RATIO_CHECK_MIN_BYTES = 1024 * 1024
-"""Members smaller than this are never refused for their ratio: small runs of spaces compress ~1000x."""
+__all__ = [
+    "MAX_ARCHIVE_BYTES",
+    "MAX_ARCHIVE_MEMBERS",
+    "MAX_COMPRESSION_RATIO",
+    "RATIO_CHECK_MIN_BYTES",
+    "ArchiveLimits",
+    "ExpansionBudget",
+    "check_declared_sizes",
+    "declared_size",
+    "format_size",
+    "iter_zip_members",
+    "list_zip_members",
+    "open_zip",
+]
+
 CHUNK_BYTES = 64 * 1024
 
 SUPPORTED_COMPRESSION = frozenset(
@@ -44,14 +65,9 @@ _READ_ERRORS = (
 )
 """What reading a damaged member raises (bad header, bad CRC, truncated or undecodable data)."""
 
-
-@dataclass(frozen=True)
-class ArchiveLimits:
-    """What one archive may cost; exceeding any limit refuses the whole archive."""
-
-    max_members: int = MAX_ARCHIVE_MEMBERS
-    max_total_bytes: int = MAX_ARCHIVE_BYTES
-    max_ratio: float = MAX_COMPRESSION_RATIO
+NO_FILES = "the archive holds no files to read (only directories, hidden files or nothing)"
+Plan = tuple[list[tuple[zipfile.ZipInfo, str]], ExpansionMeter]
+"""The regular files to extract, in order, and the meter their real bytes are counted on."""
 
 
 def iter_zip_members(
@@ -60,40 +76,59 @@ def iter_zip_members(
     *,
     name: str | None = None,
     select: Callable[[str], bool] | None = None,
-    max_members: int = MAX_ARCHIVE_MEMBERS,
-    max_total_bytes: int = MAX_ARCHIVE_BYTES,
-    max_ratio: float = MAX_COMPRESSION_RATIO,
+    limits: ArchiveLimits | None = None,
+    budget: ExpansionBudget | None = None,
 ) -> Iterator[tuple[Path, str]]:
     """Extract the archive's regular files into `dest`, yielding (extracted path, member path).
 
     `name` is the archive's name in messages (default: the file name); `select(member path)` says
-    which members to extract (default: all). Raises DocumentError, refusing the whole archive, for
-    an unreadable zip, an unsafe member or a zip bomb: before the first member when the central
-    directory shows it, else while streaming. Extracted names are sanitised and unique in `dest`.
+    which members to extract (default: all); `budget` is shared by every archive of one upload.
+    Raises DocumentError, refusing the whole archive, for an unreadable zip, an unsafe member or a
+    zip bomb: before the first member when the central directory shows it, else while streaming,
+    and then every file this call extracted is deleted. Extracted names are sanitised and unique.
     """
-    archive, limits = name or path.name, ArchiveLimits(max_members, max_total_bytes, max_ratio)
+    archive = name or path.name
+    created: list[Path] = []
     with open_zip(path, archive) as zf:
-        spent = 0
-        for info, member in _plan(zf, archive, limits):
+        members, meter = _plan(zf, path, archive, limits or ArchiveLimits(), budget)
+        for info, member in members:
             if select is not None and not select(member):
                 continue
             target, out = _create_unique(dest, member)
+            created.append(target)
             try:
                 with out:
-                    spent += _copy_member(zf, info, out, archive, spent=spent, limits=limits)
+                    _copy_member(zf, info, out, archive, meter)
             except BaseException:
-                target.unlink(missing_ok=True)
+                for extracted in created:  # a refused archive leaves nothing behind
+                    extracted.unlink(missing_ok=True)
                 raise
             yield target, member
 
 
 def list_zip_members(
-    path: Path, *, name: str | None = None, limits: ArchiveLimits | None = None
+    path: Path,
+    *,
+    name: str | None = None,
+    limits: ArchiveLimits | None = None,
+    budget: ExpansionBudget | None = None,
 ) -> list[str]:
     """Member paths `iter_zip_members` would extract, after the same up-front checks (raising alike)."""
     archive = name or path.name
     with open_zip(path, archive) as zf:
-        return [member for _, member in _plan(zf, archive, limits or ArchiveLimits())]
+        members, _ = _plan(zf, path, archive, limits or ArchiveLimits(), budget)
+        return [member for _, member in members]
+
+
+def declared_size(path: Path, *, name: str | None = None, limits: ArchiveLimits | None = None) -> int:
+    """Bytes the archive declares it expands to, after the up-front checks (raising alike): what the
+    API adds up over an upload's archives against its budget."""
+    archive = name or path.name
+    with open_zip(path, archive) as zf:
+        members, _ = _plan(zf, path, archive, limits or ArchiveLimits(), None)
+        if not members:
+            raise DocumentError(f"{archive}: {NO_FILES}")
+        return sum(info.file_size for info in zf.infolist())
 
 
 def open_zip(path: Path, archive: str) -> zipfile.ZipFile:
@@ -104,40 +139,17 @@ def open_zip(path: Path, archive: str) -> zipfile.ZipFile:
         raise DocumentError(f"{archive}: not a readable zip archive ({exc})") from exc
 
 
-def check_declared_sizes(infos: list[zipfile.ZipInfo], archive: str, limits: ArchiveLimits) -> None:
-    """Refuse from the central directory alone: too many members, too large, or too compressed.
-
-    Python's zipfile never returns more than a member's declared size, so this also bounds what a
-    library reading the zip (e.g. python-docx) will decompress.
-    """
-    if len(infos) > limits.max_members:
-        raise DocumentError(
-            f"{archive}: refused: {len(infos)} members exceed the limit of {limits.max_members}"
-        )
-    if sum(info.file_size for info in infos) > limits.max_total_bytes:
-        raise DocumentError(_too_large(archive, limits))
-    for info in infos:
-        _check_ratio(info.file_size, info, archive, limits)
-
-
-def format_size(size: float) -> str:
-    """Bytes as a person reads them: "2 GiB", "1.5 MiB", "800 bytes"."""
-    for unit, label in ((1024**3, "GiB"), (1024**2, "MiB"), (1024, "KiB")):
-        if size >= unit:
-            return f"{size / unit:.1f}".removesuffix(".0") + f" {label}"
-    return f"{size:g} bytes"
-
-
-def _too_large(archive: str, limits: ArchiveLimits) -> str:
-    limit = format_size(limits.max_total_bytes)
-    return f"{archive}: refused: uncompressed size exceeds {limit} limit (zip bomb?)"
-
-
-def _plan(zf: zipfile.ZipFile, archive: str, limits: ArchiveLimits) -> list[tuple[zipfile.ZipInfo, str]]:
-    """Check every entry of the central directory; return the regular files to extract, in order."""
-    infos = zf.infolist()
-    check_declared_sizes(infos, archive, limits)  # directories and skipped entries count as members too
-    return [(info, member) for info in infos if (member := _member_path(info, archive)) is not None]
+def _plan(
+    zf: zipfile.ZipFile, path: Path, archive: str, limits: ArchiveLimits, budget: ExpansionBudget | None
+) -> Plan:
+    """Check every entry of the central directory, the archive as a whole, then the upload's budget
+    (an archive's own faults are reported first: they refuse it whatever else the upload holds)."""
+    infos, size = zf.infolist(), path.stat().st_size
+    check_declared_sizes(infos, archive, limits, archive_bytes=size)  # skipped entries count too
+    members = [(info, member) for info in infos if (member := _member_path(info, archive)) is not None]
+    if budget is not None:
+        budget.check_declared(archive, sum(info.file_size for info in infos))
+    return members, ExpansionMeter(archive, compressed_bytes(infos, size), limits, budget)
 
 
 def _member_path(info: zipfile.ZipInfo, archive: str) -> str | None:
@@ -173,35 +185,17 @@ def _check_entry_type(info: zipfile.ZipInfo, where: str) -> None:
         )
 
 
-def _check_ratio(produced: int, info: zipfile.ZipInfo, archive: str, limits: ArchiveLimits) -> None:
-    """Refuse a member that expands (or has so far expanded) more than `max_ratio` times."""
-    compressed = max(info.compress_size, 1)
-    if produced >= RATIO_CHECK_MIN_BYTES and produced > limits.max_ratio * compressed:
-        raise DocumentError(
-            f"{archive}: refused: member {info.filename!r} expands {produced / compressed:.0f}x, "
-            f"above the {limits.max_ratio:g}x limit (zip bomb?)"
-        )
-
-
 def _copy_member(
-    zf: zipfile.ZipFile,
-    info: zipfile.ZipInfo,
-    out: IO[bytes],
-    archive: str,
-    *,
-    spent: int,
-    limits: ArchiveLimits,
-) -> int:
-    """Stream one member to `out`, counting real bytes: declared sizes in the archive may be forged."""
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, out: IO[bytes], archive: str, meter: ExpansionMeter
+) -> None:
+    """Stream one member to `out`, counting real bytes before writing them: declared sizes may be forged."""
     written = 0
     with _open_member(zf, info, archive) as src:
         while chunk := _read_chunk(src, info, archive):
             written += len(chunk)
-            if spent + written > limits.max_total_bytes:
-                raise DocumentError(_too_large(archive, limits))
-            _check_ratio(written, info, archive, limits)
+            check_member_ratio(written, info, archive, meter.limits)
+            meter.add(len(chunk))
             out.write(chunk)  # a failed write (disk full) is the server's problem: not caught here
-    return written
 
 
 def _open_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, archive: str) -> IO[bytes]:

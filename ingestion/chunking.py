@@ -8,6 +8,7 @@ and re-tokenise to the same tokens.
 from __future__ import annotations
 
 from common.errors import DocumentError
+from common.fields import CHUNK_FIELD_BYTES, utf8_len
 from common.types import Chunk, Document, Tokenizer
 
 SPECIAL_TOKENS = 2
@@ -58,11 +59,26 @@ def chunk_document(
     else:
         windows = _windows(text, spans, budget, overlap, tokenizer)
         pieces = [_window_text(text, spans, w) for w in windows]
-    pieces = [p for p in pieces if p]
+    room = CHUNK_FIELD_BYTES - utf8_len(_title_prefix(doc.title, include_title))
+    pieces = [part for piece in pieces if piece for part in _split_bytes(piece, room)]
     return [
         Chunk(doc_id=doc.id, index=i, text=p, title=doc.title, metadata=dict(doc.metadata))
         for i, p in enumerate(pieces)
     ]
+
+
+def _split_bytes(text: str, room: int) -> list[str]:
+    """`text` cut into pieces of at most `room` UTF-8 bytes (what a stored chunk holds), at a space when
+    one is near. Only a "word" the tokenizer takes whole does this: WordPiece maps a run of 100+ letters
+    without a space to one [UNK] token, so 128 tokens may span megabytes."""
+    pieces = []
+    while utf8_len(text) > room:
+        fits = len(text.encode("utf-8")[:room].decode("utf-8", "ignore"))  # characters within `room` bytes
+        space = text.rfind(" ", fits // 2, fits)
+        cut = space if space > 0 else fits
+        pieces.append(text[:cut].strip())
+        text = text[cut:].strip()
+    return [piece for piece in (*pieces, text) if piece]
 
 
 def _title_prefix(title: str, include_title: bool) -> str:

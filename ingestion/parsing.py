@@ -18,7 +18,14 @@ from typing import Any
 
 from common.errors import DocumentError, InvalidRequest
 from common.types import Document
-from ingestion.archive import ArchiveLimits, iter_zip_members, list_zip_members
+from ingestion.archive import (
+    NO_FILES,
+    ArchiveLimits,
+    ExpansionBudget,
+    declared_size,
+    iter_zip_members,
+    list_zip_members,
+)
 from ingestion.formats.common import (
     DEFAULT_PARSE_OPTIONS,
     MAX_FILENAME_CHARS,
@@ -106,19 +113,22 @@ def parse_file(path: Path, *, name: str) -> Document:
     raise DocumentError(unsupported_reason(name))
 
 
-def precheck(path: Path, name: str) -> None:
+def precheck(path: Path, name: str, *, limits: ArchiveLimits | None = None) -> int:
     """The cheap refusals a parser would make anyway, so the API can answer 422 at once.
 
     Reads a zip's central directory (unsafe paths, zip bombs), a PDF's magic bytes, or a text file's
     encoding; never a parsing library or a model. Raises DocumentError with the parser's own words.
+    Returns the bytes a zip declares it expands to (0 for other files), so the API can hold an
+    upload's archives together to their budget before a worker extracts any of them.
     """
     suffix = _suffix(name)
     if suffix in ARCHIVE_SUFFIXES:
-        list_zip_members(path, name=name)
-    elif suffix == ".pdf" and not read_nonempty(path, name).startswith(b"%PDF-"):
+        return declared_size(path, name=name, limits=limits)
+    if suffix == ".pdf" and not read_nonempty(path, name).startswith(b"%PDF-"):
         raise DocumentError(f"{name}: not a PDF file (it does not start with %PDF-)")
-    elif suffix in (".txt", ".md"):
+    if suffix in (".txt", ".md"):
         decode_text(read_nonempty(path, name), name)
+    return 0
 
 
 def unsupported_reason(name: str) -> str:
@@ -134,28 +144,20 @@ def iter_file_documents(
     name: str,
     options: ParseOptions = DEFAULT_PARSE_OPTIONS,
     archive_limits: ArchiveLimits | None = None,
+    budget: ExpansionBudget | None = None,
 ) -> Iterator[Document | Failure]:
     """Every document of one upload, or a Failure for each that cannot be read; the rest go through.
 
     A one-document file yields one item (its id is `name`); records and archive members yield one
     each. Raises DocumentError only when a zip archive is refused as a whole (unreadable, unsafe
-    paths or links, zip bomb): before any document if its central directory shows it.
-    A repeated document id is a Failure: two documents must never overwrite each other silently.
+    paths or links, zip bomb, or over the upload's `budget`, which one job shares across all its
+    files): before any document if its central directory shows it, else while extracting.
+    Ids repeated within or across files are failed by `ingestion.validation.checked`, over the upload.
     """
-    seen: set[str] = set()
-    suffix = _suffix(name)
-    items = (
-        _archive_items(path, name, options, archive_limits or ArchiveLimits())
-        if suffix in ARCHIVE_SUFFIXES
-        else _file_items(path, name, options)
-    )
-    for item in items:
-        if isinstance(item, Document):
-            if item.id in seen:
-                yield Failure(item.id, f"{name}: duplicate document id {item.id!r}; only the first is kept")
-                continue
-            seen.add(item.id)
-        yield item
+    if _suffix(name) in ARCHIVE_SUFFIXES:
+        yield from _archive_items(path, name, options, archive_limits or ArchiveLimits(), budget)
+    else:
+        yield from _file_items(path, name, options)
 
 
 def _file_items(path: Path, name: str, options: ParseOptions) -> Iterator[Item]:
@@ -178,24 +180,24 @@ def _file_items(path: Path, name: str, options: ParseOptions) -> Iterator[Item]:
         yield Failure(name, f"{name}: could not be parsed ({type(exc).__name__}: {exc})")
 
 
-def _archive_items(path: Path, name: str, options: ParseOptions, limits: ArchiveLimits) -> Iterator[Item]:
+def _archive_items(
+    path: Path, name: str, options: ParseOptions, limits: ArchiveLimits, budget: ExpansionBudget | None
+) -> Iterator[Item]:
     """Documents of every supported member ("<archive>/<member path>"), a Failure for each other.
 
-    Members are extracted one at a time into a private temporary directory and deleted once read.
+    Members are extracted one at a time into a private temporary directory and deleted once read;
+    a refusal while streaming deletes the directory with whatever it still holds.
     """
-    members = list_zip_members(path, name=name, limits=limits)  # refuses a bad archive up front
+    members = list_zip_members(path, name=name, limits=limits, budget=budget)  # refuses up front
+    if not members:
+        yield Failure(name, f"{name}: {NO_FILES}")
+        return
     for member in members:
         if not _is_parseable(member):
             yield Failure(f"{name}/{member}", _member_refusal(f"{name}/{member}"))
     with tempfile.TemporaryDirectory(prefix="quarry-zip-") as tmp:
         extracted = iter_zip_members(
-            path,
-            Path(tmp),
-            name=name,
-            select=_is_parseable,
-            max_members=limits.max_members,
-            max_total_bytes=limits.max_total_bytes,
-            max_ratio=limits.max_ratio,
+            path, Path(tmp), name=name, select=_is_parseable, limits=limits, budget=budget
         )
         for member_path, member in extracted:
             try:

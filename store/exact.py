@@ -1,16 +1,19 @@
 """Exact dense search by brute force over the stored vectors: the reference HNSW is measured against.
 
-Vectors are read once per (filter, row count) and kept in this worker process; a write that changes the
-count reloads them. Meant for evaluation, not for serving large collections.
+Vectors are read once per (filter, row count) and kept in this worker process, at most `exact_max_chunks`
+of them (least recently used dropped first); a write that changes the count reloads them. Meant for
+evaluation, not for serving large collections: a larger collection fails the question with the reason.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from common.errors import InvalidRequest
 from common.filters import MAX_IN_VALUES, render_filter
 from common.types import Hit
 from store.milvus import OUTPUT_FIELDS, MilvusStore, hit_from_row, milvus_errors
@@ -19,15 +22,24 @@ PAGE = 4096
 
 
 class ExactDense:
+    """Holds at most `exact_max_chunks` vectors, all filters together, dropping the least recently used."""
+
     def __init__(self, store: MilvusStore) -> None:
         self.store = store
-        self._cache: dict[str, tuple[int, list[str], npt.NDArray[np.float32]]] = {}
+        self.max_chunks = store.settings.exact_max_chunks
+        self._cache: OrderedDict[str, tuple[int, list[str], npt.NDArray[np.float32]]] = OrderedDict()
 
     def _vectors(self, conditions: dict[str, Any]) -> tuple[list[str], npt.NDArray[np.float32]]:
         expr = render_filter(conditions)
         count = self.store.count(conditions)
-        cached = self._cache.get(expr)
+        if count > self.max_chunks:
+            raise InvalidRequest(
+                f"exact search holds at most {self.max_chunks} chunks (EXACT_MAX_CHUNKS) and this collection "
+                f'has {count}: search it without "exact" (HNSW)'
+            )
+        cached = self._cache.pop(expr, None)
         if cached is None or cached[0] != count:
+            self._make_room(count)
             ids: list[str] = []
             vectors: list[list[float]] = []
             with milvus_errors("query_iterator"):
@@ -39,8 +51,13 @@ class ExactDense:
                     vectors += [row["dense"] for row in page]
                 iterator.close()
             matrix = np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1 if ids else 0)
-            self._cache[expr] = cached = (count, ids, matrix)
+            cached = (count, ids, matrix)
+        self._cache[expr] = cached  # the most recently used last
         return cached[1], cached[2]
+
+    def _make_room(self, needed: int) -> None:
+        while self._cache and sum(entry[0] for entry in self._cache.values()) + needed > self.max_chunks:
+            self._cache.popitem(last=False)
 
     def search(
         self,

@@ -13,6 +13,7 @@ from pymilvus import AnnSearchRequest, DataType, Function, FunctionType, MilvusC
 from pymilvus.exceptions import MilvusException
 
 from common.errors import Conflict, ServiceUnavailable
+from common.fields import CHUNK_FIELD_BYTES, DOC_ID_FIELD_BYTES, TITLE_FIELD_BYTES
 from common.filters import render_filter
 from common.settings import Settings
 from common.types import Chunk, Hit, SearchOptions
@@ -95,13 +96,17 @@ class MilvusStore:
         schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=64)
         schema.add_field("collection", DataType.VARCHAR, max_length=64, is_partition_key=True)
-        schema.add_field("doc_id", DataType.VARCHAR, max_length=1024)
+        schema.add_field("doc_id", DataType.VARCHAR, max_length=DOC_ID_FIELD_BYTES)
         schema.add_field("chunk_index", DataType.INT64)
-        schema.add_field("title", DataType.VARCHAR, max_length=8192)
-        schema.add_field("text", DataType.VARCHAR, max_length=65535)
+        schema.add_field("title", DataType.VARCHAR, max_length=TITLE_FIELD_BYTES)
+        schema.add_field("text", DataType.VARCHAR, max_length=CHUNK_FIELD_BYTES)
         analyzer = {"type": "standard"}
         schema.add_field(
-            "content", DataType.VARCHAR, max_length=65535, enable_analyzer=True, analyzer_params=analyzer
+            "content",
+            DataType.VARCHAR,
+            max_length=CHUNK_FIELD_BYTES,
+            enable_analyzer=True,
+            analyzer_params=analyzer,
         )
         schema.add_field("content_hash", DataType.VARCHAR, max_length=64)
         schema.add_field("metadata", DataType.JSON)

@@ -11,4 +11,6 @@ from common.settings import get_settings
 # like the job store. The line still says which task succeeded and how long it took.
 trace.LOG_SUCCESS = "Task %(name)s[%(id)s] succeeded in %(runtime)ss"
 
-app = make_celery(get_settings(), include=["workers.tasks", "workers.webhooks", "workers.metrics"])
+app = make_celery(
+    get_settings(), include=["workers.tasks", "workers.webhooks", "workers.metrics", "workers.sweeper"]
+)

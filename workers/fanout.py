@@ -5,10 +5,12 @@ Plain functions over the Runtime; the Celery tasks in `workers.tasks` only call 
 
 from __future__ import annotations
 
+import shutil
 from typing import Any
 
 from celeryconfig import INGEST_BATCH_TASK
 from common import metrics
+from common.errors import InvalidRequest
 from common.reports import Outcome
 from common.types import OnDuplicate
 from ingestion.batches import read_batch_file, split_into_batches, write_batch_file
@@ -18,18 +20,26 @@ from workers.runtime import Runtime
 
 
 def split_job(rt: Runtime, job_id: str, source: dict[str, Any], only: list[str] | None) -> list[str]:
-    """Parse the upload into batch files (relative paths); cancellation is honoured between batches."""
-    paths, total = [], 0
-    batches = split_into_batches(
-        load_documents(source, rt.settings.uploads, only), rt.settings.ingest_batch_documents
-    )
+    """Parse the upload into batch files (relative paths); cancellation is honoured between batches.
+
+    Nothing is enqueued until the whole upload is read, so an upload over `max_documents_per_job` fails
+    before any of it is written (it would otherwise cost a report per document in Redis for days).
+    """
+    settings, paths, total = rt.settings, [], 0
+    batches = split_into_batches(load_documents(source, settings, only), settings.ingest_batch_documents)
     with metrics.timed("ingest", "parse"):  # documents are parsed as the batches are read
         for index, batch in enumerate(batches):
             rt.jobs.check_cancelled(job_id)
-            path = f"{job_id}/batches/{index:05d}.jsonl"
-            write_batch_file(rt.settings.uploads / path, batch)
-            paths.append(path)
             total += len(batch)
+            if total > settings.max_documents_per_job:
+                shutil.rmtree(settings.uploads / job_id / "batches", ignore_errors=True)
+                raise InvalidRequest(
+                    f"the upload holds more than {settings.max_documents_per_job} documents "
+                    "(MAX_DOCUMENTS_PER_JOB); split it into several uploads"
+                )
+            path = f"{job_id}/batches/{index:05d}.jsonl"
+            write_batch_file(settings.uploads / path, batch)
+            paths.append(path)
     rt.ledger.start(job_id, len(paths), total)
     return paths
 

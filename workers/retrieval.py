@@ -11,12 +11,14 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from common import metrics
+from common.errors import RETRIABLE_ERRORS
+from common.isolation import isolate
 from common.settings import Settings
 from common.types import Chunk, Embedder, Hit, Ranked, Reranker, SearchOptions, VectorStore
 from ingestion.chunking import embedding_text
@@ -45,6 +47,8 @@ class Question:
 
 
 Outcome = dict[str, Any] | Exception
+Vector = npt.NDArray[np.float32]
+R = TypeVar("R")
 
 
 def search_options(settings: Settings, overrides: dict[str, Any]) -> SearchOptions:
@@ -91,6 +95,30 @@ def reorder(hits: list[Hit], candidates: int, ranking: list[Ranked]) -> list[tup
     return [(head[r.index], r) for r in ranking] + [(hit, None) for hit in tail]
 
 
+def _each(
+    indices: Sequence[int],
+    run: Callable[[Sequence[int]], Sequence[R]],
+    outcomes: dict[int, Outcome],
+    what: str,
+) -> dict[int, R]:
+    """`run` over the questions at `indices` as one call; the results of those that succeeded, by index.
+
+    A question that makes the call fail fails alone (`isolate` narrows it down) with its own exception in
+    `outcomes`; an outage (Milvus unreachable) fails all of them alike, unsplit, and their tasks retry.
+    """
+    try:
+        results: Sequence[R | Exception] = isolate(indices, run, what=what)
+    except RETRIABLE_ERRORS as exc:
+        results = [exc] * len(indices)
+    good: dict[int, R] = {}
+    for i, result in zip(indices, results, strict=True):
+        if isinstance(result, Exception):
+            outcomes[i] = result
+        else:
+            good[i] = result
+    return good
+
+
 class Retriever:
     """The question-answering pipeline over one worker's models and Milvus client."""
 
@@ -119,10 +147,10 @@ class Retriever:
         """One result or one exception per question, in the order given."""
         outcomes: dict[int, Outcome] = {}
         timings: dict[str, float] = {"batch_size": len(questions)}
+        options = self._options(questions, outcomes)
         start = time.perf_counter()
-        vectors = self._embedder.embed_queries([q.text for q in questions])
+        vectors = self._embed(questions, list(options), outcomes)
         timings["embed_ms"] = _ms(start)
-        options = [search_options(self.settings, q.options) for q in questions]
         start = time.perf_counter()
         hits = self._search(questions, options, vectors, outcomes)
         timings["search_ms"] = _ms(start)
@@ -143,33 +171,56 @@ class Retriever:
     def candidates(self, question: Question) -> int:
         return int(question.options.get("candidates", self.settings.rerank_candidates))
 
+    def _options(
+        self, questions: Sequence[Question], outcomes: dict[int, Outcome]
+    ) -> dict[int, SearchOptions]:
+        """Each question's search options; malformed switches fail their own question only."""
+        options = {}
+        for i, question in enumerate(questions):
+            try:
+                options[i] = search_options(self.settings, question.options)
+            except (TypeError, ValueError) as exc:
+                outcomes[i] = exc
+        return options
+
+    def _embed(
+        self, questions: Sequence[Question], indices: list[int], outcomes: dict[int, Outcome]
+    ) -> dict[int, Vector]:
+        """One forward pass for the batch; a question the tokenizer or model refuses fails alone."""
+
+        def run(part: Sequence[int]) -> list[Vector]:
+            return list(self._embedder.embed_queries([questions[i].text for i in part]))
+
+        return _each(indices, run, outcomes, "question embedding")
+
     def _search(
         self,
         questions: Sequence[Question],
-        options: Sequence[SearchOptions],
-        vectors: npt.NDArray[np.float32],
+        options: dict[int, SearchOptions],
+        vectors: dict[int, Vector],
         outcomes: dict[int, Outcome],
     ) -> dict[int, list[Hit]]:
-        """One store call per group of questions that share collection, filters and search options."""
+        """One store call per group of questions that share collection, filters and search options; a
+        failure is narrowed down to the questions that caused it."""
         groups: dict[str, list[int]] = defaultdict(list)
-        for i, q in enumerate(questions):
+        for i in vectors:
+            q = questions[i]
             groups[repr((q.collection, sorted(q.filters.items()), options[i], self.limit(q)))].append(i)
         hits: dict[int, list[Hit]] = {}
         for members in groups.values():
             first, opts = questions[members[0]], options[members[0]]
-            limit, filters = self.limit(first), first.filters
-            try:
+
+            def run(
+                part: Sequence[int], first: Question = first, opts: SearchOptions = opts
+            ) -> list[list[Hit]]:
+                matrix = np.stack([vectors[i] for i in part])
+                limit, filters = self.limit(first), first.filters
                 if opts.exact:
-                    found = self._exact.search(first.collection, vectors[members], limit, filters)
-                else:
-                    texts = [questions[i].text for i in members]
-                    found = self._store.search(
-                        first.collection, texts, vectors[members], limit, filters, options=opts
-                    )
-            except Exception as exc:  # fails this group only
-                outcomes.update({i: exc for i in members})
-                continue
-            hits.update(zip(members, found, strict=True))
+                    return self._exact.search(first.collection, matrix, limit, filters)
+                texts = [questions[i].text for i in part]
+                return self._store.search(first.collection, texts, matrix, limit, filters, options=opts)
+
+            hits.update(_each(members, run, outcomes, "search"))
         return hits
 
     def _rerank(
@@ -185,16 +236,21 @@ class Retriever:
             if backend and found:
                 by_backend[backend].append(i)
         for backend, members in by_backend.items():
-            items = [
-                (questions[i].text, [passage_text(h) for h in hits[i][: self.candidates(questions[i])]])
-                for i in members
-            ]
             try:
-                rankings = self._rerankers(backend).rerank_batch(items)
-            except Exception as exc:  # fails this backend's questions only
+                reranker = self._rerankers(backend)
+            except Exception as exc:  # a model that cannot load fails its questions, not by halves
                 outcomes.update({i: exc for i in members})
                 continue
-            for i, ranking in zip(members, rankings, strict=True):
+
+            def run(part: Sequence[int], reranker: Reranker = reranker) -> list[list[Ranked]]:
+                items = [
+                    (questions[i].text, [passage_text(h) for h in hits[i][: self.candidates(questions[i])]])
+                    for i in part
+                ]
+                return reranker.rerank_batch(items)
+
+            rankings = _each(members, run, outcomes, "rerank")
+            for i, ranking in rankings.items():
                 ranked[i] = reorder(hits[i], self.candidates(questions[i]), ranking)
         return ranked
 

@@ -11,13 +11,14 @@ import threading
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from common.jobs import JobStore
+from common.jobs import JobStore, each
 from common.ledger import BatchLedger
 from common.liveness import Liveness
 from common.locks import DocumentLocks
 from common.metrics import RedisMetrics
 from common.redis_client import connect_redis, connect_redis_patient
 from common.reports import DocumentReports
+from common.retention import UploadRetention
 from common.settings import Settings, get_settings
 from common.webhooks import WebhookTrigger
 
@@ -41,7 +42,10 @@ class Runtime:
     def jobs(self) -> JobStore:
         """A patient client: a task waits out a short Redis restart instead of losing its work."""
         client = connect_redis_patient(self.settings.redis_url, self.settings.worker_redis_outage_s)
-        return JobStore(client, self.settings.job_ttl_s, on_finish=WebhookTrigger(client, _send_task))
+        hooks = each(
+            WebhookTrigger(client, _send_task), UploadRetention(client, self.settings.upload_retention_s)
+        )
+        return JobStore(client, self.settings.job_ttl_s, on_finish=hooks)
 
     @cached_property
     def metrics(self) -> RedisMetrics:

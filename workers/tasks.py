@@ -13,7 +13,8 @@ from celery import Task
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
 from celeryconfig import ASK_TASK, DELETE_TASK, INGEST_BATCH_TASK, INGEST_TASK
-from common.errors import RETRIABLE_ERRORS, QuarryError
+from common.errors import RETRIABLE_ERRORS
+from common.isolation import describe
 from common.jobs import JobCancelled, JobRecord
 from common.settings import get_settings
 from common.types import OnDuplicate
@@ -30,13 +31,11 @@ _settings = get_settings()
 
 def failure_reason(exc: BaseException) -> str:
     """What a client reads in the job's `error`."""
-    if isinstance(exc, QuarryError):
-        return exc.detail
     if isinstance(exc, WorkerLost):
         return str(exc)
     if isinstance(exc, SoftTimeLimitExceeded):
         return "the job ran past its time limit and was stopped"
-    return f"{type(exc).__name__}: {exc}"
+    return describe(exc)
 
 
 class RetriableTask(Task):  # type: ignore[misc]

@@ -102,6 +102,8 @@ def _load_json(text: str, where: str) -> Any:
         return json.loads(text, parse_constant=_reject_constant)
     except ValueError as exc:
         raise DocumentError(f"{where}: not valid JSON ({exc})") from exc
+    except RecursionError as exc:  # "[[[[..." thousands deep: the decoder's stack, not the process's
+        raise DocumentError(f"{where}: not valid JSON (nested too deeply)") from exc
 
 
 def _reject_constant(constant: str) -> NoReturn:

@@ -27,9 +27,9 @@ from devstack.processes import (
     start_milvus,
     start_redis,
     wait_until,
+    webhook_worker,
 )
 
-pytestmark = pytest.mark.integration
 # Keeps test queues and jobs apart from a `make run` stack on the same server; two test runs at once need
 # two databases (QUARRY_TEST_REDIS_DB=14 for the second).
 TEST_REDIS_DB = int(os.environ.get("QUARRY_TEST_REDIS_DB", "15"))
@@ -40,16 +40,35 @@ KEYS = {
     "b": ("qk_b-test-key", ["b-docs"]),
 }
 API_KEYS = [{"name": name, "sha256": digest(key), "collections": cols} for name, (key, cols) in KEYS.items()]
-# Webhooks (tests/integration/test_webhooks.py): signed, retried fast, only to this machine's receivers.
+# Webhooks (tests/integration/test_webhooks.py): signed, retried fast. The receivers listen on 127.0.0.1, the
+# one address the operator's allowlist opens; any other internal address (127.0.0.2, ::1, 10.x) stays refused.
 WEBHOOK_SECRET = "whsec-test-secret"
 WEBHOOK_ENV = {
     "WEBHOOK_SECRET": WEBHOOK_SECRET,
-    "WEBHOOK_ALLOWED_HOSTS": '["127.0.0.1"]',
+    "WEBHOOK_ALLOWED_NETWORKS": '["127.0.0.1/32"]',
     "WEBHOOK_BACKOFF_S": "0.2",
     "WEBHOOK_BACKOFF_MAX_S": "1",
     "WEBHOOK_MAX_RETRIES": "3",
-    "WEBHOOK_TIMEOUT_S": "5",
+    "WEBHOOK_TIMEOUT_S": "30",  # a held delivery must outlast the question asked meanwhile (test_webhooks)
 }
+
+
+# Bounds shrunk so the tests that cross them stay cheap (tests/integration/test_hostile_input.py); uploads are
+# kept an hour, and the sweeper looks twice a second, so a test that makes one due sees it go at once.
+LIMITS_ENV = {
+    "MAX_DOCUMENTS_PER_JOB": "3000",
+    "EXACT_MAX_CHUNKS": "60",
+    "UPLOAD_RETENTION_S": "3600",
+    "SWEEP_INTERVAL_S": "0.5",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test of this directory `integration` (a `pytestmark` in a conftest marks nothing)."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents:
+            item.add_marker(pytest.mark.integration)
 
 
 def bearer(name: str) -> dict[str, str]:
@@ -62,6 +81,12 @@ class Stack:
     redis_url: str
     logs: Path
     headers: dict[str, str] = field(default_factory=lambda: bearer("main"))
+    env: dict[str, str] = field(default_factory=dict)  # what its processes were started with
+
+    @property
+    def uploads(self) -> Path:
+        """UPLOAD_DIR of the stack (DATA_DIR/uploads beside the logs)."""
+        return self.logs.parent / "data" / "uploads"
 
     def as_key(self, name: str) -> Stack:
         """The same stack, called with another tenant's API key."""
@@ -120,6 +145,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "API_KEYS": json.dumps(API_KEYS),
         "MAX_DOCUMENTS_PER_REQUEST": "1000",
         "MAX_REQUEST_BYTES": str(8 * 1024 * 1024),
+        **LIMITS_ENV,
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         **WEBHOOK_ENV,
@@ -129,7 +155,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         env["REDIS_URL"] = _redis_url(sup, tmp)
         start_milvus(sup, env["MILVUS_URI"], tmp / "milvus")
         url = start_service(sup, api_port, query_threads=8)
-        yield Stack(url=url, redis_url=env["REDIS_URL"], logs=tmp / "logs")
+        yield Stack(url=url, redis_url=env["REDIS_URL"], logs=tmp / "logs", env=env)
     finally:
         sup.stop()
 
@@ -137,7 +163,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def start_service(sup: Supervisor, api_port: int, *, query_threads: int) -> str:
     """The workers and the API (Redis and Milvus already up), as `make run` starts them; returns the URL."""
     sup.start("ingest-worker", celery_argv("ingest", 1))
-    sup.start("query-worker", celery_argv("query,webhooks", query_threads, threads=True, name="query"))
+    sup.start("query-worker", celery_argv("query", query_threads, threads=True, name="query"))
+    sup.start(*webhook_worker(4))
     api = sup.start("api", api_argv("127.0.0.1", api_port))
     url = f"http://127.0.0.1:{api_port}"
     wait_until(lambda: healthy(url), 60, "API", api)

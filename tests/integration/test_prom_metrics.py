@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from api import create_app
+from celeryconfig import ASK_TASK, INGEST_TASK
+from common.settings import Settings
 from tests.integration.conftest import Stack
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -25,6 +30,7 @@ DOCUMENTS = [
     },
 ]
 HEALTH_CHECKS = 8
+QUEUE_REDIS_URL = "redis://127.0.0.1:6379/12"  # its own database: nothing consumes these messages
 
 
 def scrape(stack: Stack) -> Samples:
@@ -129,9 +135,31 @@ def test_batch_sizes(samples: Samples) -> None:
     assert value(samples, "quarry_batch_size_sum", batch="chunks") >= len(DOCUMENTS)
 
 
+def queue_depths(samples: Samples) -> dict[str, float]:
+    return {dict(labels)["queue"]: v for (name, labels), v in samples.items() if name == "quarry_queue_depth"}
+
+
 def test_queue_depths_of_every_queue(samples: Samples) -> None:
-    depths = {
-        dict(labels)["queue"]: v for (name, labels), v in samples.items() if name == "quarry_queue_depth"
-    }
-    assert {"ingest", "query"} <= depths.keys()
-    assert all(depth >= 0 for depth in depths.values())  # the stack is idle now: zero is the right answer
+    assert queue_depths(samples).keys() == {"ingest", "query", "webhooks"}
+
+
+def test_queue_depths_count_the_messages_waiting(tmp_path: Path) -> None:
+    """An API on a Redis database no worker consumes: the gauge is exactly what waits in each queue."""
+    settings = Settings(redis_url=QUEUE_REDIS_URL, data_dir=tmp_path, queue_depth_cache_s=0)
+    client = redis.Redis.from_url(QUEUE_REDIS_URL)
+    client.flushdb()
+    try:
+        app = create_app(settings)
+        celery = app.extensions["quarry"].celery
+        for task, count in ((ASK_TASK, 3), (INGEST_TASK, 2)):
+            for _ in range(count):
+                celery.send_task(task, kwargs={})
+        response = app.test_client().get("/metrics")
+        parsed = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(response.get_data(as_text=True))
+            for s in family.samples
+        }
+        assert queue_depths(parsed) == {"query": 3, "ingest": 2, "webhooks": 0}
+    finally:
+        client.flushdb()

@@ -5,6 +5,7 @@ Also Idempotency-Key on POSTs, through gunicorn, Redis and the workers.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
@@ -97,9 +98,29 @@ def test_idempotency_key_returns_the_original_job(stack: Stack) -> None:
     assert again.json()["job_id"] == first.json()["job_id"]
     assert again.headers["Idempotent-Replayed"] == "true" and "Idempotent-Replayed" not in first.headers
     _problem(stack.post("/api/v1/documents", json={**body, "collection": "other"}, headers=headers), 422)
-    other_tenant = stack.as_key("a").post("/api/v1/ask", json={"question": "q?"}, headers=headers)
-    assert other_tenant.status_code != 422  # keys are per tenant (this one is 403: not its collection)
     assert stack.wait_job(first.json()["job_id"])["state"] == "succeeded"
+
+
+def test_idempotency_keys_belong_to_their_tenant(stack: Stack, tenants: dict[str, Any]) -> None:
+    """One key from two tenants makes two submissions: with global keys, the same request would replay the
+    other tenant's job (and leak its id), and another request would be a 422."""
+    a = tenants["a"]
+    same, other = f"same-{uuid.uuid4().hex}", f"other-{uuid.uuid4().hex}"
+    body = {"question": "hydrogen engines", "collection": "a-docs"}  # the "*" key may use a-docs too
+    responses = [
+        stack.post("/api/v1/ask", json=body, headers={"Idempotency-Key": same}),
+        a.post("/api/v1/ask", json=body, headers={"Idempotency-Key": same}),
+        stack.post("/api/v1/ask", json=body, headers={"Idempotency-Key": other}),
+        a.post("/api/v1/ask", json={**body, "question": "fleet"}, headers={"Idempotency-Key": other}),
+    ]
+    for response in responses:
+        assert response.status_code == 202, response.text
+        assert "Idempotent-Replayed" not in response.headers
+    assert len({response.json()["job_id"] for response in responses}) == 4
+    assert a.get(f"/api/v1/jobs/{responses[0].json()['job_id']}").status_code == 404  # not a's job
+    again = a.post("/api/v1/ask", json=body, headers={"Idempotency-Key": same})  # a's own retry replays
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.json()["job_id"] == responses[1].json()["job_id"]
 
 
 def test_idempotency_key_on_uploads_ignores_the_multipart_boundary(stack: Stack) -> None:

@@ -21,46 +21,20 @@ from playwright.sync_api import (
     ConsoleMessage,
     Locator,
     Page,
-    ViewportSize,
     expect,
-    sync_playwright,
 )
 
+from tests.integration.chromium import VIEWPORT, chromium
 from tests.integration.conftest import KEYS, Stack
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-component-update",
-    "--disable-sync",
-]
-VIEWPORT: ViewportSize = {"width": 1280, "height": 900}
 JOB_TIMEOUT_MS = 180_000
 XSS = '<img src=x onerror="window.__xss=1">'
 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserContext]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package with `make browser`")
-    expect.set_options(timeout=20_000)  # a busy 2-core machine runs the stack and the browser at once
-    with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")),  # a fresh profile for this run
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport=VIEWPORT,
-        )
-        try:
-            yield context
-        finally:
-            context.close()
+    with chromium(tmp_path_factory.mktemp("chromium-profile")) as context:
+        yield context
 
 
 @pytest.fixture

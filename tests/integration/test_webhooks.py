@@ -12,9 +12,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+import redis
 
 from client import verify_signature
-from tests.integration.conftest import WEBHOOK_SECRET, Stack
+from common.jobs import JobStore
+from tests.integration.conftest import WEBHOOK_ENV, WEBHOOK_SECRET, Stack
 
 COLLECTION = "hooks"
 DOCUMENTS = [
@@ -34,6 +36,23 @@ class Received:
         return json.loads(self.body)  # type: ignore[no-any-return]
 
 
+class QuietHandler(BaseHTTPRequestHandler):
+    def answer(self, status: int) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def serve(handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+    """An HTTP server on 127.0.0.1 (a free port), serving from a daemon thread until shut down."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 class Receiver:
     """An HTTP server on 127.0.0.1 (free port) that records every POST and answers as planned per path."""
 
@@ -43,22 +62,16 @@ class Receiver:
         self.plans: dict[str, list[int]] = {}  # path -> statuses to answer in turn; then 200
         receiver = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 with receiver.lock:
                     receiver.received.append(Received(self.path, dict(self.headers.items()), body))
                     plan = receiver.plans.get(self.path, [])
                     status = plan.pop(0) if plan else 200
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                self.answer(status)
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.server = serve(Handler)
 
     def url(self, plan: list[int] | None = None) -> str:
         """A fresh path on this receiver, answered with `plan` (then 200)."""
@@ -75,7 +88,6 @@ class Receiver:
 @pytest.fixture(scope="module")
 def receiver() -> Iterator[Receiver]:
     receiver = Receiver()
-    receiver.thread.start()
     yield receiver
     receiver.server.shutdown()
     receiver.server.server_close()
@@ -182,30 +194,78 @@ def test_a_refusing_receiver_is_not_retried_and_the_job_still_succeeds(
     assert len(receiver.posts(url)) == 1
 
 
-def test_a_cancelled_job_posts_its_final_state(stack: Stack, receiver: Receiver) -> None:
-    """Whether the cancel finds the job queued, running or already ended, one POST tells how it ended."""
+def test_cancelling_a_queued_job_posts_job_cancelled_once(stack: Stack, receiver: Receiver) -> None:
+    """The API ends a queued job itself (200) and sends its one event; a second cancel is a 409."""
+    url, job_id = receiver.url(), uuid.uuid4().hex
+    jobs = JobStore(redis.Redis.from_url(stack.redis_url), 3600)
+    jobs.create(job_id, "ingest", 1, {"collection": COLLECTION}, owner="main", callback_url=url)  # never sent
+    response = stack.delete(f"/api/v1/jobs/{job_id}")
+    assert response.status_code == 200 and response.json()["state"] == "cancelled", response.text
+    job = delivery(stack, job_id)
+    assert job["state"] == "cancelled" and job["callback"]["state"] == "delivered"
+    assert stack.delete(f"/api/v1/jobs/{job_id}").status_code == 409
+    (post,) = receiver.posts(url)
+    assert check_signed(post, job_id)["event"] == "job.cancelled"
+
+
+def test_cancelling_a_running_job_posts_job_cancelled_when_it_stops(stack: Stack, receiver: Receiver) -> None:
+    """A running job is asked to stop (202) and posts its one event when it has."""
     url = receiver.url()
-    docs = [{"id": f"c{i}", "text": f"cancel me {i} " * 20} for i in range(200)]
+    docs = [{"id": f"c{i}", "text": f"cancel me {i} " * 20} for i in range(400)]
     job_id = submit(
         stack, "/api/v1/documents", {"documents": docs, "collection": COLLECTION, "callback_url": url}
     )
-    assert stack.delete(f"/api/v1/jobs/{job_id}").status_code in (200, 202, 409)
+    deadline = time.monotonic() + 60
+    while stack.get(f"/api/v1/jobs/{job_id}").json()["state"] != "running":
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.05)
+    response = stack.delete(f"/api/v1/jobs/{job_id}")
+    assert response.status_code == 202 and response.json()["state"] == "running", response.text
     job = delivery(stack, job_id)
+    assert job["state"] == "cancelled" and job["progress"]["done"] < len(docs)
     (post,) = receiver.posts(url)
-    assert check_signed(post, job_id)["job"]["state"] == job["state"]
+    assert check_signed(post, job_id)["job"]["state"] == "cancelled"
 
 
-@pytest.mark.parametrize(
-    "callback_url",
-    [
-        "ftp://127.0.0.1/x",
-        "127.0.0.1:8080/hook",
-        "http:///hook",
-        "http://localhost:8080/hook",  # not on WEBHOOK_ALLOWED_HOSTS
-        "http://10.1.2.3/hook",
-        "http://127.0.0.1/" + "a" * 2048,
-    ],
-)
+# The stack opens WEBHOOK_ALLOWED_NETWORKS=["127.0.0.1/32"] (its receivers) and no host allowlist: every other
+# internal address stays refused, however it is spelled (127.0.0.2 and 169.254.169.254 below, mostly).
+REFUSED_CALLBACKS = [
+    "ftp://127.0.0.1/x",
+    "127.0.0.1:8080/hook",
+    "http:///hook",
+    "http://127.0.0.1/" + "a" * 2048,
+    "http://user:pass@127.0.0.1:8080/hook",  # userinfo
+    "http://127.0.0.1:8080\\@10.0.0.1/hook",  # a backslash: parsers disagree on where the host ends
+    "http://localhost:8080/hook",  # localhost names mean ::1 too (RFC 6761), which is not opened
+    "http://LOCALHOST:8080/hook",
+    "http://localhost.:8080/hook",
+    "http://10.1.2.3/hook",
+    "http://169.254.169.254/latest/meta-data/",  # cloud metadata
+    "http://2852039166/latest/meta-data/",  # the same, in decimal
+    "http://0xa9fea9fe/latest/meta-data/",  # hex
+    "http://[::ffff:a9fe:a9fe]/latest/meta-data/",  # IPv4-mapped IPv6
+    "http://127.0.0.2:6379/",  # loopback beyond the one opened address, at Redis's port
+    "http://2130706434:6379/",  # 127.0.0.2 in decimal
+    "http://0x7f000002:6379/",
+    "http://0x7f.2:6379/",
+    "http://0177.0.0.2:6379/",  # octal
+    "http://127.2:6379/",  # short dotted
+    "http://127.0.0.2.:6379/",  # trailing dot
+    "HTTP://127.0.0.2:6379/",
+    "http://%31%32%37.0.0.2:6379/",  # percent-encoded host (urllib3 decodes it)
+    "http://[::1]:6379/",
+    "http://[::ffff:7f00:2]:6379/",
+    "http://[::]:6379/",
+    "http://0.0.0.0:6379/",
+    "http://0:6379/",
+    "http://100.64.0.1/hook",  # shared address space
+    "http://224.0.0.1/hook",  # multicast
+    "http://[fe80::1%25lo]/hook",  # link-local with a zone
+    "http://no-such-host.invalid/hook",  # a name that does not exist
+]
+
+
+@pytest.mark.parametrize("callback_url", REFUSED_CALLBACKS)
 def test_a_bad_callback_url_is_refused(stack: Stack, callback_url: str) -> None:
     for path, body in (
         ("/api/v1/ask", {"question": "q", "collection": COLLECTION, "callback_url": callback_url}),
@@ -222,3 +282,83 @@ def test_a_bad_callback_url_is_refused(stack: Stack, callback_url: str) -> None:
     form = {"collection": COLLECTION, "callback_url": callback_url}
     response = stack.post("/api/v1/documents", files=files, data=form)
     assert response.status_code == 422, response.text
+
+
+# --- deliveries have their own pool ---
+
+WEBHOOK_THREADS = 4  # the stack's webhook-worker pool (conftest: webhook_worker(4))
+QUERY_THREADS = 8  # the stack's query-worker threads (conftest: query_threads=8)
+WEBHOOK_TIMEOUT_S = float(WEBHOOK_ENV["WEBHOOK_TIMEOUT_S"])
+
+
+class HoldingReceiver:
+    """A receiver whose every POST waits for `release`: a slow receiver at its worst."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.changed = threading.Condition()
+        self.in_flight = 0
+        self.arrivals: list[float] = []  # time.monotonic() of each POST's arrival
+        receiver = self
+
+        class Handler(QuietHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                receiver.enter()
+                receiver.release.wait(120)
+                with receiver.changed:
+                    receiver.in_flight -= 1
+                self.answer(200)
+
+        self.server = serve(Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/slow"
+
+    def enter(self) -> None:
+        with self.changed:
+            self.in_flight += 1
+            self.arrivals.append(time.monotonic())
+            self.changed.notify_all()
+
+    def wait_for_held(self, count: int, timeout_s: float) -> bool:
+        with self.changed:
+            return self.changed.wait_for(lambda: self.in_flight >= count, timeout_s)
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_slow_receiver_never_holds_a_thread_questions_need(
+    stack: Stack, ingest_job: tuple[str, str]
+) -> None:
+    """More held deliveries than the query worker has threads: a plain question still gets answered while
+    the receiver holds every webhook thread. Were deliveries on the query worker's threads, they would
+    hold all 8 (in-flight would read 8, not 4), and the question would wait for a delivery's deadline (a
+    retry or the next delivery would arrive, changing in-flight)."""
+    delivery(stack, ingest_job[0])  # the collection exists, its webhook is done: the pool is idle
+    assert stack.run("/api/v1/ask", json={"question": "warm up", "collection": COLLECTION})["state"] == (
+        "succeeded"
+    )
+    slow, asks = HoldingReceiver(), list[str]()
+    try:
+        callback = {"collection": COLLECTION, "callback_url": slow.url}
+        asks += [
+            submit(stack, "/api/v1/ask", {"question": f"what pulls the tides? {i}", **callback})
+            for i in range(QUERY_THREADS + 2)
+        ]
+        assert slow.wait_for_held(WEBHOOK_THREADS, 120), f"{slow.in_flight} deliveries arrived"
+        held, held_since = slow.in_flight, slow.arrivals[0]
+        job = stack.run("/api/v1/ask", json={"question": "espresso", "collection": COLLECTION})
+        still_held, took = slow.in_flight, time.monotonic() - held_since
+        assert job["state"] == "succeeded", job
+        assert took < WEBHOOK_TIMEOUT_S, f"answered {took:.1f} s after the first delivery was held"
+        assert held == still_held == WEBHOOK_THREADS, (held, still_held)  # none timed out, none more came
+    finally:
+        slow.release.set()
+    try:
+        for job_id in asks:  # the held deliveries, and the ones that waited for a thread, all arrive
+            done = delivery(stack, job_id)
+            assert done["state"] == "succeeded" and done["callback"]["state"] == "delivered", done
+    finally:
+        slow.close()

@@ -24,6 +24,7 @@ from ingestion.parsing import (
     iter_file_documents,
     parse_file,
 )
+from ingestion.validation import checked
 
 
 def write(tmp_path: Path, name: str, data: bytes | str) -> Path:
@@ -276,10 +277,13 @@ def test_jsonl_invalid_utf8_line_fails_alone(tmp_path: Path) -> None:
 
 
 def test_duplicate_ids_in_one_file_keep_the_first(tmp_path: Path) -> None:
+    """Parsers yield every record; the upload's check (`ingestion.validation.checked`) fails the copies."""
     data = '{"id": "a", "text": "first"}\n{"id": "a", "text": "second"}\n'
-    assert items(tmp_path, "d.jsonl", data) == [
+    parsed = items(tmp_path, "d.jsonl", data)
+    assert parsed == [Document(id="a", text="first"), Document(id="a", text="second")]
+    assert list(checked(parsed, 1024)) == [
         Document(id="a", text="first"),
-        Failure("a", "d.jsonl: duplicate document id 'a'; only the first is kept"),
+        Failure("a (copy 2)", "duplicate document id 'a' in this upload; only the first is kept"),
     ]
 
 

@@ -117,3 +117,66 @@ def test_a_failure_fails_only_the_questions_it_touched() -> None:
     assert isinstance(results[2], dict) and results[2]["passages"][0]["doc_id"] == "c-2"
     with pytest.raises(ConnectionError):
         retriever.answer(questions[0])
+
+
+class PoisonEmbedder(FakeEmbedder):
+    """Refuses any call that holds a lone surrogate, as the real tokenizer does (a TypeError)."""
+
+    def embed_queries(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        if any("\ud800" in text for text in texts):
+            raise TypeError("TextEncodeInput must be Union[TextInputSequence, ...]")
+        return super().embed_queries(texts)
+
+
+class PoisonStore(FakeStore):
+    def search(
+        self, collection: str, query_texts: Sequence[str], *args: Any, **kwargs: Any
+    ) -> list[list[Hit]]:
+        if "poison" in query_texts:
+            raise ValueError("the store refused one query of the request")
+        return super().search(collection, query_texts, *args, **kwargs)
+
+
+class PoisonReranker(ReverseReranker):
+    def rerank_batch(self, items: Sequence[tuple[str, Sequence[str]]]) -> list[list[Ranked]]:
+        if any(query == "rerank-poison" for query, _ in items):
+            raise RuntimeError("the reranker choked on one question")
+        return super().rerank_batch(items)
+
+
+def test_a_question_that_breaks_a_shared_call_fails_alone_at_every_stage() -> None:
+    store, reranker = PoisonStore(), PoisonReranker()
+    good = [Question(f"q{i}", "c", top_k=1, reranker="reverse") for i in range(5)]
+    bad = [
+        Question("bad \ud800", "c", top_k=1, reranker="reverse"),
+        Question("poison", "c", top_k=1, reranker="reverse"),
+        Question("rerank-poison", "c", top_k=1, reranker="reverse"),
+        Question("bad options", "c", top_k=1, options={"ef": "many"}),
+    ]
+    batch = [good[0], bad[0], good[1], bad[1], good[2], bad[2], good[3], bad[3], good[4]]
+    retriever = Retriever(
+        Settings(rerank_candidates=3),
+        PoisonEmbedder(),
+        store,
+        exact=None,
+        rerankers=lambda _: reranker,  # type: ignore[arg-type]
+    )
+    results = retriever.answer_batch(batch)
+    by_text = dict(zip([q.text for q in batch], results, strict=True))
+    for question in good:
+        result = by_text[question.text]
+        assert isinstance(result, dict), result
+        assert result["passages"][0]["doc_id"] == f"{question.text}-2"
+        assert result["timings"]["batch_size"] == len(batch)
+    assert isinstance(by_text["bad \ud800"], TypeError)
+    assert isinstance(by_text["poison"], ValueError)
+    assert isinstance(by_text["rerank-poison"], RuntimeError)
+    assert isinstance(by_text["bad options"], ValueError)
+
+
+def test_an_outage_fails_the_group_unsplit() -> None:
+    store = FakeStore(fail_on="down")
+    questions = [Question(f"q{i}", "down", top_k=1) for i in range(8)]
+    results = make(store, ReverseReranker()).answer_batch(questions)
+    assert all(isinstance(result, ConnectionError) for result in results)
+    assert len(store.calls) == 1  # not bisected: an outage fails every half alike

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from pymilvus import MilvusException
 
-from common.errors import ServiceUnavailable
+from common.errors import InvalidRequest, ServiceUnavailable
 from common.settings import Settings
 from common.types import Chunk
 from store.exact import ExactDense
@@ -31,9 +31,10 @@ class FakeClient:
         self.state = "Loaded"
 
 
-def store_with(client: FakeClient) -> MilvusStore:
+def store_with(client: FakeClient, settings: Settings | None = None) -> MilvusStore:
     store = MilvusStore.__new__(MilvusStore)
     store.name, store.client = "quarry_chunks", client  # type: ignore[assignment]
+    store.settings = settings or Settings()
     return store
 
 
@@ -79,9 +80,32 @@ class FakeMilvus:
         return It()
 
 
-def exact_over(rows: list[dict[str, Any]]) -> tuple[ExactDense, FakeMilvus]:
+def exact_over(rows: list[dict[str, Any]], max_chunks: int = 200_000) -> tuple[ExactDense, FakeMilvus]:
     client = FakeMilvus(rows)
-    return ExactDense(store_with(client)), client  # type: ignore[arg-type]
+    return ExactDense(store_with(client, Settings(exact_max_chunks=max_chunks))), client  # type: ignore[arg-type]
+
+
+def rows_of(n: int, dim: int = 4) -> list[dict[str, Any]]:
+    vectors = np.random.default_rng(n).normal(size=(n, dim)).astype(np.float32)
+    fields = {"chunk_index": 0, "title": "", "text": "", "metadata": {}}
+    return [{"pk": f"p{i}", "dense": v.tolist(), "doc_id": f"d{i}", **fields} for i, v in enumerate(vectors)]
+
+
+def test_exact_search_refuses_a_collection_larger_than_its_memory_bound() -> None:
+    exact, client = exact_over(rows_of(50), max_chunks=49)
+    with pytest.raises(InvalidRequest, match="at most 49 chunks"):
+        exact.search("c", np.ones((1, 4), dtype=np.float32), 5)
+    assert client.fetches == 0 and not exact._cache  # nothing was loaded
+
+
+def test_exact_search_keeps_at_most_its_bound_dropping_the_least_recently_used() -> None:
+    exact, _ = exact_over(rows_of(30), max_chunks=70)
+    query = np.ones((1, 4), dtype=np.float32)
+    for filters in ({"doc_id": "d1"}, {"doc_id": "d2"}, {"doc_id": "d1"}, {"doc_id": "d3"}):
+        exact.search("c", query, 5, filters)  # the fake counts every row for any filter: 30 each
+    kept = list(exact._cache)
+    assert len(kept) == 2 and sum(entry[0] for entry in exact._cache.values()) <= 70
+    assert 'doc_id == "d1"' in kept[0] and 'doc_id == "d3"' in kept[1]  # d2 was the least recently used
 
 
 def test_exact_search_of_an_empty_collection_is_empty_not_a_crash() -> None:
