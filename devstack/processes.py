@@ -140,10 +140,18 @@ def _milvus_ready(uri: str) -> bool:
     from pymilvus import MilvusClient
 
     try:
-        MilvusClient(uri=uri, timeout=2).get_server_version(timeout=2)
-        return True
+        # Dedicated and closed: pymilvus shares one connection per URI in a process, and a probe's would
+        # outlive it (recovering later with the probe's 2 s connect timeout).
+        client = MilvusClient(uri=uri, timeout=2, dedicated=True)
     except Exception:  # not up yet
         return False
+    try:
+        client.get_server_version(timeout=2)
+        return True
+    except Exception:  # not ready yet
+        return False
+    finally:
+        client.close()
 
 
 def celery_argv(queue: str, concurrency: int, *, threads: bool = False, name: str | None = None) -> list[str]:

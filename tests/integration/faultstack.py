@@ -116,19 +116,23 @@ class FaultStack(Stack):
 
     def chunks(self, collection: str) -> tuple[int, list[dict[str, Any]]]:
         """Straight from Milvus: the row count and every row's pk, doc id and chunk index."""
-        client = MilvusClient(uri=self.milvus_uri, timeout=10)
-        client.load_collection(MILVUS_COLLECTION)  # a restarted milvus-lite leaves it released
-        expr = f'collection == "{collection}"'
-        count = client.query(
-            MILVUS_COLLECTION, filter=expr, output_fields=["count(*)"], consistency_level="Strong"
-        )[0]["count(*)"]
-        rows = client.query(
-            MILVUS_COLLECTION,
-            filter=expr,
-            output_fields=["pk", "doc_id", "chunk_index"],
-            limit=16_384,
-            consistency_level="Strong",
-        )
+        # A connection of its own: the faults restart milvus-lite, and a shared one may be a dead channel.
+        client = MilvusClient(uri=self.milvus_uri, timeout=10, dedicated=True)
+        try:
+            client.load_collection(MILVUS_COLLECTION)  # a restarted milvus-lite leaves it released
+            expr = f'collection == "{collection}"'
+            count = client.query(
+                MILVUS_COLLECTION, filter=expr, output_fields=["count(*)"], consistency_level="Strong"
+            )[0]["count(*)"]
+            rows = client.query(
+                MILVUS_COLLECTION,
+                filter=expr,
+                output_fields=["pk", "doc_id", "chunk_index"],
+                limit=16_384,
+                consistency_level="Strong",
+            )
+        finally:
+            client.close()
         return int(count), rows
 
 
