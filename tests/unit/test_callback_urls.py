@@ -65,6 +65,13 @@ def failing(errno: int) -> Any:
         "http://hooks.example.com/\u2028",
         "http://hooks.example.com/ x",
         "https://hooks.example.com/" + "a" * 2048,
+        "ftp://example.com/x",
+        "file:///etc/passwd",
+        "javascript:alert(1)",
+        "http:///nohost",
+        "example.com/hook",
+        "http://example.com:99999/",
+        "http://exa mple.com/",
     ],
 )
 def test_bad_syntax_is_refused(url: str) -> None:
