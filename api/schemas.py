@@ -16,7 +16,9 @@ from spectree.model_adapter.pydantic_adapter import BaseFile
 
 from common.callback_urls import MAX_URL_CHARS, check_callback_url
 from common.errors import InvalidRequest
+from common.fields import MAX_DOC_ID_BYTES, MAX_TITLE_CHARS
 from common.types import OnDuplicate, RerankerBackend, SearchMode
+from ingestion.validation import id_problem
 
 COLLECTION_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 CollectionName = Annotated[str, StringConstraints(pattern=COLLECTION_PATTERN)]
@@ -32,9 +34,9 @@ def _not_blank(value: str) -> str:
 class DocumentIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = None
+    id: Annotated[str, StringConstraints(min_length=1, max_length=MAX_DOC_ID_BYTES)] | None = None
     text: NonBlank
-    title: Annotated[str, StringConstraints(max_length=2048)] = ""
+    title: Annotated[str, StringConstraints(max_length=MAX_TITLE_CHARS)] = ""
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     _text_not_blank = field_validator("text")(_not_blank)
@@ -42,8 +44,9 @@ class DocumentIn(BaseModel):
     @field_validator("id")
     @classmethod
     def _id_fits(cls, value: str | None) -> str | None:
-        if value is not None and (not value.strip() or len(value.encode()) > 512):
-            raise ValueError("must be non-blank and at most 512 bytes of UTF-8")
+        """The workers' own check of an id (`ingestion.validation`), so both refuse the same ids."""
+        if value is not None and (problem := id_problem(value)):
+            raise ValueError(problem)
         return value
 
 

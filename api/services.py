@@ -72,6 +72,7 @@ class Services:
         self.collections = CollectionNames(self.redis)
         self.idempotency = IdempotencyKeys(self.redis, settings.idempotency_ttl_s)
         self.celery = make_celery(settings)
+        self.redactor = Redactor.from_settings(settings)  # the settings are frozen: every secret, once
         self._milvus_lock = threading.Lock()
         self._catalog: Catalog | None = None
         self._depth_lock = threading.Lock()
@@ -127,38 +128,37 @@ class Services:
     def health(self) -> dict[str, dict[str, Any]]:
         """Each dependency by scheme, host, port and database; no credential, in any spelling, and
         error texts scrubbed of every configured secret (libraries echo URLs in them)."""
-        redactor = Redactor.from_settings(self.settings)
         return {
-            "redis": self._check_redis(redactor),
-            "broker": self._check_broker(redactor),
-            "milvus": self._check_milvus(redactor),
+            "redis": self._check_redis(),
+            "broker": self._check_broker(),
+            "milvus": self._check_milvus(),
         }
 
-    def _check_redis(self, redactor: Redactor) -> dict[str, Any]:
+    def _check_redis(self) -> dict[str, Any]:
         url = display_redis(self.settings.redis_url)
         try:
             self.redis.ping()
             return {"ok": True, "url": url}
         except redis.RedisError as exc:
-            return {"ok": False, "url": url, "error": redactor.error(exc)}
+            return {"ok": False, "url": url, "error": self.redactor.error(exc)}
 
-    def _check_broker(self, redactor: Redactor) -> dict[str, Any]:
+    def _check_broker(self) -> dict[str, Any]:
         url = display_broker(self.settings.broker)
         try:
             with self.celery.connection_for_write() as conn:
                 connect_quickly(conn)
             return {"ok": True, "url": url}
         except Exception as exc:  # any transport error means "down" for a health probe
-            return {"ok": False, "url": url, "error": redactor.error(exc)}
+            return {"ok": False, "url": url, "error": self.redactor.error(exc)}
 
-    def _check_milvus(self, redactor: Redactor) -> dict[str, Any]:
+    def _check_milvus(self) -> dict[str, Any]:
         uri = display_milvus(self.settings.milvus_uri)
         try:
             return {"ok": True, "uri": uri, "version": self.catalog.store.ping()}
         except Exception as exc:  # pymilvus raises many types; all mean "down" here
             with self._milvus_lock:
                 self._catalog = None  # reconnect on the next probe
-            return {"ok": False, "uri": uri, "error": redactor.error(exc)}
+            return {"ok": False, "uri": uri, "error": self.redactor.error(exc)}
 
 
 def connect_quickly(conn: Connection) -> None:
