@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: run test lint typecheck unit integration eval bench clean browser
+.PHONY: run test lint typecheck unit integration eval bench chaos clean browser
 
 $(VENV)/.requirements: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,12 @@ eval: $(VENV)/.requirements-dev
 bench: $(VENV)/.requirements-dev
 	$(PY) -m bench.perf ../shared/data/scifact-train --url http://127.0.0.1:8000 --collection scifact \
 		--docs 1000 --json bench/results/latest.json
+
+# Crash consistency: 5 minutes of mixed load while workers, milvus-lite and redis-server are killed at random,
+# on a stack of its own (private ports, loopback only); then every job must have ended and Milvus must hold
+# exactly one whole version of each document (bench/chaos.py). A 75 s version runs in `make test`.
+chaos: $(VENV)/.requirements-dev
+	$(PY) -m bench.chaos --seconds 300 --seed 1
 
 # Headless Chromium for the web page's browser test (tests/integration/test_web.py): Debian's package,
 # installed only when missing (never a test tool's own browser download).

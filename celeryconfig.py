@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlparse
 
 from common.settings import Settings
 
@@ -14,12 +15,30 @@ WEBHOOK_TASK = "quarry.webhook"
 INGEST_QUEUE = "ingest"
 QUERY_QUEUE = "query"
 WEBHOOK_QUEUE = "webhooks"  # its own worker pool (threads: deliveries wait on the network)
+_REDIS_TRANSPORT = "common.broker:Transport"  # a name: kombu imports it when it first connects
+
+# Queues per kind of work, so a bulk ingest never starves questions.
+TASK_QUEUES = {
+    INGEST_TASK: INGEST_QUEUE,
+    INGEST_BATCH_TASK: INGEST_QUEUE,
+    # Deletes are writes: they share the ingest queue (milvus-lite allows one writer at a time).
+    DELETE_TASK: INGEST_QUEUE,
+    ASK_TASK: QUERY_QUEUE,
+    # Their own queue, so a slow receiver never delays questions in the broker.
+    WEBHOOK_TASK: WEBHOOK_QUEUE,
+}
+# The task that runs a job of each kind (a job record's `kind`; its task id is the job id).
+JOB_TASKS = {"ingest": INGEST_TASK, "ask": ASK_TASK, "delete": DELETE_TASK}
 
 
 def from_settings(settings: Settings) -> dict[str, Any]:
     """Celery configuration; the API and the workers build their apps from the same dict."""
     return {
         "broker_url": settings.broker,
+        # kombu's Redis transport with the fix that keeps a worker alive when Redis is killed under it
+        # (common/broker.py says why); loaded by kombu with the first broker connection. Not for rediss://,
+        # whose default TLS options kombu keys on the scheme name.
+        "broker_transport": _REDIS_TRANSPORT if urlparse(settings.broker).scheme == "redis" else None,
         "result_backend": settings.result_backend,
         "broker_connection_retry_on_startup": True,
         # JSON only: tasks take ids, paths and small JSON, never pickles.
@@ -27,16 +46,7 @@ def from_settings(settings: Settings) -> dict[str, Any]:
         "result_serializer": "json",
         "accept_content": ["json"],
         "result_accept_content": ["json"],
-        # Queues per kind of work, so a bulk ingest never starves questions.
-        "task_routes": {
-            INGEST_TASK: {"queue": INGEST_QUEUE},
-            INGEST_BATCH_TASK: {"queue": INGEST_QUEUE},
-            # Deletes are writes: they share the ingest queue (milvus-lite allows one writer at a time).
-            DELETE_TASK: {"queue": INGEST_QUEUE},
-            ASK_TASK: {"queue": QUERY_QUEUE},
-            # Their own queue, so a slow receiver never delays questions in the broker.
-            WEBHOOK_TASK: {"queue": WEBHOOK_QUEUE},
-        },
+        "task_routes": {task: {"queue": queue} for task, queue in TASK_QUEUES.items()},
         "task_default_queue": QUERY_QUEUE,
         "task_create_missing_queues": True,
         # At-least-once: ack after the task ran, one message in flight per process. A child process that

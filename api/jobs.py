@@ -65,7 +65,7 @@ def retry_job(job_id: str) -> Response:
     original = svc.jobs.request(job_id)
     if not failed or original is None:
         raise Conflict(f"job {job_id} has no failed documents to retry")
-    kwargs = {**original, "only": failed, "total": len(failed)}
+    kwargs = {**original, "only": failed, "total": len(failed), "seq": svc.fences.next_seq()}
     callback_url = (record.callback or {}).get("url")  # the retry reports where the original did
     with _upload_kept(job_id, original):
         return submit("ingest", INGEST_TASK, lambda _: (kwargs, len(failed)), callback_url)

@@ -48,7 +48,7 @@ def _domain(exc: errors.QuarryError) -> Response:
     status = next((code for kind, code in STATUS.items() if isinstance(exc, kind)), 500)
     extra = {"errors": exc.errors} if isinstance(exc, errors.InvalidRequest) and exc.errors else {}
     response = problem(status, exc.title, exc.detail, **extra)
-    if isinstance(exc, errors.TooManyRequests):
+    if isinstance(exc, errors.TooManyRequests | errors.Conflict) and exc.retry_after_s is not None:
         response.headers["Retry-After"] = str(exc.retry_after_s)
     if isinstance(exc, errors.Unauthorized):
         response.headers["WWW-Authenticate"] = 'Bearer realm="quarry"'

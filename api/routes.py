@@ -47,6 +47,7 @@ def post_documents() -> Response:
             "source": source,
             "total": total,
             "on_duplicate": on_duplicate,
+            "seq": services().fences.next_seq(),  # a delete accepted after this one wins (common.fences)
         }, total
 
     return submit("ingest", INGEST_TASK, kwargs, callback_url)

@@ -18,6 +18,8 @@ from api.auth import principal
 from api.idempotency import IdempotencyKeys, header_key, request_fingerprint
 from api.redaction import Redactor, display_broker, display_milvus, display_redis
 from common.errors import ServiceUnavailable
+from common.faultpoints import fault_point
+from common.fences import Fences
 from common.jobs import JobStore, each
 from common.queueing import make_celery
 from common.redis_client import connect_redis, redis_errors
@@ -70,7 +72,10 @@ class Services:
         self.jobs = JobStore(self.redis, settings.job_ttl_s, on_finish=each(trigger, self.retention))
         self.reports = DocumentReports(self.redis, settings.job_ttl_s)
         self.collections = CollectionNames(self.redis)
-        self.idempotency = IdempotencyKeys(self.redis, settings.idempotency_ttl_s)
+        self.fences = Fences(self.redis, settings.job_ttl_s, settings.job_heartbeat_timeout_s)  # numbers jobs
+        self.idempotency = IdempotencyKeys(
+            self.redis, settings.idempotency_ttl_s, settings.idempotency_pending_s
+        )
         self.celery = make_celery(settings)
         self.redactor = Redactor.from_settings(settings)  # the settings are frozen: every secret, once
         self._milvus_lock = threading.Lock()
@@ -156,8 +161,8 @@ class Services:
         try:
             return {"ok": True, "uri": uri, "version": self.catalog.store.ping()}
         except Exception as exc:  # pymilvus raises many types; all mean "down" here
-            with self._milvus_lock:
-                self._catalog = None  # reconnect on the next probe
+            # The catalog is kept: its client opens a fresh channel itself (store.connection), and a dropped
+            # one would leave its own channel open.
             return {"ok": False, "uri": uri, "error": self.redactor.error(exc)}
 
 
@@ -178,24 +183,52 @@ def submit(
 ) -> Response:
     """Record a job, then enqueue it: `build(job_id)` stores what the task needs and returns its kwargs.
 
-    With an `Idempotency-Key`, a retry of the same request answers with the job the first one created.
+    With an `Idempotency-Key`, a retry of the same request answers with the job the first one created, or
+    409 while that job is not queued yet (`api.idempotency`: the first request may still fail).
     A `callback_url` (checked by the schema and `require_allowed_host`) goes in the job record, not the task.
     """
     svc, owner = services(), principal().name
     job_id, idem_key = uuid.uuid4().hex, header_key()
-    if idem_key is not None:
-        claimed = svc.idempotency.claim(owner or "", idem_key, request_fingerprint(), job_id)
-        if claimed != job_id:
-            return accepted(claimed, replayed=True)
-    try:
+
+    def record_and_queue() -> None:
         kwargs, total = build(job_id)
         svc.jobs.create(job_id, kind, total, kwargs, owner=owner, callback_url=callback_url)
         svc.enqueue(task, job_id, kwargs)
-    except Exception:
-        if idem_key is not None:
-            svc.idempotency.release(owner or "", idem_key)  # nothing was queued: let a retry submit
+
+    if idem_key is None:
+        record_and_queue()
+        return accepted(job_id)
+    scope, fingerprint = owner or "", request_fingerprint()
+    claim = svc.idempotency.claim(scope, idem_key, fingerprint, job_id)
+    if not claim.new:
+        return accepted(claim.job_id, replayed=True)
+    try:
+        fault_point(svc.settings, "submit-claimed")  # test only: a window to replay or kill in
+        record_and_queue()
+    except BaseException:
+        _release(svc, scope, idem_key, job_id)
         raise
+    _promote(svc, scope, idem_key, fingerprint, job_id)
     return accepted(job_id)
+
+
+def _release(svc: Services, scope: str, key: str, job_id: str) -> None:
+    """Nothing was queued: free the key so a retry can submit. Redis away: the claim expires by itself
+    after `idempotency_pending_s`, and the request's own error is the one to answer."""
+    try:
+        svc.idempotency.release(scope, key, job_id)
+    except ServiceUnavailable as exc:
+        log.warning("Idempotency-Key of failed submission %s not released (it expires): %s", job_id, exc)
+
+
+def _promote(svc: Services, scope: str, key: str, fingerprint: str, job_id: str) -> None:
+    """The job is queued: replays get it from now on. A failure here is logged, not answered: the job
+    runs, and a replay is told 409 until the pending claim expires (the key is then free again)."""
+    try:
+        if not svc.idempotency.promote(scope, key, fingerprint, job_id):
+            log.warning("Idempotency-Key of job %s was taken by another request while it was pending", job_id)
+    except ServiceUnavailable as exc:
+        log.warning("Idempotency-Key of job %s stays pending: %s", job_id, exc)
 
 
 def accepted(job_id: str, *, replayed: bool = False) -> Response:

@@ -53,13 +53,15 @@ def bare(texts: Sequence[str], embedder: Embedder) -> dict[str, Any]:
 
 def naive(texts: Sequence[str], settings: Settings) -> dict[str, Any]:
     """What is commonly written: fp32 `model.encode` in batches of 32, one Milvus insert per batch."""
-    from pymilvus import DataType, MilvusClient
+    from pymilvus import DataType
     from sentence_transformers import SentenceTransformer
 
+    from store.connection import connect
     from workers.embedder import resolve_model_path
 
     model = SentenceTransformer(resolve_model_path(settings.embedding_model), device="cpu")
-    client = MilvusClient(uri=settings.milvus_uri, token=settings.milvus_token or "")
+    # The project's keepalive and channel, not pymilvus's: the naive loop measures code, not a GOAWAY.
+    client = connect(settings)
     name = f"bench_naive_{uuid.uuid4().hex[:8]}"
     schema = client.create_schema(auto_id=True)
     schema.add_field("id", DataType.INT64, is_primary=True)
@@ -83,6 +85,7 @@ def naive(texts: Sequence[str], settings: Settings) -> dict[str, Any]:
         seconds = time.perf_counter() - start
     finally:
         client.drop_collection(name)
+        client.close()
     return {"seconds": seconds, "chunks": len(texts), "chunks_per_s": len(texts) / seconds}
 
 

@@ -58,9 +58,14 @@ class UnsupportedMediaType(QuarryError):
 
 
 class Conflict(QuarryError):
-    """The request is valid but contradicts stored state (e.g. another embedding model)."""
+    """The request is valid but contradicts stored state (e.g. another embedding model); with
+    `retry_after_s`, the state is passing (a first request with the same Idempotency-Key still runs)."""
 
     title = "Conflict"
+
+    def __init__(self, detail: str, retry_after_s: int | None = None) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
 
 
 class ServiceUnavailable(QuarryError):

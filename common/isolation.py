@@ -13,9 +13,16 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+from billiard.exceptions import SoftTimeLimitExceeded
+
 from common.errors import RETRIABLE_ERRORS, QuarryError
 
 log = logging.getLogger(__name__)
+
+NEVER_CAUGHT: tuple[type[BaseException], ...] = (SoftTimeLimitExceeded,)
+"""Re-raise these before any broad `except Exception`: Celery raises the soft time limit into a task
+wherever it happens to be, and one caught there would become an item's failure while the task runs on
+into its hard kill (and, killed, is delivered again to do it all over)."""
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -33,7 +40,7 @@ def isolate(
         return []
     try:
         results: list[R | Exception] = list(run(items))
-    except passthrough:
+    except (*passthrough, *NEVER_CAUGHT):
         raise
     except Exception as exc:
         if len(items) == 1:

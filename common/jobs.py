@@ -9,8 +9,9 @@ Celery recorded from the parent process (hard time limit). Running tasks beat in
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -21,9 +22,16 @@ import redis
 from common.redis_client import redis_errors
 from common.transitions import StateGuard
 
+log = logging.getLogger(__name__)
+
 KEY_PREFIX = "quarry:job:"
 CELERY_META_PREFIX = "celery-task-meta-"
 BEAT_FIELD = "beat:"  # + task id: the running task's last heartbeat, removed when the task ends
+# Keys beside a record (KEY_PREFIX + job id + suffix) and the index of queued jobs (`workers.reconciler`):
+DELIVERIES_SUFFIX = ":deliveries"  # hash: deliveries per task attempt (`common.liveness`)
+BATCHES_SUFFIX = ":batches"  # set: indexes of the batches counted (`common.ledger`)
+QUEUED_INDEX = "quarry:jobs:queued"  # sorted set: record keys of queued jobs, by when their message was sent
+FANNED_INDEX = "quarry:jobs:fanned"  # sorted set: record keys of ingest jobs whose batches were all sent
 
 
 class JobState(StrEnum):
@@ -134,7 +142,7 @@ class JobStore:
         self.client = client
         self.ttl_s = ttl_s
         self.on_finish = on_finish  # called with the job id after every terminal write (webhooks)
-        self._guard = StateGuard(client)
+        self._guard = StateGuard(client, QUEUED_INDEX)  # a move out of `queued` leaves the index
 
     @staticmethod
     def key(job_id: str) -> str:
@@ -154,13 +162,14 @@ class JobStore:
         *,
         callback_url: str | None = None,
     ) -> JobRecord:
-        """Record a job before it is queued; `request` (the task's kwargs) is kept for retries."""
+        """Record a job before it is queued; `request` (the task's kwargs) is kept for retries, and for
+        `workers.reconciler`, which re-sends a queued job's lost message (listed in QUEUED_INDEX)."""
         record = JobRecord(job_id=job_id, kind=kind, progress={"done": 0, "total": total}, owner=owner)
         if callback_url:
             record.callback = {"url": callback_url, "state": "pending", "attempts": 0, "last_status": None}
         fields = record.to_json()
         fields.pop("job_id")
-        self.write(job_id, {**fields, "request": request})
+        self.write(job_id, {**fields, "request": request}, index=QUEUED_INDEX)
         return record
 
     def request(self, job_id: str) -> dict[str, Any] | None:
@@ -185,8 +194,14 @@ class JobStore:
     def mark_cancelled(self, job_id: str) -> None:
         self._finish(job_id, CANCELLED)
 
-    def get(self, job_id: str) -> JobRecord | None:
-        """One round trip: the record and Celery's own meta, reconciled."""
+    def get(self, job_id: str, *, beats_of: Collection[str] | None = None) -> JobRecord | None:
+        """One round trip: the record and Celery's own meta, reconciled.
+
+        With `beats_of`, only those tasks' heartbeats can make the job read lost: what a task of the job
+        asks before it runs (`workers.tasks`), so it never settles the job on a sibling's stale beat. A beat
+        may be stale only because Redis was away (no beat could be written) and its worker beats again a
+        moment later; a task's own stale beat, from a delivery of the same attempt, is certain.
+        """
         with redis_errors():
             pipe = self.client.pipeline(transaction=False)
             pipe.hgetall(self.key(job_id))
@@ -199,11 +214,20 @@ class JobStore:
             reason = _celery_failure(meta)
             if reason:
                 record.state, record.error = JobState.FAILED, reason
-        if record.state is JobState.RUNNING:
-            lost = lost_worker(raw, time.time())
+        if record.state is JobState.RUNNING and lost_worker(raw, time.time(), beats_of):
+            lost = lost_worker(raw, time.time(), beats_of, self._up_since())  # rare: a stale beat
             if lost:
                 record.state, record.error = JobState.FAILED, lost
+                if beats_of is None:  # a reader may act on this end: store it, so it stays the end
+                    self.settle(record)
         return record
+
+    def _up_since(self) -> float:
+        """When Redis (re)started: no worker could beat before, so no beat is judged stale until a whole
+        beat timeout after that (a SIGKILLed Redis restarted from its AOF holds only old beats)."""
+        with redis_errors():
+            info = self.client.info("server")
+        return time.time() - float(info["uptime_in_seconds"]) - 1  # seconds, rounded down
 
     def mark_running(self, job_id: str) -> bool:
         """False when the job ended meanwhile (cancelled while queued): the task must not run it."""
@@ -246,44 +270,58 @@ class JobStore:
         stamp: bool = True,
         allowed: tuple[str, ...] = OPEN_STATES,
     ) -> None:
-        """End the job unless it already ended: the first end is final (and notified once)."""
+        """End the job unless it already ended: the first end is final (and notified once).
+
+        Once the end is stored, its hooks must run: a later attempt finds the job ended and moves nothing,
+        so a failed publish (only a wake-up: waiters read the record every second anyway) must not skip them.
+        """
         encoded = _encode({**fields, "finished_at": now_iso()} if stamp else fields)
         with redis_errors():
             if not self._guard.move(self.key(job_id), self.ttl_s, allowed, encoded):
                 return
+        try:
             self.client.publish(self.channel(job_id), fields["state"])
+        except redis.RedisError as exc:
+            log.warning("end of job %s stored but not published: %s", job_id, exc)
         if self.on_finish is not None:
             self.on_finish(job_id)
 
     def settle(self, record: JobRecord) -> None:
         """Store an end that was only derived at read time (worker lost), so it is final and notified.
 
-        Called when the broker hands a lost job's task to a worker again; nothing for a stored end. The job
+        Called by the first read that derives it, and when the broker hands a lost job's task to a worker
+        again; nothing for a stored end. A batch still running elsewhere then ends nothing. The job
         reads as before (`finished_at` stays unset: when the vanished worker stopped is not known).
         """
         if record.state.terminal:  # `_finish` moves only an open stored state: a stored end stays as it is
             fields = {"state": record.state.value, "error": record.error or "worker lost"}
             self._finish(record.job_id, fields, stamp=False)
 
-    def write(self, job_id: str, fields: dict[str, Any]) -> None:
+    def write(self, job_id: str, fields: dict[str, Any], *, index: str | None = None) -> None:
         with redis_errors():
             pipe = self.client.pipeline(transaction=True)
             pipe.hset(self.key(job_id), mapping=_encode(fields))  # type: ignore[arg-type]
             pipe.expire(self.key(job_id), self.ttl_s)
+            if index is not None:  # in the same transaction: never a job missing from its index
+                pipe.zadd(index, {self.key(job_id): time.time()})
             pipe.execute()
 
 
-def lost_worker(raw: dict[bytes, bytes], now: float) -> str | None:
-    """Why a running job is lost: one of its tasks stopped beating (its worker vanished), else None.
+def lost_worker(
+    raw: dict[bytes, bytes], now: float, tasks: Collection[str] | None = None, up_since: float = 0.0
+) -> str | None:
+    """Why a running job is lost: one of its tasks (of `tasks`, when given) stopped beating, else None.
 
     Each beat carries its own deadline, so readers (the API) need no setting to judge it. A task whose
-    child process died and whose message went back to the queue has no beat until it runs again.
+    child process died and whose message went back to the queue has no beat until it runs again. A beat
+    written before Redis came up at `up_since` gets a whole timeout (`every`) from then to be renewed.
     """
+    names = None if tasks is None else {(BEAT_FIELD + task).encode() for task in tasks}
     for name, value in raw.items():
-        if not name.startswith(BEAT_FIELD.encode()):
+        if not name.startswith(BEAT_FIELD.encode()) or (names is not None and name not in names):
             continue
         beat = json.loads(value)
-        if beat["until"] < now:
+        if max(beat["until"], up_since + beat.get("timeout", 0)) < now:
             return (
                 f"worker lost: no heartbeat since {beat['at']} from {beat.get('host')} "
                 f"(pid {beat.get('pid')}); the worker stopped or was killed while running this job"

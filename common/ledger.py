@@ -1,18 +1,28 @@
 """Fan-out bookkeeping: which batches of an ingest job ended, and the job's running totals.
 
 One Lua script per finished batch adds its counts and marks it done atomically, and only once: a
-redelivered batch (at-least-once delivery) never counts twice, and exactly one batch sees the last one end.
+redelivered batch (at-least-once delivery) never counts twice.
+
+A batch counted already gets the answer a first count would give now: "last" once every batch is done.
+The workers' Redis client sends a script again when its reply was lost, and that repeat must still end
+the job (answering "counted already" would leave it `running` until its TTL, without a webhook). So more
+than one call may answer "last"; ending a job is guarded (`JobStore._finish`), the second end moves nothing.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from common.jobs import JobStore
+from common.jobs import BATCHES_SUFFIX, FANNED_INDEX, JobStore
 from common.redis_client import redis_errors
 
 _FINISH = """
-if redis.call('sadd', KEYS[2], ARGV[1]) == 0 then return -1 end
+if redis.call('exists', KEYS[1]) == 0 then return -1 end
+if redis.call('sadd', KEYS[2], ARGV[1]) == 0 then
+  local done = tonumber(redis.call('hget', KEYS[1], 'batches_done'))
+  if done == tonumber(redis.call('hget', KEYS[1], 'batches_total')) then return 1 end
+  return -1
+end
 redis.call('expire', KEYS[2], ARGV[6])
 local p = cjson.decode(redis.call('hget', KEYS[1], 'progress'))
 p.succeeded = (p.succeeded or 0) + tonumber(ARGV[2])
@@ -40,9 +50,24 @@ class BatchLedger:
         progress = {"done": 0, "total": total, "succeeded": 0, "failed": 0, "skipped": 0, "chunks": 0}
         self.jobs.write(job_id, {"batches_total": batches, "batches_done": 0, "progress": progress})
 
+    def planned(self, job_id: str) -> tuple[int | None, bool]:
+        """How many batches the job's split wrote (None: it never finished), and whether all are queued.
+
+        A coordinator delivered again (its process was killed) resumes from here instead of parsing the
+        upload again: `start` marks the split done, `enqueued` marks the fan-out done.
+        """
+        with redis_errors():
+            total, enqueued = self.jobs.client.hmget(
+                self.jobs.key(job_id), ["batches_total", "batches_enqueued"]
+            )
+        return (None if total is None else int(total)), enqueued is not None
+
+    def enqueued(self, job_id: str) -> None:
+        self.jobs.write(job_id, {"batches_enqueued": True}, index=FANNED_INDEX)  # see workers.lost_batches
+
     def finish_batch(self, job_id: str, index: int, counts: dict[str, int]) -> bool:
-        """Add a batch's counts once; True for the call that ended the job's last batch."""
-        keys = [self.jobs.key(job_id), self.jobs.key(job_id) + ":batches"]
+        """Add a batch's counts once; True when every batch of the job is counted (the job may end)."""
+        keys = [self.jobs.key(job_id), self.jobs.key(job_id) + BATCHES_SUFFIX]
         args: list[Any] = [index] + [counts.get(k, 0) for k in ("succeeded", "failed", "skipped", "chunks")]
         with redis_errors():
             return int(self._finish(keys=keys, args=[*args, self.jobs.ttl_s])) == 1

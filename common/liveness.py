@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from common.jobs import BEAT_FIELD, JobStore, now_iso
+from common.jobs import BEAT_FIELD, DELIVERIES_SUFFIX, JobStore, now_iso
 from common.redis_client import redis_errors
 
 # Only jobs that still exist: a beat must never recreate an expired record without its TTL.
@@ -20,17 +21,33 @@ if redis.call('exists', KEYS[1]) == 1 then redis.call('hset', KEYS[1], unpack(AR
 return 0
 """
 
+# One count per delivery, whatever happens to the reply: the workers' Redis client sends a command again
+# when its reply was lost, and a plain HINCRBY repeated would count one delivery twice (and refuse a task
+# one delivery early). The delivery's own token remembers the count it got.
+_COUNT = """
+local seen = redis.call('hget', KEYS[2], ARGV[2])
+if seen then return tonumber(seen) end
+local n = redis.call('hincrby', KEYS[1], ARGV[1], 1)
+redis.call('hset', KEYS[2], ARGV[2], n)
+redis.call('expire', KEYS[1], ARGV[3])
+redis.call('expire', KEYS[2], ARGV[3])
+return n
+"""
+
 
 class Liveness:
     def __init__(self, jobs: JobStore, timeout_s: float) -> None:
         self.jobs = jobs
         self.timeout_s = timeout_s
         self._beat = jobs.client.register_script(_BEAT)
+        self._count = jobs.client.register_script(_COUNT)
 
     def beat(self, running: Mapping[str, Collection[str]], worker: dict[str, Any]) -> None:
         """Declare tasks ({job id: task ids}) alive for `timeout_s` more; one pipeline for all."""
         at = now_iso()
-        value = json.dumps({"at": at, "until": time.time() + self.timeout_s, **worker})
+        value = json.dumps(
+            {"at": at, "until": time.time() + self.timeout_s, "timeout": self.timeout_s, **worker}
+        )
         with redis_errors():
             pipe = self.jobs.client.pipeline(transaction=False)
             for job_id, task_ids in running.items():
@@ -51,13 +68,21 @@ class Liveness:
         A redelivered message (its worker died) keeps its attempt number; a Celery retry is a new attempt.
         Kept beside the record, not in it: a job of many batches must not make every status read heavy.
         """
-        key = self.jobs.key(job_id) + ":deliveries"
+        key = self.jobs.key(job_id) + DELIVERIES_SUFFIX
+        args: list[str | int] = [f"{task_id}:{attempt}", uuid.uuid4().hex, self.jobs.ttl_s]
         with redis_errors():
-            pipe = self.jobs.client.pipeline(transaction=True)
-            pipe.hincrby(key, f"{task_id}:{attempt}", 1)
-            pipe.expire(key, self.jobs.ttl_s)
-            delivery, _ = pipe.execute()
-        return int(delivery)
+            return int(self._count(keys=[key, key + ":tokens"], args=args))
+
+    def delivered_before(self, job_id: str, task_id: str, attempt: int) -> bool:
+        """Whether this attempt of the task was delivered already (read before this delivery counts).
+
+        Tells a vanished delivery (same attempt, its stale beat left behind) from a Celery retry (a new
+        attempt) whose predecessor could not remove its beat because Redis was away.
+        """
+        with redis_errors():
+            return bool(
+                self.jobs.client.hexists(self.jobs.key(job_id) + DELIVERIES_SUFFIX, f"{task_id}:{attempt}")
+            )
 
     def requeued(self, job_id: str, task_id: str, reason: str) -> None:
         """The task's child process died and its message is back in the queue: waiting, not lost."""

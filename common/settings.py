@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     milvus_token: str | None = Field(
         None, description="Milvus token (`user:password` or an API key); unset: no authentication"
     )
-    milvus_timeout_s: float = Field(10.0, description="timeout of one Milvus call, in seconds")
+    milvus_timeout_s: float = Field(10.0, description="timeout of connecting to Milvus, in seconds")
 
     # --- API ---
     api_host: str = Field("127.0.0.1", description="address `make run` binds the API to (Docker: 0.0.0.0)")
@@ -74,6 +74,13 @@ class Settings(BaseSettings):
     )
     retry_after_s: int = Field(5, ge=1, description="Retry-After sent with a backpressure 429")
     idempotency_ttl_s: int = Field(24 * 3600, ge=1, description="how long an Idempotency-Key is kept")
+    # Above gunicorn's 120 s worker timeout: a live request that takes long is never mistaken for a dead one.
+    idempotency_pending_s: int = Field(
+        150,
+        ge=1,
+        description="how long a claimed Idempotency-Key waits for its job to be queued: a replay meanwhile "
+        "gets 409, and the key of a request that died frees itself after this",
+    )
     trusted_hosts: list[str] = Field(
         default_factory=lambda: ["localhost", "127.0.0.1", "::1"],
         description="host names the open API answers to (DNS-rebinding guard; IP literals always pass; "
@@ -108,7 +115,19 @@ class Settings(BaseSettings):
         description="how long an ended job's upload is kept (POST /jobs/<id>/retry needs it); then deleted",
     )
     sweep_interval_s: float = Field(
-        60.0, gt=0, description="how often ingest workers delete uploads past their retention"
+        60.0,
+        gt=0,
+        description="how often ingest workers delete uploads past their retention and look for lost "
+        "messages of queued jobs (REQUEUE_AFTER_S)",
+    )
+    # Above gunicorn's 120 s worker timeout: a submission still sending its message is never raced. A job
+    # merely waiting behind a backlog is never re-sent however long it waits (its message is in the queue).
+    requeue_after_s: float = Field(
+        300.0,
+        ge=0,
+        description="a job queued this long whose message is in no broker queue and unacknowledged by no "
+        "worker (lost by a Redis broker killed, or a worker, between taking and recording it) is sent "
+        "again; 0 = never",
     )
     exact_max_chunks: int = Field(
         100_000,
@@ -188,6 +207,7 @@ class Settings(BaseSettings):
     task_time_limit_s: int = Field(1900, description="hard time limit of a task (its process is killed)")
     job_ttl_s: int = Field(7 * 24 * 3600, description="how long job records and their reports are kept")
     ingest_batch_documents: int = Field(64, description="documents per ingest batch task")
+    milvus_write_batch: int = Field(1000, ge=1, description="rows per Milvus upsert request")
 
     # --- reliability ---
     task_max_retries: int = Field(5, ge=0, description="retries of a retriable error (Milvus/Redis down)")
@@ -207,6 +227,12 @@ class Settings(BaseSettings):
     test_batch_delay_s: float = Field(
         0.0, ge=0, description="test only (0 = off): each ingest batch pauses between embedding and writing"
     )
+    test_pause_at: list[str] = Field(
+        default_factory=list,
+        description="test only (empty = off): JSON list of write-path points where one process pauses once "
+        "(common.faultpoints)",
+    )
+    test_pause_s: float = Field(60.0, ge=0, description="test only: how long a process pauses there")
 
     # --- webhooks ---
     webhook_secret: SecretStr | None = Field(

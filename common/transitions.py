@@ -4,23 +4,39 @@ Several processes write a job's state: the worker that runs it, the API that can
 message of a lost worker. A plain HSET lets the last writer win, so a worker starting a job the API had
 just cancelled would reopen it, and its later success would overwrite `cancelled`. One Lua script checks
 the current state and writes in the same step.
+
+Each move carries a token of its own, stored with the fields it writes. The workers' Redis client sends a
+command again when its reply was lost (`common.redis_client.connect_redis_patient`): the repeat then finds
+the state it wrote itself, no longer an allowed one, and without the token would answer "not moved", so
+its caller would skip the job's end event and webhook. With it, the repeat recognises its own write.
+
+The same step takes a job that leaves `queued` out of the index of queued jobs (`common.jobs.QUEUED_INDEX`,
+read by `workers.reconciler`), so the index never lists a job that started or ended (ZREM is idempotent
+under a repeat too).
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterable
 from itertools import chain
 
 import redis
 
+MOVE_FIELD = "last_move"  # the token of the latest move written (JSON, like every field of the record)
+
 _MOVE = """
+if redis.call('hget', KEYS[1], ARGV[2]) == ARGV[3] then return 1 end
 local state = redis.call('hget', KEYS[1], 'state')
-local n = tonumber(ARGV[2])
-for i = 3, n + 2 do
+local n = tonumber(ARGV[4])
+for i = 5, n + 4 do
   if state == ARGV[i] then
-    redis.call('hset', KEYS[1], unpack(ARGV, n + 3))
+    redis.call('hset', KEYS[1], ARGV[2], ARGV[3], unpack(ARGV, n + 5))
     redis.call('expire', KEYS[1], ARGV[1])
+    if KEYS[2] and redis.call('hget', KEYS[1], 'state') ~= '"queued"' then
+      redis.call('zrem', KEYS[2], KEYS[1])
+    end
     return 1
   end
 end
@@ -31,11 +47,21 @@ return 0
 class StateGuard:
     """`move` writes a job's fields only when its stored state is one of `allowed`."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, queued_index: str) -> None:
         self._script = client.register_script(_MOVE)  # no round trip: EVALSHA (or EVAL) on first use
+        self._index = queued_index  # sorted set of the record keys of queued jobs
 
     def move(self, key: str, ttl_s: int, allowed: Iterable[str], fields: dict[str, str]) -> bool:
-        """`fields` are already encoded as the record stores them; True when they were written."""
+        """`fields` are already encoded as the record stores them; True when they were written (also when
+        this call's first try wrote them and only its reply was lost)."""
         states = [json.dumps(state) for state in allowed]
-        args: list[str | int] = [ttl_s, len(states), *states, *chain.from_iterable(fields.items())]
-        return int(self._script(keys=[key], args=args)) == 1
+        token = json.dumps(uuid.uuid4().hex)
+        args: list[str | int] = [
+            ttl_s,
+            MOVE_FIELD,
+            token,
+            len(states),
+            *states,
+            *chain.from_iterable(fields.items()),
+        ]
+        return int(self._script(keys=[key, self._index], args=args)) == 1

@@ -5,7 +5,7 @@ Kept free of torch and pymilvus so the API can import it cheaply; numpy arrays a
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -115,9 +115,12 @@ class VectorStore(Protocol):
         chunks: Sequence[Chunk],
         vectors: npt.NDArray[np.float32],
         hashes: Mapping[str, str],
+        seq: int = 0,
     ) -> int: ...
 
-    def document_hashes(self, collection: str, doc_ids: Sequence[str]) -> dict[str, str]: ...
+    def document_versions(self, collection: str, doc_ids: Sequence[str]) -> dict[str, dict[str, int]]: ...
+
+    def prune(self, collection: str, keep: Mapping[str, Collection[str]]) -> None: ...
 
     def search(
         self,
@@ -132,6 +135,8 @@ class VectorStore(Protocol):
         """Hits for each query (texts for BM25, vectors for dense), in the order given."""
         ...
 
-    def delete(self, collection: str, doc_ids: Sequence[str] | None = None) -> int: ...
+    def delete(
+        self, collection: str, doc_ids: Sequence[str] | None = None, before_seq: int | None = None
+    ) -> int: ...
 
     def flush(self) -> None: ...

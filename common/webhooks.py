@@ -119,7 +119,9 @@ class WebhookTrigger:
             if not callback or not callback.get("url"):
                 return
             event_id = uuid.uuid4().hex
-            if not self.client.hsetnx(key, EVENT_FIELD, json.dumps(event_id)):
+            claimed = self.client.hsetnx(key, EVENT_FIELD, json.dumps(event_id))
+            # A repeat of an HSETNX whose reply was lost (the workers' client sends it again) finds our id.
+            if not claimed and self.client.hget(key, EVENT_FIELD) != json.dumps(event_id).encode():
                 return  # this job's event was claimed already: a second end (redelivery, race) sends nothing
             self.send(WEBHOOK_TASK, {"job_id": job_id, "event_id": event_id})
         except Exception as exc:  # the job's own end is recorded; only its notification is lost

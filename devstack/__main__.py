@@ -19,6 +19,7 @@ from devstack.processes import (
     start_redis,
     webhook_worker,
 )
+from devstack.restarts import Restarter
 
 
 def main() -> int:
@@ -36,8 +37,12 @@ def main() -> int:
     try:
         start_redis(sup, settings.redis_url, data / "redis")
         start_milvus(sup, settings.milvus_uri, data / "milvus")
-        sup.start("ingest-worker", celery_argv("ingest", settings.ingest_concurrency))
-        for name, argv in [*query_workers(settings), webhook_worker(settings.webhook_concurrency)]:
+        workers = [
+            ("ingest-worker", celery_argv("ingest", settings.ingest_concurrency)),
+            *query_workers(settings),
+            webhook_worker(settings.webhook_concurrency),
+        ]
+        for name, argv in workers:
             sup.start(name, argv)
         if port_open(settings.api_host, settings.api_port):
             raise RuntimeError(f"port {settings.api_port} is taken; set API_PORT")
@@ -46,10 +51,13 @@ def main() -> int:
             f"quarry: API on http://{settings.api_host}:{settings.api_port} (Ctrl-C stops everything)",
             flush=True,
         )
+        # A worker that exits is restarted (with a backoff); Redis, Milvus or the API exiting stops everything
+        # (devstack/restarts.py says why).
+        restarter = Restarter(sup, restartable={name for name, _argv in workers})
         exited = None
         while not stopping and exited is None:
             time.sleep(0.5)
-            exited = sup.first_exited()
+            exited = restarter.check()
         if exited is not None:
             print(f"quarry: {exited[0]} exited with code {exited[1]}; stopping the rest", file=sys.stderr)
             return 1

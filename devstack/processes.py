@@ -62,15 +62,26 @@ class Supervisor:
     procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
 
     def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        proc = self._spawn(name, argv)
+        self.procs.append((name, proc))
+        return proc
+
+    def respawn(self, old: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+        """Start what the exited `old` ran (same name, argv, log) in its place, so `stop` keeps the order."""
+        index = next(i for i, (_name, proc) in enumerate(self.procs) if proc is old)
+        name = self.procs[index][0]
+        proc = self._spawn(name, list(old.args))  # type: ignore[arg-type]  # always the argv list of start()
+        self.procs[index] = (name, proc)
+        return proc
+
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         out: IO[bytes] | None = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             out = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the child
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             argv, env=self.env, stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True
         )
-        self.procs.append((name, proc))
-        return proc
 
     def stop(self, timeout_s: float = 20.0) -> None:
         for _name, proc in reversed(self.procs):
@@ -137,12 +148,12 @@ def start_milvus(sup: Supervisor, uri: str, data_dir: Path) -> None:
 
 
 def _milvus_ready(uri: str) -> bool:
-    from pymilvus import MilvusClient
+    from store.connection import connect
 
     try:
-        # Dedicated and closed: pymilvus shares one connection per URI in a process, and a probe's would
-        # outlive it (recovering later with the probe's 2 s connect timeout).
-        client = MilvusClient(uri=uri, timeout=2, dedicated=True)
+        # A channel of its own (store.connection), closed: pymilvus would otherwise share one per URI in a
+        # process, and a probe's would outlive it (recovering later with the probe's 2 s connect timeout).
+        client = connect(uri, timeout_s=2)
     except Exception:  # not up yet
         return False
     try:

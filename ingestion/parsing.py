@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import DocumentError, InvalidRequest
+from common.isolation import NEVER_CAUGHT
 from common.types import Document
 from ingestion.archive import (
     NO_FILES,
@@ -175,6 +176,8 @@ def _file_items(path: Path, name: str, options: ParseOptions) -> Iterator[Item]:
             yield Failure(name, f"{name}: contains no documents")
     except DocumentError as exc:
         yield Failure(name, exc.detail)
+    except NEVER_CAUGHT:
+        raise
     except Exception as exc:  # a parser bug or library crash must not cost the other files
         log.exception("parsing %s failed unexpectedly", name)
         yield Failure(name, f"{name}: could not be parsed ({type(exc).__name__}: {exc})")

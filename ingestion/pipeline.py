@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from common import metrics
 from common.errors import DocumentError
+from common.faultpoints import fault_point
 from common.fields import printable
 from common.isolation import describe, isolate
 from common.reports import STATUSES, Outcome
@@ -25,11 +26,33 @@ from ingestion.parsing import Failure, Item, ParseOptions, item_id, iter_file_do
 from ingestion.validation import checked
 from ingestion.writing import Pending, write_documents
 
-Lock = Callable[[str, Sequence[str]], AbstractContextManager[None]]
+Versions = dict[str, int]  # a document's stored versions: {content hash: seq of the job that wrote it}
+DELETED = "deleted by a request accepted after this upload; not written"
+SUPERSEDED = "a version from an upload accepted after this one is stored; not written"
 
 
-def _no_lock(collection: str, doc_ids: Sequence[str]) -> AbstractContextManager[None]:
-    return nullcontext()
+def _nothing(doc_ids: Sequence[str]) -> None:
+    return None
+
+
+@dataclass
+class Held:
+    """What a batch knows and records while it holds its documents (`workers.fanout` builds it over Redis;
+    `common.fences`): each document's latest delete, the documents a write cut short may have left stray
+    rows of, and how to mark documents as being written and clear them once settled."""
+
+    floors: dict[str, int] = field(default_factory=dict)
+    marked: set[str] = field(default_factory=set)
+    mark: Callable[[Sequence[str]], None] = _nothing
+    clear: Callable[[Sequence[str]], None] = _nothing
+
+
+Lock = Callable[[str, Sequence[str]], AbstractContextManager[Held]]
+
+
+@contextmanager
+def _no_lock(collection: str, doc_ids: Sequence[str]) -> Iterator[Held]:
+    yield Held()
 
 
 def count(outcomes: list[Outcome]) -> dict[str, int]:
@@ -84,42 +107,88 @@ def _read_source(source: dict[str, Any], settings: Settings) -> Iterator[Item]:
 
 @dataclass
 class Plan:
-    """What one batch will do: outcomes decided before embedding, and documents to write."""
+    """What one batch will do: outcomes decided before embedding, documents to write, and the versions each
+    document of the batch had when it was looked up (what `settle` keeps when a write fails)."""
 
     outcomes: list[Outcome] = field(default_factory=list)
     write: list[Pending] = field(default_factory=list)
+    stored: dict[str, Versions] = field(default_factory=dict)
+    digests: dict[str, str] = field(default_factory=dict)  # each looked-up document's new content hash
 
 
-def plan_batch(items: list[Item], stored: dict[str, str | Exception], on_duplicate: OnDuplicate) -> Plan:
-    """Skip what is stored already, refuse what `on_duplicate` forbids; `stored` maps an id to its stored
-    content hash (absent: new) or to the error that kept it from being looked up."""
-    plan = Plan()
+def plan_batch(
+    items: list[Item],
+    stored: dict[str, Versions | Exception],
+    on_duplicate: OnDuplicate,
+    floors: dict[str, int] | None = None,
+    seq: int = 0,
+) -> Plan:
+    """Skip what is stored already, refuse what `on_duplicate` forbids or a later delete removed; `stored`
+    maps an id to its stored versions (absent: new) or to the error that kept it from being looked up, and
+    `floors` an id to its latest delete's number (`common.fences`)."""
+    plan, floors = Plan(), floors or {}
     for item in items:
         if isinstance(item, Failure):
             plan.outcomes.append(Outcome(item.doc_id, "failed", item.reason))
             continue
-        digest, existing = content_hash(item), stored.get(item.id)
+        digest, floor, existing = content_hash(item), floors.get(item.id, 0), stored.get(item.id, {})
+        if floor > seq:
+            plan.outcomes.append(Outcome(item.id, "failed", DELETED))
+            continue
         if isinstance(existing, Exception):
             reason = f"{printable(item.id)}: could not be looked up ({describe(existing)})"
             plan.outcomes.append(Outcome(item.id, "failed", reason))
-        elif existing is not None and on_duplicate == "error":
+            continue
+        plan.stored[item.id], plan.digests[item.id] = existing, digest
+        if existing and max(existing.values()) > seq:  # the latest-accepted upload wins, as deletes do
+            plan.digests[item.id] = newest(existing)
+            plan.outcomes.append(Outcome(item.id, "skipped", SUPERSEDED))
+        elif existing and on_duplicate == "error":
             plan.outcomes.append(Outcome(item.id, "failed", "a document with this id already exists"))
-        elif existing == digest:
+        elif existing.get(digest, -1) >= floor:  # stored, and no pending delete will remove it
             plan.outcomes.append(Outcome(item.id, "skipped", "same content already stored"))
         else:
-            plan.write.append(Pending(item, digest, replaces=existing is not None))
+            plan.write.append(Pending(item, digest))
     return plan
 
 
-def stored_hashes(store: VectorStore, collection: str, ids: list[str]) -> dict[str, str | Exception]:
-    """Each id's stored content hash; one Milvus query for the batch, narrowed down if it fails."""
+def stored_versions(store: VectorStore, collection: str, ids: list[str]) -> dict[str, Versions | Exception]:
+    """Each id's stored versions; one Milvus query for the batch, narrowed down if it fails."""
 
-    def run(part: Sequence[str]) -> list[str | None]:
-        found = store.document_hashes(collection, part)
-        return [found.get(doc_id) for doc_id in part]
+    def run(part: Sequence[str]) -> list[Versions]:
+        found = store.document_versions(collection, part)
+        return [found.get(doc_id, {}) for doc_id in part]
 
-    results = isolate(ids, run, what="hash lookup")
-    return {doc_id: found for doc_id, found in zip(ids, results, strict=True) if found is not None}
+    results = isolate(ids, run, what="version lookup")
+    return {doc_id: found for doc_id, found in zip(ids, results, strict=True) if found}
+
+
+def settle(
+    plan: Plan, outcomes: list[Outcome], store: VectorStore, collection: str, marked: set[str]
+) -> list[str]:
+    """Leave each looked-up document with one whole version: the one this batch wrote or found (succeeded,
+    skipped), else the newest it had (failed), else none. Replaced versions go only now that their successors
+    are stored; so do rows of a write cut short (`marked`, or this batch's failed writes). A document written
+    for the first time has nothing to prune. Returns the documents settled."""
+    attempted = {item.doc.id for item in plan.write}
+    keep: dict[str, set[str]] = {}
+    for outcome in outcomes:
+        versions = plan.stored.get(outcome.doc_id)
+        if versions is None:
+            continue  # never looked up (refused, unparsed): not this batch's to touch
+        kept = {plan.digests[outcome.doc_id]} if outcome.status != "failed" else set()
+        if outcome.status == "failed" and versions:
+            kept = {newest(versions)}
+        stray = outcome.doc_id in marked or (outcome.status == "failed" and outcome.doc_id in attempted)
+        if stray or set(versions) - kept:
+            keep[outcome.doc_id] = kept
+    store.prune(collection, keep)
+    return sorted(attempted | set(keep))
+
+
+def newest(versions: Versions) -> str:
+    """The version written by the latest-accepted job."""
+    return max(versions, key=lambda digest: versions[digest])
 
 
 def ingest_batch(
@@ -130,15 +199,20 @@ def ingest_batch(
     embedder: Embedder,
     store: VectorStore,
     settings: Settings,
+    seq: int = 0,
     lock: Lock = _no_lock,
 ) -> list[Outcome]:
-    """One batch, one flush. `lock` holds its documents against concurrent jobs from check to write."""
+    """One batch, one flush. `lock` holds its documents from check to prune (`Held`)."""
     ids = [item.id for item in items if isinstance(item, Document)]
-    with lock(collection, ids):
-        plan = plan_batch(items, stored_hashes(store, collection, ids), on_duplicate)
+    with lock(collection, ids) as held:
+        live = [doc_id for doc_id in ids if held.floors.get(doc_id, 0) <= seq]
+        plan = plan_batch(items, stored_versions(store, collection, live), on_duplicate, held.floors, seq)
+        held.mark([item.doc.id for item in plan.write])
         written = write_documents(
-            plan.write, collection=collection, embedder=embedder, store=store, settings=settings
+            plan.write, collection=collection, embedder=embedder, store=store, settings=settings, seq=seq
         )
+        fault_point(settings, "before_prune")
+        held.clear(settle(plan, plan.outcomes + written, store, collection, held.marked))
     with metrics.timed("ingest", "flush"):
         store.flush()
     position = {item_id(item): i for i, item in enumerate(items)}  # report in the upload's order

@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from common import metrics
 from common.fields import printable
-from common.isolation import describe, isolate
+from common.isolation import NEVER_CAUGHT, describe, isolate
 from common.reports import Outcome
 from common.settings import Settings
 from common.types import Chunk, Document, Embedder, VectorStore
@@ -25,11 +25,10 @@ from ingestion.chunking import chunk_document, embedding_text
 
 @dataclass
 class Pending:
-    """A document to write: its content hash, whether it replaces a stored version, and its chunks."""
+    """A document to write: its content hash (its new version) and its chunks."""
 
     doc: Document
     digest: str
-    replaces: bool = False
     chunks: list[Chunk] = field(default_factory=list)
     vectors: npt.NDArray[np.float32] | None = None
 
@@ -60,6 +59,8 @@ def _chunk(
     for item in pending:
         try:
             item.chunks = chunks_of(item.doc, embedder, settings)
+        except NEVER_CAUGHT:
+            raise
         except Exception as exc:  # a tokenizer or chunking failure costs this document only
             outcomes.append(_failed(item, "chunked", exc))
             continue
@@ -93,16 +94,16 @@ def _embed(
     return ready
 
 
-def _write(pending: list[Pending], collection: str, store: VectorStore, outcomes: list[Outcome]) -> None:
-    """One upsert for the batch (replaced documents' old chunks deleted first, so none is orphaned)."""
+def _write(
+    pending: list[Pending], collection: str, store: VectorStore, seq: int, outcomes: list[Outcome]
+) -> None:
+    """One upsert for the batch. Each new version goes beside the version it replaces, which the caller
+    prunes once this returns: a kill in between leaves two whole versions, never none or half of one."""
 
     def run(part: Sequence[Pending]) -> list[int]:
-        replaced = [item.doc.id for item in part if item.replaces]
-        if replaced:
-            store.delete(collection, replaced)
         chunks = [c for item in part for c in item.chunks]
         vectors = np.concatenate([item.vectors for item in part if item.vectors is not None])
-        store.insert(collection, chunks, vectors, {item.doc.id: item.digest for item in part})
+        store.insert(collection, chunks, vectors, {item.doc.id: item.digest for item in part}, seq)
         return [len(item.chunks) for item in part]
 
     with metrics.timed("ingest", "write"):
@@ -121,6 +122,7 @@ def write_documents(
     embedder: Embedder,
     store: VectorStore,
     settings: Settings,
+    seq: int = 0,
 ) -> list[Outcome]:
     """Chunk, embed and upsert; one outcome per document. Outages (Milvus, Redis) raise: the task retries."""
     outcomes: list[Outcome] = []
@@ -129,5 +131,5 @@ def write_documents(
     embedded = _embed(chunked, embedder, settings, outcomes)
     if settings.test_batch_delay_s:  # test only: a window in which fault tests kill the worker
         time.sleep(settings.test_batch_delay_s)
-    _write(embedded, collection, store, outcomes)
+    _write(embedded, collection, store, seq, outcomes)
     return outcomes

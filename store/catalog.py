@@ -50,12 +50,24 @@ class Catalog:
             rows = self.store.client.query(
                 self.store.name,
                 filter=render_filter({"collection": collection, "doc_id": doc_id}),
-                output_fields=DOC_FIELDS + CHUNK_FIELDS,
+                output_fields=DOC_FIELDS + CHUNK_FIELDS + ["seq"],
                 limit=QUERY_LIMIT,
             )
+        rows = current_version(rows)
         if not rows:
             return None
         rows.sort(key=lambda row: row["chunk_index"])
         head = {field: rows[0].get(field) for field in DOC_FIELDS}
         head["chunks"] = [{field: row[field] for field in CHUNK_FIELDS} for row in rows]
         return head
+
+
+def current_version(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of a document's current version: whole (its first chunk is stored) and written by the
+    latest-accepted job. For the moment between a replace's write and its prune, and for what a write cut
+    short leaves until its document is written again, a reader still sees one whole version."""
+    whole = {row["content_hash"]: row["seq"] for row in rows if row["chunk_index"] == 0}
+    if not whole:
+        return []
+    newest = max(whole, key=lambda digest: whole[digest])
+    return [row for row in rows if row["content_hash"] == newest]

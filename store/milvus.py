@@ -3,39 +3,36 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+import grpc
 import numpy as np
 import numpy.typing as npt
-from pymilvus import AnnSearchRequest, DataType, Function, FunctionType, MilvusClient, RRFRanker
+from pymilvus import AnnSearchRequest, RRFRanker
 from pymilvus.exceptions import MilvusException
 
-from common.errors import Conflict, ServiceUnavailable
-from common.fields import CHUNK_FIELD_BYTES, DOC_ID_FIELD_BYTES, TITLE_FIELD_BYTES
-from common.filters import render_filter
+from common.errors import ServiceUnavailable
+from common.faultpoints import fault_point
+from common.filters import literal, render_filter
 from common.settings import Settings
 from common.types import Chunk, Hit, SearchOptions
 from ingestion.chunking import embedding_text
+from store import schema
+from store.connection import connect
+from store.schema import DIMENSION_PROPERTY, MODEL_PROPERTY
 
 OUTPUT_FIELDS = ["doc_id", "chunk_index", "title", "text", "metadata", "dense"]
-WRITE_BATCH = 1000
-MODEL_PROPERTY = "quarry.embedding_model"
-DIMENSION_PROPERTY = "quarry.dimension"
-SCHEMA_PROPERTY = "quarry.schema"
-SCHEMA_VERSION = "2"
 QUERY_LIMIT = 16_384  # Milvus caps offset + limit of one query at 16,384
 T = TypeVar("T")
-# Reconnect within a second once Milvus is back: gRPC's reconnect backoff otherwise grows towards two
-# minutes during an outage, and every retry of a task would fail long after Milvus returned.
-GRPC_OPTIONS = {"grpc.initial_reconnect_backoff_ms": 250, "grpc.max_reconnect_backoff_ms": 1000}
 _UNAVAILABLE_HINTS = ("connect", "unavailable", "deadline", "timeout", "timed out", "not ready", "released")
 
 
-def chunk_pk(collection: str, doc_id: str, index: int) -> str:
-    """Deterministic id, so a retried or repeated write upserts instead of duplicating."""
-    return hashlib.sha256(f"{collection}\x00{doc_id}\x00{index}".encode()).hexdigest()[:32]
+def chunk_pk(collection: str, doc_id: str, index: int, version: str) -> str:
+    """Deterministic per version (the document's content hash): a retried write upserts the same rows, and a
+    new version is written beside the old one, which is removed only once the new one is whole."""
+    return hashlib.sha256(f"{collection}\x00{doc_id}\x00{index}\x00{version}".encode()).hexdigest()[:32]
 
 
 @contextmanager
@@ -48,6 +45,11 @@ def milvus_errors(action: str) -> Iterator[None]:
         if any(hint in message.lower() for hint in _UNAVAILABLE_HINTS):
             raise ServiceUnavailable(f"Milvus unavailable during {action}: {message}") from exc
         raise
+    except grpc.RpcError as exc:  # pymilvus passes some codes on raw, a missed deadline among them
+        code = exc.code() if isinstance(exc, grpc.Call) else None
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            raise ServiceUnavailable(f"Milvus unavailable during {action}: {code}") from exc
+        raise
     except (ConnectionError, TimeoutError) as exc:
         raise ServiceUnavailable(f"Milvus unavailable during {action}: {exc}") from exc
 
@@ -59,95 +61,21 @@ class MilvusStore:
         self.settings = settings
         self.name = settings.milvus_collection
         with milvus_errors("connect"):
-            self.client = MilvusClient(
-                uri=settings.milvus_uri,
-                token=settings.milvus_token or "",
-                timeout=settings.milvus_timeout_s,
-                grpc_options=GRPC_OPTIONS,
-            )
+            # Keepalive the server accepts, a channel of this store's own, a fresh one after a GOAWAY.
+            self.client = connect(settings)
 
     def ensure_collection(self, model_name: str, dimension: int) -> None:
         """Create the collection once (idempotent, safe when two workers race) and check its model."""
-        expected = {
-            MODEL_PROPERTY: model_name,
-            DIMENSION_PROPERTY: str(dimension),
-            SCHEMA_PROPERTY: SCHEMA_VERSION,
-        }
+        expected = schema.properties(model_name, dimension)
         with milvus_errors("ensure_collection"):
             if not self.client.has_collection(self.name):
                 try:
-                    self._create(dimension, expected)
+                    schema.create(self.client, self.name, expected, self.settings)
                 except MilvusException:
                     if not self.client.has_collection(self.name):
                         raise
-            self._check_properties(expected)
+            schema.check(self.client, self.name, expected)
             self.client.load_collection(self.name)
-
-    def _create(self, dimension: int, properties: dict[str, str]) -> None:
-        # Properties, not the description: milvus-lite does not keep descriptions.
-        self.client.create_collection(
-            self.name,
-            schema=self._schema(dimension),
-            index_params=self._index_params(),
-            properties=properties,
-        )
-
-    def _schema(self, dimension: int) -> Any:
-        schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=64)
-        schema.add_field("collection", DataType.VARCHAR, max_length=64, is_partition_key=True)
-        schema.add_field("doc_id", DataType.VARCHAR, max_length=DOC_ID_FIELD_BYTES)
-        schema.add_field("chunk_index", DataType.INT64)
-        schema.add_field("title", DataType.VARCHAR, max_length=TITLE_FIELD_BYTES)
-        schema.add_field("text", DataType.VARCHAR, max_length=CHUNK_FIELD_BYTES)
-        analyzer = {"type": "standard"}
-        schema.add_field(
-            "content",
-            DataType.VARCHAR,
-            max_length=CHUNK_FIELD_BYTES,
-            enable_analyzer=True,
-            analyzer_params=analyzer,
-        )
-        schema.add_field("content_hash", DataType.VARCHAR, max_length=64)
-        schema.add_field("metadata", DataType.JSON)
-        schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
-        schema.add_field("dense", DataType.FLOAT_VECTOR, dim=dimension)
-        schema.add_function(
-            Function(
-                name="content_bm25",
-                function_type=FunctionType.BM25,
-                input_field_names=["content"],
-                output_field_names=["sparse"],
-            )
-        )
-        return schema
-
-    def _index_params(self) -> Any:
-        s = self.settings
-        params = self.client.prepare_index_params()
-        # Nested "params": milvus-lite silently ignores M/efConstruction given flat.
-        params.add_index(
-            field_name="dense",
-            index_type="HNSW",
-            metric_type="COSINE",
-            params={"params": {"M": s.hnsw_m, "efConstruction": s.hnsw_ef_construction}},
-        )
-        params.add_index(
-            field_name="sparse",
-            index_type="SPARSE_INVERTED_INDEX",
-            metric_type="BM25",
-            params={"bm25_k1": s.bm25_k1, "bm25_b": s.bm25_b},
-        )
-        return params
-
-    def _check_properties(self, expected: dict[str, str]) -> None:
-        properties = self.client.describe_collection(self.name).get("properties") or {}
-        built = {key: properties.get(key) for key in expected}
-        if built != expected:
-            raise Conflict(
-                f"Milvus collection {self.name!r} was built with {built}; this worker needs {expected}. "
-                "Ingest into a new MILVUS_COLLECTION, or set EMBEDDING_MODEL back."
-            )
 
     def insert(
         self,
@@ -155,28 +83,33 @@ class MilvusStore:
         chunks: Sequence[Chunk],
         vectors: npt.NDArray[np.float32],
         hashes: Mapping[str, str],
+        seq: int = 0,
     ) -> int:
-        """Upsert chunks with their vectors and their document's content hash; the caller flushes.
+        """Upsert chunks with their vectors, their document's content hash and the job's `seq`; the caller
+        flushes and then prunes the versions this one replaces (`prune`).
 
-        First chunks go last: dedup reads a document's hash from its first chunk, so a write cut short
-        (Milvus down between two requests) never leaves a document that looks stored but lacks chunks.
+        First chunks go last: a version counts as stored once its first chunk is (`document_versions`), so a
+        write cut short (a kill between two requests) leaves a version that is never taken for whole.
         """
         rows = [
-            self._row(collection, chunk, vector, hashes[chunk.doc_id])
+            self._row(collection, chunk, vector, hashes[chunk.doc_id], seq)
             for chunk, vector in zip(chunks, vectors, strict=True)
         ]
         rows.sort(key=lambda row: row["chunk_index"] == 0)  # stable: the order is otherwise kept
         with milvus_errors("insert"):
-            for start in range(0, len(rows), WRITE_BATCH):
-                self.client.upsert(self.name, rows[start : start + WRITE_BATCH])
+            size = self.settings.milvus_write_batch
+            for start in range(0, len(rows), size):
+                fault_point(self.settings, "between_upserts" if start else "before_upsert")
+                self.client.upsert(self.name, rows[start : start + size])
         return len(rows)
 
     def _row(
-        self, collection: str, chunk: Chunk, vector: npt.NDArray[np.float32], content_hash: str
+        self, collection: str, chunk: Chunk, vector: npt.NDArray[np.float32], content_hash: str, seq: int
     ) -> dict[str, Any]:
         return {
             "content_hash": content_hash,
-            "pk": chunk_pk(collection, chunk.doc_id, chunk.index),
+            "seq": seq,
+            "pk": chunk_pk(collection, chunk.doc_id, chunk.index, content_hash),
             "collection": collection,
             "doc_id": chunk.doc_id,
             "chunk_index": chunk.index,
@@ -187,13 +120,37 @@ class MilvusStore:
             "dense": vector.astype(np.float32).tolist(),
         }
 
-    def delete(self, collection: str, doc_ids: Sequence[str] | None = None) -> int:
+    def delete(
+        self, collection: str, doc_ids: Sequence[str] | None = None, before_seq: int | None = None
+    ) -> int:
+        """Every version of these documents (None: the collection) written by jobs before `before_seq`."""
         conditions: dict[str, Any] = {"collection": collection}
         if doc_ids is not None:
             conditions["doc_id"] = list(doc_ids)
+        expr = render_filter(conditions)
+        if before_seq is not None:
+            expr += f" and seq < {int(before_seq)}"
         with milvus_errors("delete"):
-            result = self.client.delete(self.name, filter=render_filter(conditions))
+            result = self.client.delete(self.name, filter=expr)
         return int(result.get("delete_count", 0)) if isinstance(result, dict) else len(result)
+
+    def prune(self, collection: str, keep: Mapping[str, Collection[str]]) -> None:
+        """Delete each document's rows of any version but those in `keep` (none kept: all its rows).
+
+        Runs after a batch's write, so a replaced version goes only once its successor is stored, and rows of
+        a version whose write was cut short (a kill, a failed request) never outlive the batch that saw them.
+        """
+        clauses = [
+            f"(doc_id == {literal(doc_id)} and content_hash not in [{', '.join(map(literal, sorted(kept)))}])"
+            if kept
+            else f"doc_id == {literal(doc_id)}"
+            for doc_id, kept in keep.items()
+        ]
+        if not clauses:
+            return
+        expr = f"collection == {literal(collection)} and ({' or '.join(clauses)})"
+        with milvus_errors("prune"):
+            self.client.delete(self.name, filter=expr)
 
     def exists(self) -> bool:
         """Whether the collection exists, loaded for reads: a restarted Milvus leaves it released."""
@@ -221,8 +178,9 @@ class MilvusStore:
             rows = self.client.query(self.name, filter=render_filter(conditions), output_fields=["count(*)"])
         return int(rows[0]["count(*)"]) if rows else 0
 
-    def document_hashes(self, collection: str, doc_ids: Sequence[str]) -> dict[str, str]:
-        """Content hash of each stored document (read from its first chunk): what dedup compares."""
+    def document_versions(self, collection: str, doc_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+        """Each document's stored versions, {content hash: seq}, read from first chunks (a version is whole
+        once its first chunk is stored). Usually one; two when a kill fell between a write and its prune."""
         if not doc_ids:
             return {}
         expr = render_filter({"collection": collection, "doc_id": list(doc_ids), "chunk_index": 0})
@@ -231,12 +189,15 @@ class MilvusStore:
             lambda: self.client.query(
                 self.name,
                 filter=expr,
-                output_fields=["doc_id", "content_hash"],
-                limit=len(doc_ids),
+                output_fields=["doc_id", "content_hash", "seq"],
+                limit=min(QUERY_LIMIT, 4 * len(doc_ids)),
                 consistency_level="Strong",  # a write from a moment ago must count, or it is embedded twice
             ),
         )
-        return {row["doc_id"]: row["content_hash"] for row in rows}
+        found: dict[str, dict[str, int]] = {}
+        for row in rows:
+            found.setdefault(row["doc_id"], {})[row["content_hash"]] = int(row["seq"])
+        return found
 
     def _read(self, action: str, call: Callable[[], T]) -> T:
         """A read that survives a Milvus restart, which leaves the collection released: load, read again."""

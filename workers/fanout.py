@@ -5,52 +5,90 @@ Plain functions over the Runtime; the Celery tasks in `workers.tasks` only call 
 
 from __future__ import annotations
 
+import logging
 import shutil
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
 
 from celeryconfig import INGEST_BATCH_TASK
 from common import metrics
 from common.errors import InvalidRequest
+from common.faultpoints import fault_point
 from common.reports import Outcome
-from common.types import OnDuplicate
+from common.types import Document, OnDuplicate
 from ingestion.batches import read_batch_file, split_into_batches, write_batch_file
 from ingestion.parsing import item_id
-from ingestion.pipeline import count, ingest_batch, load_documents
+from ingestion.pipeline import Held, count, ingest_batch, load_documents, newest, stored_versions
 from workers.runtime import Runtime
 
+log = logging.getLogger(__name__)
 
-def split_job(rt: Runtime, job_id: str, source: dict[str, Any], only: list[str] | None) -> list[str]:
+
+def batch_path(job_id: str, index: int) -> str:
+    return f"{job_id}/batches/{index:05d}.jsonl"
+
+
+def discard_batches(rt: Runtime, job_id: str) -> None:
+    """Remove the batch files of a coordinator that gave up (time limit, too many documents)."""
+    shutil.rmtree(rt.settings.uploads / job_id / "batches", ignore_errors=True)
+
+
+def split_job(
+    rt: Runtime, job_id: str, source: dict[str, Any], only: list[str] | None, deadline: float | None = None
+) -> list[str]:
     """Parse the upload into batch files (relative paths); cancellation is honoured between batches.
 
     Nothing is enqueued until the whole upload is read, so an upload over `max_documents_per_job` fails
     before any of it is written (it would otherwise cost a report per document in Redis for days).
+    A delivery that finds the split done (its predecessor was killed after it) reuses the batch files:
+    each was renamed into place whole, before `ledger.start` recorded how many there are. A kill during
+    the split parses again from the start (the files are rewritten alike: parsing is deterministic).
+    `deadline` (monotonic) backs up the soft time limit, should a parser have swallowed its exception.
     """
+    planned, _ = rt.ledger.planned(job_id)
+    if planned is not None:
+        return [batch_path(job_id, index) for index in range(planned)]
     settings, paths, total = rt.settings, [], 0
     batches = split_into_batches(load_documents(source, settings, only), settings.ingest_batch_documents)
     with metrics.timed("ingest", "parse"):  # documents are parsed as the batches are read
         for index, batch in enumerate(batches):
             rt.jobs.check_cancelled(job_id)
+            if deadline is not None and time.monotonic() > deadline:
+                raise SoftTimeLimitExceeded("the upload was still being read at the soft time limit")
             total += len(batch)
             if total > settings.max_documents_per_job:
-                shutil.rmtree(settings.uploads / job_id / "batches", ignore_errors=True)
+                discard_batches(rt, job_id)
                 raise InvalidRequest(
                     f"the upload holds more than {settings.max_documents_per_job} documents "
                     "(MAX_DOCUMENTS_PER_JOB); split it into several uploads"
                 )
-            path = f"{job_id}/batches/{index:05d}.jsonl"
-            write_batch_file(settings.uploads / path, batch)
-            paths.append(path)
+            paths.append(batch_path(job_id, index))
+            write_batch_file(settings.uploads / paths[-1], batch)
+            fault_point(settings, "split")  # test only: a window inside the split
     rt.ledger.start(job_id, len(paths), total)
+    fault_point(settings, "before_enqueue")  # test only: split done, nothing queued yet
     return paths
 
 
-def enqueue_batches(send: Any, job_id: str, paths: list[str], kwargs: dict[str, Any]) -> None:
+def enqueue_batches(rt: Runtime, send: Any, job_id: str, paths: list[str], kwargs: dict[str, Any]) -> None:
+    """One task per batch, once per job: a delivery that finds the fan-out done sends nothing.
+
+    A coordinator killed half-way through sends every batch again; a batch queued twice is harmless (the
+    ledger counts each index once, reports and writes are idempotent), and the window is a few sends.
+    """
+    if rt.ledger.planned(job_id)[1]:
+        return
     for index, path in enumerate(paths):
         send(INGEST_BATCH_TASK, kwargs={"job_id": job_id, "index": index, "path": path, **kwargs})
+    rt.ledger.enqueued(job_id)
 
 
-def run_batch(
-    rt: Runtime, job_id: str, path: str, collection: str, on_duplicate: OnDuplicate
+def run_batch(  # noqa: PLR0917 - the batch task's own arguments
+    rt: Runtime, job_id: str, path: str, collection: str, on_duplicate: OnDuplicate, seq: int = 0
 ) -> list[Outcome]:
     """Ingest one batch, unless the job was cancelled (then nothing of it runs).
 
@@ -58,8 +96,22 @@ def run_batch(
     """
     if rt.jobs.cancel_requested(job_id):
         return []
+    fault_point(rt.settings, "before_batch")
     items = read_batch_file(rt.settings.uploads / path)
     metrics.emit(metrics.batch("documents", len(items)))
+
+    @contextmanager
+    def guarded(name: str, ids: Sequence[str]) -> Iterator[Held]:
+        """The documents' locks, then a writer entry in the collection, then its latest deletes."""
+        fences = rt.fences
+        with rt.locks.hold(name, ids, owner=path), fences.writing(name, seq, owner=path):
+            yield Held(
+                fences.floors(name, ids),
+                fences.marked(name, ids),
+                mark=lambda doc_ids: fences.mark(name, doc_ids),
+                clear=lambda doc_ids: fences.clear(name, doc_ids),
+            )
+
     outcomes = ingest_batch(
         items,
         collection=collection,
@@ -67,9 +119,11 @@ def run_batch(
         embedder=rt.embedder,
         store=rt.store,
         settings=rt.settings,
-        lock=lambda name, ids: rt.locks.hold(name, ids, owner=path),
+        seq=seq,
+        lock=guarded,
     )
     rt.reports.record(job_id, outcomes)
+    fault_point(rt.settings, "before_ledger")
     return outcomes
 
 
@@ -81,6 +135,22 @@ def fail_batch(rt: Runtime, job_id: str, path: str, reason: str) -> list[Outcome
     return outcomes
 
 
+def abandon_batch(rt: Runtime, path: str, collection: str) -> None:
+    """After a batch failed for good (its worker lost, Milvus away past its retries): leave each of its
+    documents with its newest whole version, so a write cut short by a kill leaves neither half a version
+    nor two. Best effort: with Milvus still away, the next write of these documents settles them."""
+    ids = [item.id for item in read_batch_file(rt.settings.uploads / path) if isinstance(item, Document)]
+    try:
+        with rt.locks.hold(collection, ids, owner=path):
+            found = stored_versions(rt.store, collection, ids)
+            keep = {d: {newest(v)} for d, v in found.items() if not isinstance(v, Exception)}
+            rt.store.prune(collection, keep | {d: set() for d in ids if d not in found})
+            rt.store.flush()
+            rt.fences.clear(collection, [d for d in ids if not isinstance(found.get(d), Exception)])
+    except Exception as exc:  # the failure is recorded; the next write of these documents settles them
+        log.warning("could not settle the documents of failed batch %s: %s", path, exc)
+
+
 def finish_batch(rt: Runtime, job_id: str, index: int, outcomes: list[Outcome], collection: str) -> None:
     if rt.ledger.finish_batch(job_id, index, count(outcomes)):
         finalize(rt, job_id, collection)
@@ -88,7 +158,7 @@ def finish_batch(rt: Runtime, job_id: str, index: int, outcomes: list[Outcome], 
 
 def finalize(rt: Runtime, job_id: str, collection: str) -> None:
     """The job's end state from its totals: failed only when nothing could be ingested."""
-    record = rt.jobs.get(job_id)
+    record = rt.jobs.get(job_id, beats_of=[])  # every batch has ended: no beat can mean a lost one
     progress = record.progress if record else {}
     if rt.jobs.cancel_requested(job_id):
         rt.jobs.mark_cancelled(job_id)

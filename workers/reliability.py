@@ -6,7 +6,8 @@
 - Each delivery is counted before the task runs: past `max_deliveries` the task fails with `WorkerLost`
   instead of killing worker after worker (Celery alone would redeliver it forever).
 - `Heartbeat`, one thread per process, refreshes the beats of the tasks the process runs and the
-  document locks it holds. When a whole worker vanishes nobody requeues its task until the broker's
+  document locks and collection writer entries it holds. When a whole worker vanishes nobody requeues its
+  task until the broker's
   visibility timeout; its beats go stale and the job reads `failed` (worker lost) meanwhile.
 """
 
@@ -22,6 +23,7 @@ from typing import Any
 from billiard.exceptions import WorkerLostError
 from celery.worker.request import Request
 
+from common.fences import Fences
 from common.liveness import Liveness
 from common.locks import DocumentLocks
 
@@ -45,9 +47,12 @@ def check_delivery(liveness: Liveness, job_id: str, task_id: str, attempt: int, 
 class Heartbeat:
     """Beats for the tasks running in this process, every `interval_s`, from one daemon thread."""
 
-    def __init__(self, liveness: Liveness, locks: DocumentLocks, interval_s: float) -> None:
+    def __init__(
+        self, liveness: Liveness, locks: DocumentLocks, interval_s: float, fences: Fences | None = None
+    ) -> None:
         self.liveness = liveness
         self.locks = locks
+        self.fences = fences
         self.interval_s = interval_s
         self.worker = {"host": socket.gethostname(), "pid": os.getpid()}
         self._running: dict[str, set[str]] = {}  # job id -> ids of its tasks running here
@@ -83,6 +88,8 @@ class Heartbeat:
                         running = {job: sorted(tasks) for job, tasks in self._running.items()}
                         self.liveness.beat(running, self.worker)
                 self.locks.refresh()
+                if self.fences is not None:
+                    self.fences.refresh()
             except Exception as exc:  # Redis away: try again next time, never die
                 log.warning("heartbeat not written: %s", exc)
 

@@ -11,6 +11,7 @@ import threading
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from common.fences import Fences
 from common.jobs import JobStore, each
 from common.ledger import BatchLedger
 from common.liveness import Liveness
@@ -61,7 +62,8 @@ class Runtime:
     def heartbeat(self) -> Heartbeat:
         from workers.reliability import Heartbeat
 
-        return Heartbeat(self.liveness, self.locks, self.settings.job_heartbeat_interval_s)
+        s = self.settings
+        return Heartbeat(self.liveness, self.locks, s.job_heartbeat_interval_s, fences=self.fences)
 
     @cached_property
     def reports(self) -> DocumentReports:
@@ -84,6 +86,12 @@ class Runtime:
         return DocumentLocks(
             self.jobs.client, ttl_s=s.job_heartbeat_timeout_s, wait_s=s.task_soft_time_limit_s / 2
         )
+
+    @cached_property
+    def fences(self) -> Fences:
+        """Writer entries, like locks, outlive their holder's last heartbeat by the heartbeat timeout."""
+        s = self.settings
+        return Fences(self.jobs.client, ttl_s=s.job_ttl_s, writer_ttl_s=s.job_heartbeat_timeout_s)
 
     @cached_property
     def embedder(self) -> Embedder:

@@ -1,8 +1,9 @@
-"""Deletes uploads past their retention (`common.retention`), from every worker that consumes `ingest`.
+"""Deletes uploads past their retention (`common.retention`), from every worker that consumes `ingest`, and
+sends again the lost messages of queued jobs (`workers.reconciler`, Redis broker only).
 
-One daemon thread in the worker's main process: it loads no model and touches only the upload directory
-and Redis. Several workers (hosts sharing the upload directory) may sweep at once: each due directory is
-claimed by exactly one of them.
+One daemon thread in the worker's main process: it loads no model and touches only the upload directory,
+Redis and the broker. Several workers (hosts sharing the upload directory) may sweep at once: each due
+directory, and each re-send, is claimed by exactly one of them.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from celeryconfig import INGEST_QUEUE
 from common.redis_client import connect_redis
 from common.retention import UploadRetention
 from common.settings import Settings, get_settings
+from workers.lost_batches import LostBatches
+from workers.reconciler import Reconciler, Send, for_settings
 
 log = logging.getLogger(__name__)
 JOB_DIR = re.compile(r"^[0-9a-f]{32}$")
@@ -45,8 +48,12 @@ def sweep(retention: UploadRetention, uploads: Path, orphan_age_s: float, now: f
     return removed
 
 
-def _loop(settings: Settings) -> None:
+def _loop(settings: Settings, send: Send) -> None:
     retention = UploadRetention(connect_redis(settings.redis_url), settings.upload_retention_s)
+    reconciler = for_settings(settings, send)
+    batches = None
+    if reconciler is not None:
+        batches = LostBatches(reconciler.jobs, reconciler.broker, send, settings.requeue_after_s)
     orphan_age_s = settings.job_ttl_s + settings.upload_retention_s  # older than any job record
     while True:
         try:
@@ -55,11 +62,30 @@ def _loop(settings: Settings) -> None:
                 log.info("deleted %d uploads past their retention: %s", len(removed), ", ".join(removed[:10]))
         except Exception as exc:  # Redis away, a file system hiccup: try again next time, never die
             log.warning("upload sweep failed: %s", exc)
+        _reconcile(reconciler, batches)
         time.sleep(settings.sweep_interval_s)
+
+
+def _reconcile(reconciler: Reconciler | None, batches: LostBatches | None) -> None:
+    """Lost messages of queued jobs, then of their batches (None: the broker is not Redis)."""
+    if reconciler is None or batches is None:
+        return
+    try:
+        reconciler.sweep(time.time())
+        batches.sweep(time.time())
+    except Exception as exc:  # Redis or the broker away: look again next time, never die
+        log.warning("sweep for lost messages failed: %s", exc)
 
 
 @worker_ready.connect  # type: ignore[untyped-decorator]
 def start(sender: Any, **_: Any) -> None:
     """In a worker that consumes `ingest` (where uploads are read), sweep every `sweep_interval_s`."""
-    if INGEST_QUEUE in sender.app.amqp.queues.consume_from:
-        threading.Thread(target=_loop, args=(get_settings(),), name="upload-sweeper", daemon=True).start()
+    app = sender.app
+    if INGEST_QUEUE in app.amqp.queues.consume_from:
+
+        def send(task: str, task_id: str | None, kwargs: dict[str, Any]) -> None:
+            app.send_task(task, kwargs=kwargs, task_id=task_id)
+
+        threading.Thread(
+            target=_loop, args=(get_settings(), send), name="upload-sweeper", daemon=True
+        ).start()

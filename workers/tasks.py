@@ -7,6 +7,7 @@ result, failed with a reason a person can read. Tasks raise on failure; only ret
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from celery import Task
@@ -14,13 +15,24 @@ from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
 from celeryconfig import ASK_TASK, DELETE_TASK, INGEST_BATCH_TASK, INGEST_TASK
 from common.errors import RETRIABLE_ERRORS
+from common.faultpoints import fault_point
 from common.isolation import describe
 from common.jobs import JobCancelled, JobRecord
 from common.settings import get_settings
 from common.types import OnDuplicate
 from ingestion.pipeline import count
 from workers.app import app
-from workers.fanout import enqueue_batches, fail_batch, finalize, finish_batch, run_batch, split_job
+from workers.deletes import delete_documents
+from workers.fanout import (
+    abandon_batch,
+    discard_batches,
+    enqueue_batches,
+    fail_batch,
+    finalize,
+    finish_batch,
+    run_batch,
+    split_job,
+)
 from workers.reliability import LostChildRequest, WorkerLost, check_delivery
 from workers.retrieval import Question
 from workers.runtime import runtime
@@ -34,7 +46,8 @@ def failure_reason(exc: BaseException) -> str:
     if isinstance(exc, WorkerLost):
         return str(exc)
     if isinstance(exc, SoftTimeLimitExceeded):
-        return "the job ran past its time limit and was stopped"
+        limit = _settings.task_soft_time_limit_s
+        return f"the task ran past its time limit (TASK_SOFT_TIME_LIMIT_S={limit} s) and was stopped"
     return describe(exc)
 
 
@@ -61,14 +74,16 @@ class RetriableTask(Task):  # type: ignore[misc]
         check_delivery(rt.liveness, job_id, task_id, self.request.retries, rt.settings.max_deliveries)
         rt.heartbeat.begin(job_id, task_id)
 
-    def unless_ended(self, job_id: str) -> JobRecord | None:
+    def unless_ended(self, job_id: str, task_id: str) -> JobRecord | None:
         """The job's record; Ignore when the job already ended, so a redelivered or late message never
         reopens it. A lost worker's end, until now only derived at read time, is stored first (and its
-        webhook sent)."""
-        jobs = runtime().jobs
-        record = jobs.get(job_id)
+        webhook sent), but only when the lost delivery is this task's own (same attempt): a sibling's beat
+        may be stale merely because Redis was away, and its worker beats again in a moment."""
+        rt = runtime()
+        own = rt.liveness.delivered_before(job_id, task_id, self.request.retries)
+        record = rt.jobs.get(job_id, beats_of=[task_id] if own else [])
         if record is not None and record.state.terminal:
-            jobs.settle(record)
+            rt.jobs.settle(record)
             raise Ignore()
         return record
 
@@ -85,7 +100,7 @@ class JobTask(RetriableTask):
     """Base task that mirrors Celery's lifecycle into the job record (job id = task id)."""
 
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
-        self.unless_ended(task_id)
+        self.unless_ended(task_id, task_id)
         jobs = runtime().jobs
         jobs.check_cancelled(task_id)  # raising here skips the body: work not started does not run
         if not jobs.mark_running(task_id):
@@ -119,13 +134,24 @@ def ingest(
     total: int,
     on_duplicate: OnDuplicate = "skip",
     only: list[str] | None = None,
+    seq: int = 0,
 ) -> dict[str, Any]:
-    """Coordinator: parse the upload into batch files and fan out one task per batch."""
+    """Coordinator: parse the upload into batch files and fan out one task per batch.
+
+    At its soft time limit the job fails with that reason and its batch files go (never swallowed: a
+    swallowed limit would run on into the hard kill, and a killed coordinator is delivered again).
+    """
     rt, job_id = runtime(), self.request.id
-    paths = split_job(rt, job_id, source, only)
-    if not paths:
-        finalize(rt, job_id, collection)
-    enqueue_batches(app.send_task, job_id, paths, {"collection": collection, "on_duplicate": on_duplicate})
+    deadline = time.monotonic() + rt.settings.task_soft_time_limit_s
+    kwargs = {"collection": collection, "on_duplicate": on_duplicate, "seq": seq}
+    try:
+        paths = split_job(rt, job_id, source, only, deadline)
+        if not paths:
+            finalize(rt, job_id, collection)
+        enqueue_batches(rt, app.send_task, job_id, paths, kwargs)
+    except SoftTimeLimitExceeded:
+        discard_batches(rt, job_id)
+        raise
     return {"batches": len(paths)}
 
 
@@ -136,7 +162,7 @@ class BatchTask(RetriableTask):
         return str(kwargs["job_id"])
 
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
-        if self.unless_ended(kwargs["job_id"]) is None:
+        if self.unless_ended(kwargs["job_id"], task_id) is None:
             raise Ignore()  # the job's record expired: a late batch has nothing to add to
         self.start_running(task_id, kwargs)
 
@@ -148,15 +174,23 @@ class BatchTask(RetriableTask):
         rt, reason = runtime(), failure_reason(exc)
         log.warning("batch %s of job %s failed: %s", kwargs["index"], kwargs["job_id"], reason)
         outcomes = fail_batch(rt, kwargs["job_id"], kwargs["path"], reason)
+        abandon_batch(rt, kwargs["path"], kwargs["collection"])
         finish_batch(rt, kwargs["job_id"], kwargs["index"], outcomes, kwargs["collection"])
 
 
 @app.task(name=INGEST_BATCH_TASK, base=BatchTask, bind=True)
 def ingest_batch(
-    self: BatchTask, *, job_id: str, index: int, path: str, collection: str, on_duplicate: OnDuplicate
+    self: BatchTask,
+    *,
+    job_id: str,
+    index: int,
+    path: str,
+    collection: str,
+    on_duplicate: OnDuplicate,
+    seq: int = 0,
 ) -> dict[str, int]:
     rt = runtime()
-    outcomes = run_batch(rt, job_id, path, collection, on_duplicate)
+    outcomes = run_batch(rt, job_id, path, collection, on_duplicate, seq)
     finish_batch(rt, job_id, index, outcomes, collection)
     return count(outcomes)
 
@@ -174,6 +208,7 @@ def ask(
 ) -> dict[str, Any]:
     """Queue the question into this process's micro-batcher and wait for its own answer."""
     rt = runtime()
+    fault_point(rt.settings, "ask")  # test only: a window to kill the worker in while it answers
     item = Question(question, collection, top_k, reranker, filters or {}, options or {})
     result = rt.questions.call(item, timeout_s=rt.settings.task_soft_time_limit_s)
     rt.jobs.set_progress(self.request.id, {"done": 1, "total": 1})
@@ -181,10 +216,11 @@ def ask(
 
 
 @app.task(name=DELETE_TASK, base=JobTask, bind=True)
-def delete(self: JobTask, *, collection: str, doc_ids: list[str] | None = None) -> dict[str, Any]:
+def delete(
+    self: JobTask, *, collection: str, doc_ids: list[str] | None = None, seq: int = 0
+) -> dict[str, Any]:
     """Delete documents (or, without ids, the whole collection) and flush, so search never sees them."""
     rt = runtime()
-    deleted = rt.store.delete(collection, doc_ids)
-    rt.store.flush()
+    deleted = delete_documents(rt, collection, doc_ids, seq)
     rt.jobs.set_progress(self.request.id, {"done": 1, "total": 1})
     return {"collection": collection, "doc_ids": doc_ids, "deleted_chunks": deleted}

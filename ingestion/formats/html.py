@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from common.errors import DocumentError
+from common.isolation import NEVER_CAUGHT
 from common.types import Document
 from ingestion.formats.common import read_nonempty, tidy_text
 
@@ -52,6 +53,8 @@ def _soup(data: bytes, name: str) -> BeautifulSoup:
 
     try:
         return BeautifulSoup(data, "lxml")
+    except NEVER_CAUGHT:
+        raise
     except Exception as exc:  # lxml is lenient; anything it still rejects is an unreadable page
         raise DocumentError(f"{name}: not a readable HTML page ({exc})") from exc
 

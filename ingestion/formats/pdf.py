@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from common.errors import DocumentError
+from common.isolation import NEVER_CAUGHT
 from common.types import Document
 from ingestion.formats.common import read_nonempty, tidy_text
 
@@ -21,6 +22,8 @@ def parse_pdf(path: Path, name: str) -> Document:
         pages = [tidy_text(page.extract_text() or "") for page in reader.pages]
         title = _title(reader)
     except DocumentError:
+        raise
+    except NEVER_CAUGHT:
         raise
     except Exception as exc:  # pypdf raises many types on damaged files; each means "unreadable"
         raise DocumentError(f"{name}: not a readable PDF ({_describe(exc)})") from exc

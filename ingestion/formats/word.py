@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from common.errors import DocumentError
+from common.isolation import NEVER_CAUGHT
 from common.types import Document
 from ingestion.archive import ArchiveLimits, check_declared_sizes
 from ingestion.formats.common import read_nonempty, tidy_text
@@ -47,6 +48,8 @@ def _open(path: Path, name: str) -> WordDocument:
 
     try:
         return docx.Document(str(path))
+    except NEVER_CAUGHT:
+        raise
     except Exception as exc:  # python-docx, zipfile and lxml each raise their own types on damage
         raise DocumentError(f"{name}: not a readable Word (.docx) document ({exc})") from exc
 

@@ -19,35 +19,21 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from pymilvus import MilvusClient
 
 from common.locks import DocumentLocks
+from devstack.private import FAULT_SETTINGS, private_env
 from devstack.processes import (
     Supervisor,
     celery_argv,
-    free_port,
     port_open,
     start_milvus,
     start_redis,
 )
+from store.connection import connect
 from tests.integration.conftest import Stack, start_service
 
 MILVUS_COLLECTION = "quarry_faults"
-VISIBILITY_S = 20
-FAULT_SETTINGS = {
-    "INGEST_BATCH_DOCUMENTS": "4",
-    "TEST_BATCH_DELAY_S": "1.5",
-    "MAX_DELIVERIES": "2",
-    "JOB_HEARTBEAT_INTERVAL_S": "0.5",
-    # Above the ~5 s a prefork worker takes to notice a dead child and requeue its task.
-    "JOB_HEARTBEAT_TIMEOUT_S": "8",
-    "BROKER_VISIBILITY_TIMEOUT_S": str(VISIBILITY_S),
-    "TASK_MAX_RETRIES": "2",
-    "TASK_RETRY_BACKOFF_S": "1",
-    "TASK_RETRY_BACKOFF_MAX_S": "2",
-    "MILVUS_TIMEOUT_S": "3",
-    "WORKER_REDIS_OUTAGE_S": "30",
-}
+FAULT_TEST_SETTINGS = {**FAULT_SETTINGS, "INGEST_BATCH_DOCUMENTS": "4", "TEST_BATCH_DELAY_S": "1.5"}
 
 
 @dataclass(kw_only=True)
@@ -115,9 +101,9 @@ class FaultStack(Stack):
         self.sup.start("ingest-worker", celery_argv("ingest", 1))
 
     def chunks(self, collection: str) -> tuple[int, list[dict[str, Any]]]:
-        """Straight from Milvus: the row count and every row's pk, doc id and chunk index."""
+        """Straight from Milvus: the row count and every row's pk, doc id, chunk index, version and text."""
         # A connection of its own: the faults restart milvus-lite, and a shared one may be a dead channel.
-        client = MilvusClient(uri=self.milvus_uri, timeout=10, dedicated=True)
+        client = connect(self.milvus_uri, timeout_s=10)
         try:
             client.load_collection(MILVUS_COLLECTION)  # a restarted milvus-lite leaves it released
             expr = f'collection == "{collection}"'
@@ -127,7 +113,7 @@ class FaultStack(Stack):
             rows = client.query(
                 MILVUS_COLLECTION,
                 filter=expr,
-                output_fields=["pk", "doc_id", "chunk_index"],
+                output_fields=["pk", "doc_id", "chunk_index", "content_hash", "text"],
                 limit=16_384,
                 consistency_level="Strong",
             )
@@ -148,18 +134,10 @@ def wait_for(check: Callable[[], Any], timeout_s: float, what: str, every_s: flo
 
 
 @contextmanager
-def fault_stack(tmp: Path) -> Iterator[FaultStack]:
-    """The whole service on private Redis and Milvus, with FAULT_SETTINGS; stopped on exit."""
-    api_port, milvus_port, redis_port = free_port(), free_port(), free_port()
-    env = {
-        **os.environ,
-        **FAULT_SETTINGS,
-        "DATA_DIR": str(tmp / "data"),
-        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "MILVUS_URI": f"http://127.0.0.1:{milvus_port}",
-        "MILVUS_COLLECTION": MILVUS_COLLECTION,
-        "API_PORT": str(api_port),
-    }
+def fault_stack(tmp: Path, extra: dict[str, str] | None = None) -> Iterator[FaultStack]:
+    """The whole service on private Redis and Milvus, with FAULT_SETTINGS (and `extra`); stopped on exit."""
+    env = private_env(tmp, MILVUS_COLLECTION, {**FAULT_TEST_SETTINGS, **(extra or {})})
+    api_port = int(env["API_PORT"])
     sup = Supervisor(env=env, log_dir=tmp / "logs")
     try:
         start_redis(sup, env["REDIS_URL"], tmp / "redis")

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 import requests
 
+from devstack.private import VISIBILITY_S
 from devstack.processes import start_milvus, start_redis
 from store.milvus import chunk_pk
 from tests.integration.conftest import healthy
 from tests.integration.faultstack import (
-    VISIBILITY_S,
     FaultStack,
     batch_in_write_window,
     documents,
@@ -55,7 +55,9 @@ def test_a_killed_child_is_redelivered_and_the_job_ends_with_every_chunk_once(fa
     clean_count, clean_rows = faults.chunks("clean")
     count, rows = faults.chunks("killed")
     assert count == len(rows) == len({row["pk"] for row in rows}) == clean_count == len(clean_rows)
-    expected = {chunk_pk("killed", row["doc_id"], row["chunk_index"]) for row in clean_rows}
+    expected = {
+        chunk_pk("killed", row["doc_id"], row["chunk_index"], row["content_hash"]) for row in clean_rows
+    }
     assert {row["pk"] for row in rows} == expected
     assert {row["doc_id"] for row in rows} == {doc["id"] for doc in docs}
 
@@ -126,7 +128,7 @@ def test_milvus_down_tasks_retry_then_fail_and_nothing_is_half_written(
 
     start_milvus(faults.sup, faults.milvus_uri, faults.tmp / "milvus")
     wait_for(lambda: healthy(faults.url), 60, "Milvus back in /healthz", every_s=1)
-    time.sleep(2)  # the workers' gRPC channels retry within 1 s (store.milvus.GRPC_OPTIONS); two quick
+    time.sleep(2)  # the workers' gRPC channels retry within 1 s (store.connection); two quick
     # retries of 0-2 s would not cover that, the default five retries of 2-60 s do
     assert faults.chunks("outage") == (0, [])  # the failed documents left nothing behind
     retry = faults.run(f"/api/v1/jobs/{ingest_id}/retry")

@@ -1,15 +1,13 @@
-"""API keys, tenants' collections and job ownership; idempotency claims (Redis faked by a dict)."""
+"""API keys, tenants' collections and job ownership."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
 
 from api.auth import OPEN, Principal, authenticate, digest, main, mint
-from api.idempotency import IdempotencyKeys
-from common.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
+from common.errors import Forbidden, NotFound, Unauthorized
 from common.settings import ApiKey, Settings
 
 KEY_A, KEY_B = "qk_alpha-secret", "qk_bravo-secret"
@@ -66,34 +64,3 @@ def test_keys_come_from_the_environment_as_json(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("API_KEYS", json.dumps([{"name": "x", "sha256": "not-hex", "collections": ["a"]}]))
     with pytest.raises(ValueError, match="sha256"):
         Settings()
-
-
-class FakeRedis:
-    """SET NX / GET / DELETE, the three calls IdempotencyKeys makes."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, bytes] = {}
-
-    def set(self, name: str, value: str, nx: bool, ex: int) -> bool:
-        if nx and name in self.data:
-            return False
-        self.data[name] = value.encode()
-        return True
-
-    def get(self, name: str) -> bytes | None:
-        return self.data.get(name)
-
-    def delete(self, name: str) -> None:
-        self.data.pop(name, None)
-
-
-def test_idempotency_claims() -> None:
-    fake: Any = FakeRedis()
-    keys = IdempotencyKeys(fake, ttl_s=60)
-    assert keys.claim("alpha", "k1", "body-1", "job-1") == "job-1"
-    assert keys.claim("alpha", "k1", "body-1", "job-2") == "job-1"  # a retry gets the first job
-    assert keys.claim("bravo", "k1", "body-1", "job-3") == "job-3"  # keys are per tenant
-    with pytest.raises(InvalidRequest, match="different request"):
-        keys.claim("alpha", "k1", "body-2", "job-4")
-    keys.release("alpha", "k1")
-    assert keys.claim("alpha", "k1", "body-2", "job-5") == "job-5"

@@ -6,7 +6,7 @@ same cases through the real model and Milvus.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -48,13 +48,16 @@ class FakeStore:
         self.rows: dict[str, int] = {}
         self.inserts = 0
 
-    def document_hashes(self, collection: str, doc_ids: Sequence[str]) -> dict[str, str]:
+    def document_versions(self, collection: str, doc_ids: Sequence[str]) -> dict[str, dict[str, int]]:
         if self.down:
             raise ServiceUnavailable("Milvus unavailable during query")
         return {}
 
+    def prune(self, collection: str, keep: Mapping[str, Collection[str]]) -> None:
+        pass
+
     def insert(
-        self, collection: str, chunks: Sequence[Chunk], vectors: Any, hashes: Mapping[str, str]
+        self, collection: str, chunks: Sequence[Chunk], vectors: Any, hashes: Mapping[str, str], seq: int = 0
     ) -> int:
         self.inserts += 1
         if any(self.poison and self.poison in chunk.doc_id for chunk in chunks):
@@ -63,7 +66,9 @@ class FakeStore:
             self.rows[chunk.doc_id] = self.rows.get(chunk.doc_id, 0) + 1
         return len(chunks)
 
-    def delete(self, collection: str, doc_ids: Sequence[str] | None = None) -> int:
+    def delete(
+        self, collection: str, doc_ids: Sequence[str] | None = None, before_seq: int | None = None
+    ) -> int:
         return 0
 
     def flush(self) -> None:

@@ -140,7 +140,7 @@ def test_exact_search_fetches_a_big_batch_in_pieces_the_filter_accepts() -> None
 
 
 class RecordingClient:
-    """Records upserts (in requests of WRITE_BATCH rows); a query fails once as if Milvus had restarted."""
+    """Records upserts (of MILVUS_WRITE_BATCH rows each); a query fails once, as after a Milvus restart."""
 
     def __init__(self) -> None:
         self.upserts: list[list[dict[str, Any]]] = []
@@ -156,16 +156,13 @@ class RecordingClient:
         self.queries += 1
         if self.queries == 1:
             raise MilvusException(101, "Collection 'quarry_chunks' is in state 'released'; call load()")
-        return [{"doc_id": "a", "content_hash": "h"}]
+        return [{"doc_id": "a", "content_hash": "h", "seq": 7}]
 
 
-def test_first_chunks_are_written_last_so_a_cut_write_never_looks_complete(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr("store.milvus.WRITE_BATCH", 3)
+def test_first_chunks_are_written_last_so_a_cut_write_never_looks_complete() -> None:
     client = RecordingClient()
     store = store_with(client)  # type: ignore[arg-type]
-    store.settings = Settings()
+    store.settings = Settings(milvus_write_batch=3)
     chunks = [Chunk(doc, i, f"text {i}", "title") for doc in ("a", "b") for i in range(3)]
     store.insert("c", chunks, np.zeros((6, 2), dtype=np.float32), {"a": "ha", "b": "hb"})
     order = [(row["doc_id"], row["chunk_index"]) for rows in client.upserts for row in rows]
@@ -174,5 +171,5 @@ def test_first_chunks_are_written_last_so_a_cut_write_never_looks_complete(
 
 def test_a_read_after_a_milvus_restart_loads_the_collection_and_reads_again() -> None:
     client = RecordingClient()
-    assert store_with(client).document_hashes("c", ["a"]) == {"a": "h"}  # type: ignore[arg-type]
+    assert store_with(client).document_versions("c", ["a"]) == {"a": {"h": 7}}  # type: ignore[arg-type]
     assert (client.loads, client.queries) == (1, 2)

@@ -59,8 +59,14 @@ class FakeRedis:
         self._hash(key)[name.encode()] = value.encode()
         return True
 
+    def zadd(self, key: str, mapping: dict[str, float]) -> int:
+        return len(mapping)  # the index of queued jobs (JobStore.create): no rule here reads it
+
     def expire(self, key: str, ttl: int) -> bool:
         return True
+
+    def info(self, section: str) -> dict[str, Any]:
+        return {"uptime_in_seconds": 3600}  # up long before any beat in these tests
 
     def get(self, key: str) -> None:
         return None
@@ -74,14 +80,16 @@ class FakeRedis:
 
     def register_script(self, source: str) -> Callable[..., int]:
         """Only the state guard's script (common.transitions), run on the in-memory hashes."""
-        assert "unpack(ARGV, n + 3)" in source, "this fake knows only the state guard's script"
+        assert "unpack(ARGV, n + 5)" in source, "this fake knows only the state guard's script"
 
         def move(keys: list[str], args: list[Any]) -> int:
-            count = int(args[1])
-            if self.hget(keys[0], "state") not in {str(state).encode() for state in args[2 : 2 + count]}:
+            token_field, token, count = args[1], args[2], int(args[3])
+            if self.hget(keys[0], token_field) == str(token).encode():
+                return 1  # a repeat of this very move
+            if self.hget(keys[0], "state") not in {str(state).encode() for state in args[4 : 4 + count]}:
                 return 0
-            rest = args[2 + count :]
-            self.hset(keys[0], mapping=dict(zip(rest[::2], rest[1::2], strict=True)))
+            rest = args[4 + count :]
+            self.hset(keys[0], mapping={token_field: token, **dict(zip(rest[::2], rest[1::2], strict=True))})
             return 1
 
         return move

@@ -1,0 +1,192 @@
+"""SIGKILL in every window of an ingest batch's write, a Milvus kill mid-upsert, real lock contention, and
+deletes racing ingests: afterwards every document is wholly one version, or absent, never half or twice.
+
+Runs on a stack of its own (`crashpoints`): its workers pause at named points of the write path, so each
+kill lands exactly in its window.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+
+import pytest
+
+from devstack.processes import start_milvus
+from ingestion.pipeline import DELETED
+from tests.integration.crashpoints import (
+    Row,
+    arm,
+    by_doc,
+    crash_stack,
+    disarm,
+    kill_at,
+    paused,
+    reference,
+    release,
+    replace,
+    rows,
+    version,
+)
+from tests.integration.faultstack import FaultStack, wait_for
+
+V1, V2 = version("d", 8, 0), version("d", 8, 1)  # two batches of four; v2 has more chunks per document
+
+
+@pytest.fixture(scope="module")
+def crash(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
+    with crash_stack(tmp_path_factory.mktemp("crash")) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def clean(crash: FaultStack) -> dict[int, dict[str, set[Row]]]:
+    """Each version's rows per document after a clean run; pks differ per collection, so compare rows."""
+    return {1: reference(crash, "ref-v1", V1), 2: reference(crash, "ref-v2", V2)}
+
+
+def stored_v1(fs: FaultStack, collection: str, clean: dict[int, dict[str, set[Row]]]) -> None:
+    job = fs.run("/api/v1/documents", json={"collection": collection, "documents": V1})
+    assert job["state"] == "succeeded" and job["result"]["succeeded"] == 8, job
+    assert by_doc(rows(fs, collection)) == clean[1]
+
+
+@pytest.mark.parametrize("point", ["before_upsert", "between_upserts", "before_prune", "before_ledger"])
+def test_a_replace_killed_in_any_window_ends_exactly_as_a_clean_run(
+    crash: FaultStack, clean: dict[int, dict[str, set[Row]]], point: str
+) -> None:
+    collection = f"w-{point.replace('_', '-')}"
+    stored_v1(crash, collection, clean)
+
+    job_id = replace(crash, collection, V2)
+    kill_at(crash, point)
+    job = crash.wait_job(job_id)
+
+    assert job["state"] == "succeeded" and job["result"]["failed"] == 0, job
+    assert job["result"]["succeeded"] + job["result"]["skipped"] == 8
+    assert sorted(crash.deliveries(job_id)) == [1, 1, 2]  # coordinator, two batches: one delivered twice
+    assert by_doc(rows(crash, collection)) == clean[2]  # every chunk of v2, once; nothing of v1
+
+
+@pytest.mark.parametrize(("point", "kept"), [("between_upserts", 1), ("before_prune", 2)])
+def test_a_replace_that_fails_for_good_leaves_each_document_one_whole_version(
+    crash: FaultStack, clean: dict[int, dict[str, set[Row]]], point: str, kept: int
+) -> None:
+    """One batch killed on every delivery (MAX_DELIVERIES=2) fails, and its documents keep the newest
+    version that was whole: v1 when v2 was cut short, v2 when only the prune of v1 was missing."""
+    collection = f"f-{point.replace('_', '-')}"
+    stored_v1(crash, collection, clean)
+
+    job_id = replace(crash, collection, V2[:4])
+    first = kill_at(crash, point)
+    second = kill_at(crash, point)  # the redelivery pauses at the same point again
+    assert first != second
+    disarm(crash, point)
+    job = crash.wait_job(job_id)
+
+    assert job["state"] == "failed" and "worker lost" in job["error"], job
+    report = crash.get(f"/api/v1/jobs/{job_id}/documents").json()["items"]
+    assert [item["status"] for item in report] == ["failed"] * 4, report
+    stored = by_doc(rows(crash, collection))
+    expected = {doc_id: clean[kept if doc_id < "d-4" else 1][doc_id] for doc_id in clean[1]}
+    assert stored == expected
+
+
+def test_milvus_killed_in_the_middle_of_an_upsert_then_restarted(
+    crash: FaultStack, clean: dict[int, dict[str, set[Row]]]
+) -> None:
+    collection = "milvus-kill"
+    stored_v1(crash, collection, clean)
+
+    job_id = replace(crash, collection, V2[:4])  # one batch: no other is caught mid-query by the restart
+    arm(crash, "between_upserts")
+    paused(crash, "between_upserts")  # the first upsert of a batch went through; the next one is due
+    crash.stop("milvus", signal.SIGKILL)
+    wait_for(lambda: not crash.milvus_port_open(), 20, "Milvus to die")
+    start_milvus(crash.sup, crash.milvus_uri, crash.tmp / "milvus")
+    release(crash, "between_upserts")
+    job = crash.wait_job(job_id)
+
+    assert job["state"] == "succeeded" and job["result"]["failed"] == 0, job
+    expected = {doc_id: clean[2 if doc_id < "d-4" else 1][doc_id] for doc_id in clean[1]}
+    assert by_doc(rows(crash, collection)) == expected
+
+
+def test_two_ingest_processes_contend_for_the_same_documents(
+    crash: FaultStack, clean: dict[int, dict[str, set[Row]]]
+) -> None:
+    """Job A holds documents d-0..d-3 (paused before its prune) in one worker; job B, over d-2..d-5, runs in
+    the other worker and waits for A's locks; when A goes on, B writes after it: d-2 and d-3 end as B's."""
+    collection, v3 = "contended", version("d", 8, 2)
+    arm(crash, "before_prune")
+    a = replace(crash, collection, V2[:4])
+    holder = paused(crash, "before_prune")
+    b = replace(crash, collection, v3[2:6])
+    beat = wait_for(lambda: crash.beats(b), 60, "job B's batch to start")
+    assert next(iter(beat.values()))["pid"] != holder  # the other worker: contended across processes
+    assert crash.chunks(collection)[0] > 0 and not any(
+        doc_id in {"d-4", "d-5"} for doc_id, *_ in rows(crash, collection)
+    )  # B waits for all of its locks before it writes anything
+    release(crash, "before_prune")
+    job_a, job_b = crash.wait_job(a), crash.wait_job(b)
+    assert job_a["state"] == job_b["state"] == "succeeded", (job_a, job_b)
+    assert job_a["result"]["succeeded"] == job_b["result"]["succeeded"] == 4
+
+    v3_clean = reference(crash, "ref-v3", v3[2:6])
+    stored = by_doc(rows(crash, collection))
+    assert stored == {**{d: clean[2][d] for d in ("d-0", "d-1")}, **v3_clean}
+
+
+def test_a_collection_delete_waits_for_a_write_under_way_and_wins(crash: FaultStack) -> None:
+    collection = "race-inflight"
+    arm(crash, "before_upsert")
+    ingest = crash.submit(collection, V1[:4])
+    paused(crash, "before_upsert")  # holding its documents and its place as a writer of the collection
+    deleted = crash.delete(f"/api/v1/collections/{collection}")
+    assert deleted.status_code == 202, deleted.text
+    delete_job = deleted.json()["job_id"]
+    running = lambda: crash.get(f"/api/v1/jobs/{delete_job}").json()["state"] == "running"  # noqa: E731
+    wait_for(running, 30, "the delete to start in the other worker")
+    release(crash, "before_upsert")
+
+    assert crash.wait_job(ingest)["state"] == "succeeded"
+    assert crash.wait_job(delete_job)["state"] == "succeeded"
+    assert crash.chunks(collection) == (0, [])  # the write landed before the delete, not after it
+
+
+def test_an_upload_accepted_before_a_delete_but_run_after_it_writes_nothing(crash: FaultStack) -> None:
+    collection = "race-queued"
+    first = crash.run("/api/v1/documents", json={"collection": collection, "documents": V1[:2]})
+    assert first["state"] == "succeeded"
+    arm(crash, "before_batch")
+    late = crash.submit(collection, V1[2:4])  # accepted before the delete ...
+    paused(crash, "before_batch")
+    deleted = crash.delete(f"/api/v1/collections/{collection}")
+    assert deleted.status_code == 202
+    assert crash.wait_job(deleted.json()["job_id"])["state"] == "succeeded"  # ... run after it
+    release(crash, "before_batch")
+
+    job = crash.wait_job(late)
+    assert job["state"] == "failed" and DELETED in job["error"], job
+    assert crash.chunks(collection) == (0, [])
+
+    after = crash.run("/api/v1/documents", json={"collection": collection, "documents": V1[:1]})
+    assert after["state"] == "succeeded" and after["result"]["succeeded"] == 1  # accepted after: it stays
+    assert {doc_id for doc_id, *_ in rows(crash, collection)} == {"d-0"}
+
+
+def test_a_document_delete_wins_over_an_earlier_upload_of_it_whichever_runs_first(crash: FaultStack) -> None:
+    collection = "doc-race"
+    stored = crash.run("/api/v1/documents", json={"collection": collection, "documents": V1[:2]})
+    assert stored["state"] == "succeeded"
+    arm(crash, "before_batch")
+    late = replace(crash, collection, V2[:2])  # accepted before the delete of d-0, run after it
+    paused(crash, "before_batch")
+    deleted = crash.delete(f"/api/v1/collections/{collection}/documents/d-0")
+    assert deleted.status_code == 202
+    assert crash.wait_job(deleted.json()["job_id"])["state"] == "succeeded"
+    release(crash, "before_batch")
+
+    job = crash.wait_job(late)
+    assert job["state"] == "succeeded" and job["result"]["failed"] == 1, job
+    assert {doc_id for doc_id, *_ in rows(crash, collection)} == {"d-1"}  # d-0 stays deleted
