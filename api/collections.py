@@ -60,7 +60,7 @@ def get_collection(name: str) -> Response:
         "metric": "COSINE",
         "full_text": "BM25",
     }
-    model = services().catalog.store.model_properties()
+    model = services().catalog.model()
     return jsonify({"name": name, **counts, **model, "index": index})
 
 

@@ -75,7 +75,13 @@ def run(options: Options, tmp: Path) -> Result:
             f"crashed: {name} exited by itself (code {code}) at t={at - t0:.1f}; restarted"
             for at, name, code in injector.crashes
         ]
-        result.violations = crashes + job_violations(load.ops, t0) + verdict.violations
+        errors = [  # a dependency down is a 503; anything else >= 500 is a bug
+            f"answered {code}: {op.kind} on {op.collection} t={op.started - t0:.1f}"
+            for op in load.ops
+            for code in op.http
+            if code >= 500 and code != 503
+        ]
+        result.violations = crashes + errors + job_violations(load.ops, t0) + verdict.violations
         result.faults = [f"t={at - t0:.1f} {kind}: {detail}" for at, kind, detail in injector.log]
         result.counts = _counts(load.ops, injector.counts, verdict.documents, verdict.chunks)
         result.counts["crashes"] = dict(Counter(name for _at, name, _code in injector.crashes))

@@ -6,10 +6,37 @@ disagree with search. Documents are represented by their first chunk (chunk_inde
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
 
+from pymilvus.exceptions import MilvusException
+
+from common.errors import ServiceUnavailable
 from common.filters import render_filter
 from store.milvus import QUERY_LIMIT, MilvusStore, milvus_errors
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def answered(read: Callable[P, R]) -> Callable[P, R]:
+    """A read Milvus fails for its own reasons is a 503, never a 500: the request was fine, the store was
+    not (milvus-lite, restarted under load, has answered `has_collection` with the path of a data file it
+    could not read). Its text stays in the log: it names server paths."""
+
+    @functools.wraps(read)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return read(*args, **kwargs)
+        except MilvusException as exc:
+            log.warning("Milvus failed a read (%s): %s", read.__name__, exc)
+            raise ServiceUnavailable(f"Milvus failed to answer ({read.__name__}); retry") from exc
+
+    return call
+
 
 DOC_FIELDS = ["doc_id", "title", "metadata", "content_hash"]
 CHUNK_FIELDS = ["chunk_index", "text"]
@@ -19,6 +46,12 @@ class Catalog:
     def __init__(self, store: MilvusStore) -> None:
         self.store = store
 
+    @answered
+    def model(self) -> dict[str, str | None]:
+        """The embedding model the stored vectors were built with."""
+        return self.store.model_properties()
+
+    @answered
     def counts(self, collection: str) -> dict[str, int]:
         if not self.store.exists():  # no worker has created it yet: nothing is stored
             return {"documents": 0, "chunks": 0}
@@ -27,6 +60,7 @@ class Catalog:
             "chunks": self.store.count({"collection": collection}),
         }
 
+    @answered
     def documents(self, collection: str, offset: int, limit: int) -> list[dict[str, Any]]:
         """One page of documents; offset + limit must stay within Milvus's query window."""
         limit = max(0, min(limit, QUERY_LIMIT - offset))
@@ -42,6 +76,7 @@ class Catalog:
             )
         return [{field: row.get(field) for field in DOC_FIELDS} for row in rows]
 
+    @answered
     def document(self, collection: str, doc_id: str) -> dict[str, Any] | None:
         """A document with all its chunks in order, or None."""
         if not self.store.exists():

@@ -147,6 +147,8 @@ def test_a_collection_delete_waits_for_a_write_under_way_and_wins(crash: FaultSt
     delete_job = deleted.json()["job_id"]
     running = lambda: crash.get(f"/api/v1/jobs/{delete_job}").json()["state"] == "running"  # noqa: E731
     wait_for(running, 30, "the delete to start in the other worker")
+    held = crash.get(f"/api/v1/jobs/{delete_job}", params={"wait": 30}).json()  # returns early if it ends
+    assert held["state"] == "running", held  # it waits for the write under way, however long
     release(crash, "before_upsert")
 
     assert crash.wait_job(ingest)["state"] == "succeeded"

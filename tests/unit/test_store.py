@@ -173,3 +173,20 @@ def test_a_read_after_a_milvus_restart_loads_the_collection_and_reads_again() ->
     client = RecordingClient()
     assert store_with(client).document_versions("c", ["a"]) == {"a": {"h": 7}}  # type: ignore[arg-type]
     assert (client.loads, client.queries) == (1, 2)
+
+
+class BrokenClient(FakeClient):
+    """milvus-lite after a restart under load: an internal error that names one of its data files."""
+
+    def has_collection(self, name: str) -> bool:
+        raise MilvusException(1, "/srv/milvus/collections/quarry/partitions/_pk_7/delta/delta_000534.parquet")
+
+
+def test_a_read_milvus_fails_on_its_own_is_unavailable_and_names_no_server_path() -> None:
+    from store.catalog import Catalog
+
+    catalog = Catalog(store_with(BrokenClient(exists=True, state="Loaded")))  # type: ignore[arg-type]
+    for read in (lambda: catalog.counts("c"), lambda: catalog.document("c", "d"), catalog.model):
+        with pytest.raises(ServiceUnavailable) as raised:
+            read()
+        assert "/srv" not in raised.value.detail and "retry" in raised.value.detail
