@@ -50,7 +50,7 @@ bench: $(VENV)/.requirements-dev
 
 # Crash consistency: 5 minutes of mixed load while workers, milvus-lite and redis-server are killed at random,
 # on a stack of its own (private ports, loopback only); then every job must have ended and Milvus must hold
-# exactly one whole version of each document (bench/chaos.py). A 75 s version runs in `make test`.
+# exactly one whole version of each document (bench/chaos.py). A 90 s version runs in `make test`.
 chaos: $(VENV)/.requirements-dev
 	$(PY) -m bench.chaos --seconds 300 --seed 1
 

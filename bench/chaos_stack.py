@@ -36,6 +36,9 @@ SETTINGS = {
     "INGEST_BATCH_DOCUMENTS": "2",  # jobs of several batches, spread over both workers
     "TEST_BATCH_DELAY_S": "0.5",  # a window between embedding and writing, documents locked
     "MILVUS_WRITE_BATCH": "3",  # documents of several chunks take several upserts
+    # a message lost in a kill (workers.reconciler) is sent again within seconds, not minutes
+    "SWEEP_INTERVAL_S": "2",
+    "REQUEUE_AFTER_S": "10",
 }
 # Write-path points (common.faultpoints) where the injector makes one process pause, then kills it there or
 # restarts a server under it; disarmed (a `.claim` file) until the injector arms one.
