@@ -74,7 +74,20 @@ def split_job(
     return paths
 
 
-def enqueue_batches(rt: Runtime, send: Any, job_id: str, paths: list[str], kwargs: dict[str, Any]) -> None:
+def batch_kwargs(job_id: str, index: int, request: dict[str, Any]) -> dict[str, Any]:
+    """A batch's kwargs from its job's request: what the coordinator sends, and what the reconciler
+    (`workers.lost_batches`) sends again for a batch message lost in a kill."""
+    return {
+        "job_id": job_id,
+        "index": index,
+        "path": batch_path(job_id, index),
+        "collection": request["collection"],
+        "on_duplicate": request.get("on_duplicate", "skip"),
+        "seq": request.get("seq", 0),
+    }
+
+
+def enqueue_batches(rt: Runtime, send: Any, job_id: str, batches: int, request: dict[str, Any]) -> None:
     """One task per batch, once per job: a delivery that finds the fan-out done sends nothing.
 
     A coordinator killed half-way through sends every batch again; a batch queued twice is harmless (the
@@ -82,8 +95,8 @@ def enqueue_batches(rt: Runtime, send: Any, job_id: str, paths: list[str], kwarg
     """
     if rt.ledger.planned(job_id)[1]:
         return
-    for index, path in enumerate(paths):
-        send(INGEST_BATCH_TASK, kwargs={"job_id": job_id, "index": index, "path": path, **kwargs})
+    for index in range(batches):
+        send(INGEST_BATCH_TASK, kwargs=batch_kwargs(job_id, index, request))
     rt.ledger.enqueued(job_id)
 
 

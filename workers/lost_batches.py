@@ -29,7 +29,7 @@ from kombu.transport.redis import Channel
 
 from celeryconfig import INGEST_BATCH_TASK, INGEST_QUEUE
 from common.jobs import BATCHES_SUFFIX, BEAT_FIELD, FANNED_INDEX, KEY_PREFIX
-from workers.fanout import batch_path
+from workers.fanout import batch_kwargs
 from workers.reconciler import CLAIM, SCAN_LIMIT, Send, loads_or_none, queue_lists
 
 log = logging.getLogger(__name__)
@@ -48,18 +48,6 @@ class FannedJob:
     @property
     def job_id(self) -> str:
         return self.key.removeprefix(KEY_PREFIX)
-
-
-def batch_kwargs(job_id: str, index: int, request: dict[str, Any]) -> dict[str, Any]:
-    """A batch's kwargs as the coordinator sent them (`workers.tasks.ingest`, `enqueue_batches`)."""
-    return {
-        "job_id": job_id,
-        "index": index,
-        "path": batch_path(job_id, index),
-        "collection": request["collection"],
-        "on_duplicate": request.get("on_duplicate", "skip"),
-        "seq": request.get("seq", 0),
-    }
 
 
 def queued_batches(messages: Iterable[Any]) -> set[tuple[str, int]]:

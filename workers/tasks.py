@@ -143,12 +143,12 @@ def ingest(
     """
     rt, job_id = runtime(), self.request.id
     deadline = time.monotonic() + rt.settings.task_soft_time_limit_s
-    kwargs = {"collection": collection, "on_duplicate": on_duplicate, "seq": seq}
+    request = {"collection": collection, "on_duplicate": on_duplicate, "seq": seq}
     try:
         paths = split_job(rt, job_id, source, only, deadline)
         if not paths:
             finalize(rt, job_id, collection)
-        enqueue_batches(rt, app.send_task, job_id, paths, kwargs)
+        enqueue_batches(rt, app.send_task, job_id, len(paths), request)
     except SoftTimeLimitExceeded:
         discard_batches(rt, job_id)
         raise

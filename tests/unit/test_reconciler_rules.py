@@ -14,8 +14,8 @@ from celeryconfig import ASK_TASK, DELETE_TASK, INGEST_BATCH_TASK, INGEST_TASK, 
 from common.jobs import KEY_PREFIX
 from common.queueing import make_celery
 from common.settings import Settings
-from workers.fanout import batch_path
-from workers.lost_batches import FannedJob, batch_kwargs, missing, queued_batches
+from workers.fanout import batch_kwargs, batch_path
+from workers.lost_batches import FannedJob, missing, queued_batches
 from workers.reconciler import (
     QUEUED,
     Candidate,
