@@ -27,13 +27,13 @@ RUN if [ -n "$TORCH_INDEX_URL" ]; then \
     && pip install -r requirements.txt
 
 # The code stays root-owned (read-only to the service); the service writes only to its data and model
-# cache, which named volumes mounted there inherit the ownership of.
+# cache and its device gate (a lock file), which named volumes mounted there inherit the ownership of.
 COPY . .
 # The `quarry` command line (pyproject's console script); the code itself runs from /app.
 RUN pip install --no-deps --editable . \
     && useradd --create-home --uid 10001 quarry \
-    && mkdir -p /data /models \
-    && chown quarry:quarry /data /models
+    && mkdir -p /data /models /run/quarry-gate \
+    && chown quarry:quarry /data /models /run/quarry-gate
 USER quarry
 
 EXPOSE 8000

@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: run test lint typecheck unit integration eval bench chaos clean browser
+.PHONY: run test lint typecheck unit integration eval bench bench-service chaos clean browser
 
 $(VENV)/.requirements: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,9 +42,17 @@ integration: $(VENV)/.requirements-dev browser
 eval: $(VENV)/.requirements-dev
 	$(PY) -m bench.eval_beir ../shared/data/scifact-train --split train --url http://127.0.0.1:8000 --collection scifact
 
+# How one device is shared, side by side in one run (bench/device.py): for each configuration (`make run`'s
+# defaults, the previous split design, and each question-priority option alone) a private stack of its own
+# (free loopback ports, data in a temp dir; nothing needs to be running) measures start to ready and to the
+# first answer, ingestion chunks/s beside the bare model on all cores, and question p50/p95 idle and while
+# 1,500 documents are ingested. Writes bench/results/device-<UTC date>.json. About 70 minutes on 2 cores.
+bench: $(VENV)/.requirements-dev
+	$(PY) -m bench.device ../shared/data/scifact-train
+
 # Speed, side by side in one run, against the running service (ingests a scratch collection and deletes it;
 # the ask and search parts use the `scifact` collection that `make eval` loads). About 9 minutes on 2 cores.
-bench: $(VENV)/.requirements-dev
+bench-service: $(VENV)/.requirements-dev
 	$(PY) -m bench.perf ../shared/data/scifact-train --url http://127.0.0.1:8000 --collection scifact \
 		--docs 1000 --json bench/results/latest.json
 

@@ -12,16 +12,19 @@ INGEST_BATCH_TASK = "quarry.ingest_batch"
 ASK_TASK = "quarry.ask"
 DELETE_TASK = "quarry.delete"
 WEBHOOK_TASK = "quarry.webhook"
-INGEST_QUEUE = "ingest"
-QUERY_QUEUE = "query"
+PARSE_QUEUE = "parse"  # CPU workers: read uploads, parse PDF/DOCX/HTML and zips, fan out batches (no model)
+INGEST_QUEUE = "ingest"  # device workers: chunk, embed and write batches (the model's bulk lane)
+QUERY_QUEUE = "query"  # device workers: questions (the model's priority lane)
 WEBHOOK_QUEUE = "webhooks"  # its own worker pool (threads: deliveries wait on the network)
+WARM_START_S = 600.0  # how long a prefork child may take to load and warm its models (workers/warmup.py)
 _REDIS_TRANSPORT = "common.broker:Transport"  # a name: kombu imports it when it first connects
 
-# Queues per kind of work, so a bulk ingest never starves questions.
+# Queues per kind of work: parsing where CPUs are, model work where the device is, and on each device
+# questions before bulk embedding (workers/gate.py).
 TASK_QUEUES = {
-    INGEST_TASK: INGEST_QUEUE,
+    INGEST_TASK: PARSE_QUEUE,
     INGEST_BATCH_TASK: INGEST_QUEUE,
-    # Deletes are writes: they share the ingest queue (milvus-lite allows one writer at a time).
+    # Deletes are writes: they share the batches' queue (milvus-lite allows one writer at a time).
     DELETE_TASK: INGEST_QUEUE,
     ASK_TASK: QUERY_QUEUE,
     # Their own queue, so a slow receiver never delays questions in the broker.
@@ -55,6 +58,10 @@ def from_settings(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
+        # A prefork child loads and warms its models at `worker_process_init` (workers/warmup.py) before it
+        # reports up; Celery kills a child silent for longer (default 4 s, too short for a model load, let
+        # alone a first download). The parent hands a child no task before it is up.
+        "worker_proc_alive_timeout": WARM_START_S,
         "task_soft_time_limit": settings.task_soft_time_limit_s,
         "task_time_limit": settings.task_time_limit_s,
         # Redis redelivers unacked messages (their whole worker vanished) after this; it must outlast the

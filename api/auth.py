@@ -76,7 +76,7 @@ def principal() -> Principal:
 
 
 def install(app: Flask, keys: Sequence[ApiKey]) -> None:
-    """Authenticate every /api request before its view runs; /healthz stays open for probes."""
+    """Authenticate every /api request before its view runs; /healthz and /readyz stay open for probes."""
 
     @app.before_request
     def _authenticate() -> None:

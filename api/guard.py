@@ -11,9 +11,10 @@ rebinding) is even same-origin with the API and reads everything. Two checks clo
   from a page of this very origin. Browsers always send `Origin` on such requests (and Chromium
   `Sec-Fetch-Site` to trustworthy origins); curl, the Python client and the CLI send neither and pass.
 
-`/healthz` and `/metrics` are exempt: probes and scrapers call them by service name (`api:8000`), and they
-hold no tenant data. With API keys configured none of this applies: a bearer key is not ambient authority
-(no browser attaches it by itself), and another origin cannot read it from this origin's localStorage.
+`/healthz`, `/readyz` and `/metrics` are exempt: probes and scrapers call them by service name (`api:8000`),
+and they hold no tenant data. With API keys configured none of this applies: a bearer key is not ambient
+authority (no browser attaches it by itself), and another origin cannot read it from this origin's
+localStorage.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from flask import Flask, request
 from common.errors import Forbidden
 from common.settings import Settings
 
-EXEMPT_PATHS = frozenset({"/healthz", "/metrics"})
+EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 ANY_HOST = "*"
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -112,7 +113,7 @@ def check_origin(origin: str | None, fetch_site: str | None, host_header: str) -
 
 
 def install(app: Flask, settings: Settings) -> None:
-    """In open mode, check every request but /healthz and /metrics before anything else runs."""
+    """In open mode, check every request but the exempt paths before anything else runs."""
     if settings.api_keys:
         return
     trusted = trusted_names(settings.trusted_hosts)

@@ -20,7 +20,7 @@ def caller_key() -> str:
 
 
 def install(app: Flask, settings: Settings) -> Limiter | None:
-    """Limit every /api route to `rate_limit`; /healthz is never limited. No setting, no limiter."""
+    """Limit every /api route to `rate_limit`; /healthz and /readyz never. No setting, no limiter."""
     if not settings.rate_limit:
         return None
     limiter = Limiter(

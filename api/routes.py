@@ -5,19 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
+from pydantic import Field
 
 from api.auth import principal
 from api.schemas import AskRequest, IngestRequest, UploadForm
 from api.services import services, submit
 from api.spec import PUBLIC, Health, JobAccepted, responses, spec, validated
 from api.uploads import save_json_documents, save_uploaded_files
-from celeryconfig import ASK_TASK, INGEST_TASK, QUERY_QUEUE
-from common.errors import InvalidRequest, TooManyRequests
+from celeryconfig import ASK_TASK, INGEST_QUEUE, INGEST_TASK, PARSE_QUEUE, QUERY_QUEUE, WEBHOOK_QUEUE
+from common.errors import InvalidRequest, ServiceUnavailable, TooManyRequests
 from common.filters import check_limits, render_filter
+from common.readiness import ReadyWorkers
 from common.webhooks import require_allowed_host
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 health_bp = Blueprint("health", __name__)
+READY_QUEUES = (PARSE_QUEUE, INGEST_QUEUE, QUERY_QUEUE, WEBHOOK_QUEUE)  # each needs a ready worker
 
 
 @bp.post("/documents")
@@ -103,3 +106,39 @@ def healthz() -> tuple[Response, int]:
     checks = services().health()
     healthy = all(check["ok"] for check in checks.values())
     return jsonify({"status": "ok" if healthy else "degraded", "checks": checks}), 200 if healthy else 503
+
+
+class Readiness(Health):
+    status: str = Field(description="ready, or not ready (503)")
+    missing: list[str] = Field(
+        description="what is not ready: dependencies, and queues without a ready worker"
+    )
+    detail: str = Field(description="what is missing, in words (empty when ready)")
+
+
+@health_bp.get("/readyz")
+@spec.validate(resp=responses(HTTP_200=Readiness, HTTP_503=Readiness), security=PUBLIC)
+def readyz() -> tuple[Response, int]:
+    """Whether the service answers at full speed: Redis, the broker and Milvus answer, and each queue has a
+    worker with its models loaded and warm (503 names what is missing); needs no key."""
+    checks: dict[str, dict[str, Any]] = services().health()
+    down = [name for name, check in checks.items() if not check["ok"]]
+    try:
+        ready = ReadyWorkers(services().redis).ready(READY_QUEUES)
+        idle = [queue for queue in READY_QUEUES if not ready[queue]]
+        checks["workers"] = {"ok": not idle, "queues": {queue: len(ready[queue]) for queue in READY_QUEUES}}
+    except ServiceUnavailable as exc:  # Redis away: no worker is known to be ready
+        idle = list(READY_QUEUES)
+        checks["workers"] = {"ok": False, "error": services().redactor.error(exc)}
+    missing = down + idle
+    words = [f"{', '.join(down)} not answering"] if down else []
+    if idle:
+        words.append(f"no ready worker for {', '.join(idle)}")
+    detail = "; ".join(words)
+    body = {
+        "status": "not ready" if missing else "ready",
+        "checks": checks,
+        "missing": missing,
+        "detail": detail,
+    }
+    return jsonify(body), 503 if missing else 200

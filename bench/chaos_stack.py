@@ -54,6 +54,7 @@ PAUSE_POINTS = [
 ]
 # Every process the fault injector may kill, and how it is started again.
 WORKERS = {
+    "parse-worker": celery_argv("parse", 1, name="parse"),
     "ingest-worker-1": celery_argv("ingest", 1, name="ingest1"),
     "ingest-worker-2": celery_argv("ingest", 1, name="ingest2"),
     "query-worker": celery_argv("query", 4, threads=True, name="query"),

@@ -74,8 +74,8 @@ TASK_SECONDS = Spec(
 STAGE_SECONDS = Spec(
     "quarry_stage_duration_seconds",
     "histogram",
-    "Time of one pipeline stage over one batch (ingest: parse, chunk, embed, write, flush; "
-    "ask: embed, search, rerank)",
+    "Time of one pipeline stage over one batch (ingest: parse, chunk, embed, write, flush, and gave_way: "
+    "embedding paused for questions; ask: embed, search, rerank)",
     ("pipeline", "stage"),
     STAGE_BUCKETS,
 )

@@ -117,7 +117,7 @@ class Settings(BaseSettings):
     sweep_interval_s: float = Field(
         60.0,
         gt=0,
-        description="how often ingest workers delete uploads past their retention and look for lost "
+        description="how often parse workers delete uploads past their retention and look for lost "
         "messages of queued jobs (REQUEUE_AFTER_S)",
     )
     # Above gunicorn's 120 s worker timeout: a submission still sending its message is never raced. A job
@@ -165,10 +165,28 @@ class Settings(BaseSettings):
     cpu_bf16: bool = Field(True, description="bf16 on CPUs with native bf16 instructions (else fp32)")
     torch_threads: int | None = Field(
         None,
-        description="torch threads per CPU worker process; unset: cores // (INGEST_CONCURRENCY + "
-        "QUERY_CONCURRENCY)",
+        description="torch threads per model worker process (ingest and query); unset: every core, "
+        "shared by turns (QUESTION_GATE, INGEST_NICE)",
     )
-    embed_token_budget: int = Field(16_384, gt=0, description="padded tokens per forward pass on CPU")
+    question_gate: bool = Field(
+        True,
+        description="on a device shared by ingest and query workers, bulk embedding pauses between "
+        "layers while a question is answered (workers/gate.py)",
+    )
+    question_gate_max_wait_s: float = Field(
+        10.0, gt=0, description="longest bulk embedding waits for questions before one more layer runs"
+    )
+    device_gate: Path | None = Field(
+        None,
+        description="lock file the workers of one device take turns by (one per device, on that host); "
+        "unset: DATA_DIR/gate/device.lock",
+    )
+    ingest_nice: int = Field(
+        10, ge=0, le=19, description="CPU scheduling niceness of ingest workers: questions win the cores"
+    )
+    # embed_token_budget: measured on 2 cores (fp32): 4,096 embeds as fast as 16,384 and makes each layer of
+    # a bulk pass 4x shorter, which is what a question arriving mid-pass waits for (README, Device use)
+    embed_token_budget: int = Field(4_096, gt=0, description="padded tokens per forward pass on CPU")
     embed_max_batch: int = Field(128, gt=0, description="texts per forward pass, at most")
     cuda_token_budget: int = Field(
         65_536, gt=0, description="padded tokens per forward pass on CUDA (halved on out-of-memory)"
@@ -199,7 +217,12 @@ class Settings(BaseSettings):
     bm25_b: float = Field(0.75, description="BM25 b (length normalisation); set at collection creation")
 
     # --- Celery ---
-    ingest_concurrency: int = Field(1, ge=1, description="ingest worker processes (its `-c`)")
+    parse_concurrency: int = Field(
+        1, ge=1, description="parse worker processes (uploads, parsing, fan-out; no model)"
+    )
+    ingest_concurrency: int = Field(
+        1, ge=1, description="ingest worker processes per device (chunk, embed, write; its `-c`)"
+    )
     query_concurrency: int = Field(1, ge=1, description="query worker processes, each with its own models")
     query_batch_size: int = Field(16, ge=1, description="questions per batch = task threads per query worker")
     query_batch_wait_ms: float = Field(10.0, ge=0, description="longest a question waits for a batch to fill")
@@ -317,11 +340,14 @@ class Settings(BaseSettings):
 
     @property
     def threads_per_worker(self) -> int:
-        """Torch threads per worker process, so concurrency x threads never exceeds the cores."""
-        if self.torch_threads:
-            return self.torch_threads
-        cores = os.cpu_count() or 1
-        return max(1, cores // (self.ingest_concurrency + self.query_concurrency))
+        """Torch threads per model worker process: every core, unless set. Ingest and query workers both
+        get them all, so whichever work is present uses the whole CPU; when both are present the question
+        gate and the ingest workers' niceness give questions the cores (workers/gate.py)."""
+        return self.torch_threads or os.cpu_count() or 1
+
+    @property
+    def gate_path(self) -> Path:
+        return self.device_gate or self.data_dir / "gate" / "device.lock"
 
 
 @lru_cache(maxsize=1)

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 import redis
 
-from celeryconfig import QUERY_QUEUE, WEBHOOK_QUEUE
+from celeryconfig import INGEST_QUEUE, PARSE_QUEUE, QUERY_QUEUE, WEBHOOK_QUEUE
 from common.settings import Settings
 
 
@@ -195,6 +195,23 @@ def query_workers(settings: Settings) -> list[tuple[str, list[str]]]:
     return [
         (f"query-worker-{i}", celery_argv(QUERY_QUEUE, size, threads=True, name=f"query{i}"))
         for i in range(settings.query_concurrency)
+    ]
+
+
+def service_workers(
+    settings: Settings, *, query_threads: int | None = None, webhooks: int | None = None
+) -> list[tuple[str, list[str]]]:
+    """Every worker of one host with one device, as `make run` starts them (tests start the same set):
+    parsing on the CPU without a model; ingest batches and questions on the device, taking turns
+    (workers/gate.py); webhook deliveries apart."""
+    query = query_workers(settings)
+    if query_threads is not None:  # tests: one query worker named as they address it
+        query = [("query-worker", celery_argv(QUERY_QUEUE, query_threads, threads=True, name="query"))]
+    return [
+        ("parse-worker", celery_argv(PARSE_QUEUE, settings.parse_concurrency)),
+        ("ingest-worker", celery_argv(INGEST_QUEUE, settings.ingest_concurrency)),
+        *query,
+        webhook_worker(settings.webhook_concurrency if webhooks is None else webhooks),
     ]
 
 

@@ -12,5 +12,6 @@ from common.settings import get_settings
 trace.LOG_SUCCESS = "Task %(name)s[%(id)s] succeeded in %(runtime)ss"
 
 app = make_celery(
-    get_settings(), include=["workers.tasks", "workers.webhooks", "workers.metrics", "workers.sweeper"]
+    get_settings(),
+    include=["workers.tasks", "workers.webhooks", "workers.metrics", "workers.sweeper", "workers.warmup"],
 )

@@ -14,18 +14,26 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
+X = TypeVar("X")
 
 BatchFn = Callable[[Sequence[T]], Sequence[R | BaseException]]
 
 
 class BatchTimeout(RuntimeError):
     """The item's batch did not finish within the caller's timeout."""
+
+
+class _Chore:
+    """Not an item: a function for the model thread to run alone, between batches (`run_alone`)."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
 
 
 class MicroBatcher(Generic[T, R]):
@@ -40,7 +48,7 @@ class MicroBatcher(Generic[T, R]):
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self._name = name
-        self._queue: queue.Queue[tuple[T, Future[R]]] = queue.Queue()
+        self._queue: queue.Queue[tuple[T | _Chore, Future[Any]]] = queue.Queue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.batch_sizes: list[int] = []  # recent batch sizes, for logs and benchmarks
@@ -61,6 +69,14 @@ class MicroBatcher(Generic[T, R]):
             future.cancel()
             raise BatchTimeout(f"no answer within {timeout_s:g} s") from None
 
+    def run_alone(self, fn: Callable[[], X]) -> Future[X]:
+        """Run `fn` in the model thread, alone, after what was queued before it: how models get built and
+        warmed in the thread that will use them before the first item arrives (workers.warmup)."""
+        self._ensure_thread()
+        future: Future[X] = Future()
+        self._queue.put((_Chore(fn), future))
+        return future
+
     def _ensure_thread(self) -> None:
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
@@ -70,15 +86,20 @@ class MicroBatcher(Generic[T, R]):
     def _loop(self) -> None:
         while True:
             batch = self._collect()
-            live = [(item, fut) for item, fut in batch if fut.set_running_or_notify_cancel()]
+            chore = batch.pop() if isinstance(batch[-1][0], _Chore) else None
+            items = cast(list[tuple[T, Future[R]]], batch)  # a chore only ever ends a batch
+            live = [(item, fut) for item, fut in items if fut.set_running_or_notify_cancel()]
             if live:
                 self._execute(live)
+            if chore is not None:
+                _run_chore(cast(_Chore, chore[0]), chore[1])
 
-    def _collect(self) -> list[tuple[T, Future[R]]]:
-        """Block for a first item, then take more until the batch is full or the first item's wait ends."""
+    def _collect(self) -> list[tuple[T | _Chore, Future[Any]]]:
+        """Block for a first item, then take more until the batch is full or the first item's wait ends;
+        a chore ends the batch (it runs after the items queued before it)."""
         batch = [self._queue.get()]
         deadline = time.monotonic() + self.max_wait_s
-        while len(batch) < self.max_batch:
+        while len(batch) < self.max_batch and not isinstance(batch[-1][0], _Chore):
             remaining = deadline - time.monotonic()
             try:
                 batch.append(
@@ -102,3 +123,12 @@ class MicroBatcher(Generic[T, R]):
                 future.set_exception(result)
             else:
                 future.set_result(result)
+
+
+def _run_chore(chore: _Chore, future: Future[Any]) -> None:
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        future.set_result(chore.fn())
+    except Exception as exc:  # its caller hears of it; the loop goes on
+        future.set_exception(exc)

@@ -16,6 +16,7 @@ from sentence_transformers.sentence_transformer.modules import Normalize, Poolin
 
 from common.settings import OFFLINE_EMBEDDING_MODEL, Settings
 from workers.device import DeviceConfig, choose_device
+from workers.gate import Gate, NoGate, install_give_way
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +109,18 @@ class SentenceTransformerEmbedder:
     """Embedder protocol over a SentenceTransformer, batched by padded-token budget rather than count."""
 
     def __init__(
-        self, model: SentenceTransformer, model_name: str, device_config: DeviceConfig, instruction: str = ""
+        self,
+        model: SentenceTransformer,
+        model_name: str,
+        device_config: DeviceConfig,
+        instruction: str = "",
+        gate: Gate | None = None,
     ) -> None:
         self._model = model.eval()
         self._device = device_config
+        # Bulk work gives way to another process's questions before each pass and each layer (workers.gate).
+        self._gate = gate or NoGate()
+        self.layers_gated = install_give_way(self._model, self._gate)
         self._tokenizer: Any = model.tokenizer
         if not getattr(self._tokenizer, "is_fast", False):
             raise ValueError(f"{model_name}: a fast (Rust) tokenizer is required for offsets and speed")
@@ -170,6 +179,7 @@ class SentenceTransformerEmbedder:
 
         for start, end in spans:
             batch = order[start:end]
+            self._gate.give_way()
             for i, out in zip(batch, run_halving(batch, forward), strict=True):
                 results[i] = out
         return [r for r in results if r is not None]
@@ -207,7 +217,7 @@ class SentenceTransformerEmbedder:
         return {name: value.to(self._device.device) for name, value in features.items()}
 
 
-def load_embedder(settings: Settings) -> SentenceTransformerEmbedder:
+def load_embedder(settings: Settings, gate: Gate | None = None) -> SentenceTransformerEmbedder:
     """Build the configured embedder on the chosen device and dtype (call once per worker process)."""
     device_config = choose_device(settings)
     model = build_model(resolve_model_path(settings.embedding_model), device_config.device)
@@ -223,4 +233,4 @@ def load_embedder(settings: Settings) -> SentenceTransformerEmbedder:
         device_config.dtype,
         instruction,
     )
-    return SentenceTransformerEmbedder(model, settings.embedding_model, device_config, instruction)
+    return SentenceTransformerEmbedder(model, settings.embedding_model, device_config, instruction, gate)

@@ -125,6 +125,7 @@ def run_batch(  # noqa: PLR0917 - the batch task's own arguments
                 clear=lambda doc_ids: fences.clear(name, doc_ids),
             )
 
+    paused_before = rt.gate.waited_s
     outcomes = ingest_batch(
         items,
         collection=collection,
@@ -135,6 +136,8 @@ def run_batch(  # noqa: PLR0917 - the batch task's own arguments
         seq=seq,
         lock=guarded,
     )
+    if rt.gate.waited_s > paused_before:  # how long this batch's embedding paused for questions
+        metrics.emit(metrics.stage("ingest", "gave_way", rt.gate.waited_s - paused_before))
     rt.reports.record(job_id, outcomes)
     fault_point(rt.settings, "before_ledger")
     return outcomes

@@ -1,4 +1,4 @@
-"""Sends again the message of a queued job that the Redis broker lost, from the ingest workers' sweeper.
+"""Sends again the message of a queued job that the Redis broker lost, from the parse workers' sweeper.
 
 Why a message can vanish: kombu's Redis transport takes a message with BRPOP (which removes it from the
 queue list) and records it in its `unacked` hash only afterwards, with a second command from the worker's

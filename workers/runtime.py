@@ -1,13 +1,15 @@
-"""Heavy per-process resources (models, Milvus client), created lazily on first use after the fork.
+"""Heavy per-process resources (models, Milvus client), built once per process after the fork.
 
-Never at import and never in `worker_process_init` (Celery gives that 4 s): the first task a process
-runs pays the load, every later task reuses it. A fork resets the cache (checked by pid).
+Built by the warm-up when the worker starts (workers/warmup.py: a prefork child before it takes a task,
+Celery's `worker_proc_alive_timeout` raised for it; a threads pool in its batcher thread before it consumes),
+else on first use. Never at import. A fork resets the cache (checked by pid).
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     from store.exact import ExactDense
     from store.milvus import MilvusStore
     from workers.batcher import MicroBatcher
+    from workers.gate import Gate
     from workers.reliability import Heartbeat
     from workers.retrieval import Question, Retriever
 
@@ -99,7 +102,14 @@ class Runtime:
         from workers.embedder import load_embedder
 
         configure_threads(self.settings)
-        return load_embedder(self.settings)
+        return load_embedder(self.settings, self.gate)
+
+    @cached_property
+    def gate(self) -> Gate:
+        """This process's turn-taking with the other workers of its device (workers.gate)."""
+        from workers.gate import gate_for
+
+        return gate_for(self.settings)
 
     def reranker(self, backend: str) -> Reranker:
         """Each backend loads on its first question, so an unused cross-encoder costs no memory."""
@@ -121,8 +131,14 @@ class Runtime:
         from workers.batcher import MicroBatcher
 
         s = self.settings
+
+        def answer(batch: Sequence[Question]) -> list[Any]:
+            """Models load in the batcher thread; a batch holds the device's question turn."""
+            with self.gate.questions():
+                return self.retriever.answer_batch(batch)
+
         return MicroBatcher(
-            lambda batch: self.retriever.answer_batch(batch),  # noqa: PLW0108 - models load in the batcher thread
+            answer,
             max_batch=s.query_batch_size,
             max_wait_s=s.query_batch_wait_ms / 1000,
             name="ask-batcher",

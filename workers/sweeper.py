@@ -1,4 +1,4 @@
-"""Deletes uploads past their retention (`common.retention`), from every worker that consumes `ingest`, and
+"""Deletes uploads past their retention (`common.retention`), from every worker that consumes `parse`, and
 sends again the lost messages of queued jobs (`workers.reconciler`, Redis broker only).
 
 One daemon thread in the worker's main process: it loads no model and touches only the upload directory,
@@ -19,7 +19,7 @@ from typing import Any
 
 from celery.signals import worker_ready
 
-from celeryconfig import INGEST_QUEUE
+from celeryconfig import PARSE_QUEUE
 from common.redis_client import connect_redis
 from common.retention import UploadRetention
 from common.settings import Settings, get_settings
@@ -79,9 +79,9 @@ def _reconcile(reconciler: Reconciler | None, batches: LostBatches | None) -> No
 
 @worker_ready.connect  # type: ignore[untyped-decorator]
 def start(sender: Any, **_: Any) -> None:
-    """In a worker that consumes `ingest` (where uploads are read), sweep every `sweep_interval_s`."""
+    """In a worker that consumes `parse` (where uploads are read), sweep every `sweep_interval_s`."""
     app = sender.app
-    if INGEST_QUEUE in app.amqp.queues.consume_from:
+    if PARSE_QUEUE in app.amqp.queues.consume_from:
 
         def send(task: str, task_id: str | None, kwargs: dict[str, Any]) -> None:
             app.send_task(task, kwargs=kwargs, task_id=task_id)

@@ -18,16 +18,16 @@ import redis
 import requests
 
 from api.auth import digest
+from common.settings import Settings
 from devstack.processes import (
     Supervisor,
     api_argv,
-    celery_argv,
     free_port,
     redis_answers,
+    service_workers,
     start_milvus,
     start_redis,
     wait_until,
-    webhook_worker,
 )
 
 # Keeps test queues and jobs apart from a `make run` stack on the same server; two test runs at once need
@@ -162,17 +162,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 def start_service(sup: Supervisor, api_port: int, *, query_threads: int) -> str:
     """The workers and the API (Redis and Milvus already up), as `make run` starts them; returns the URL."""
-    sup.start("ingest-worker", celery_argv("ingest", 1))
-    sup.start("query-worker", celery_argv("query", query_threads, threads=True, name="query"))
-    sup.start(*webhook_worker(4))
+    for name, argv in service_workers(Settings(), query_threads=query_threads, webhooks=4):
+        sup.start(name, argv)
     api = sup.start("api", api_argv("127.0.0.1", api_port))
     url = f"http://127.0.0.1:{api_port}"
-    wait_until(lambda: healthy(url), 60, "API", api)
+    wait_until(lambda: healthy(url, "/readyz"), 180, "API and warm workers", api)  # models load at start
     return url
 
 
-def healthy(url: str) -> bool:
+def healthy(url: str, probe: str = "/healthz") -> bool:
+    """Whether `probe` answers 200: /healthz (Redis, broker, Milvus up) or /readyz (and warm workers)."""
     try:
-        return requests.get(url + "/healthz", timeout=5).status_code == 200
+        return requests.get(url + probe, timeout=5).status_code == 200
     except requests.RequestException:
         return False

@@ -14,7 +14,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from api import create_app
-from celeryconfig import ASK_TASK, INGEST_TASK
+from celeryconfig import ASK_TASK, INGEST_BATCH_TASK, INGEST_TASK
 from common.settings import Settings
 from tests.integration.conftest import Stack
 
@@ -140,7 +140,7 @@ def queue_depths(samples: Samples) -> dict[str, float]:
 
 
 def test_queue_depths_of_every_queue(samples: Samples) -> None:
-    assert queue_depths(samples).keys() == {"ingest", "query", "webhooks"}
+    assert queue_depths(samples).keys() == {"parse", "ingest", "query", "webhooks"}
 
 
 def test_queue_depths_count_the_messages_waiting(tmp_path: Path) -> None:
@@ -151,7 +151,7 @@ def test_queue_depths_count_the_messages_waiting(tmp_path: Path) -> None:
     try:
         app = create_app(settings)
         celery = app.extensions["quarry"].celery
-        for task, count in ((ASK_TASK, 3), (INGEST_TASK, 2)):
+        for task, count in ((ASK_TASK, 3), (INGEST_TASK, 2), (INGEST_BATCH_TASK, 1)):
             for _ in range(count):
                 celery.send_task(task, kwargs={})
         response = app.test_client().get("/metrics")
@@ -160,6 +160,6 @@ def test_queue_depths_count_the_messages_waiting(tmp_path: Path) -> None:
             for family in text_string_to_metric_families(response.get_data(as_text=True))
             for s in family.samples
         }
-        assert queue_depths(parsed) == {"query": 3, "ingest": 2, "webhooks": 0}
+        assert queue_depths(parsed) == {"query": 3, "parse": 2, "ingest": 1, "webhooks": 0}
     finally:
         client.flushdb()

@@ -131,34 +131,58 @@ def test_redis_never_evicts_and_persists_its_queue() -> None:
     assert _flag(command, "--appendonly") == "yes"
 
 
-def test_query_worker_reserves_one_nvidia_gpu_and_batches_on_threads() -> None:
+GPU0 = [{"driver": "nvidia", "device_ids": ["0"], "capabilities": ["gpu"]}]
+GPU1 = [{"driver": "nvidia", "device_ids": ["1"], "capabilities": ["gpu"]}]
+
+
+def _gpus(service: dict[str, Any]) -> list[dict[str, Any]]:
+    return service["deploy"]["resources"]["reservations"]["devices"]  # type: ignore[no-any-return]
+
+
+def _gate_volume(service: dict[str, Any]) -> str:
+    """The volume holding the service's DEVICE_GATE file."""
+    gate_dir = str(Path(_env(service)["DEVICE_GATE"]).parent)
+    return next(v.split(":")[0] for v in service["volumes"] if v.endswith(f":{gate_dir}"))
+
+
+def test_query_worker_batches_on_threads_on_gpu_0() -> None:
     worker = _services()["query-worker"]
-    devices = worker["deploy"]["resources"]["reservations"]["devices"]
-    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
-    assert _env(worker)["DEVICE"] == "cuda"
+    assert _gpus(worker) == GPU0 and _env(worker)["DEVICE"] == "cuda"
     command = worker["command"]
     # One process whose task threads feed its micro-batcher: never solo (one question at a time) or prefork.
     assert _flag(command, "-P") == "threads"
     assert int(_flag(command, "-c")) == Settings().query_batch_size == int(_env(worker)["QUERY_BATCH_SIZE"])
 
 
-def test_second_gpu_worker_is_the_same_worker_pinned_to_gpu_1() -> None:
+def test_ingest_worker_embeds_on_the_same_gpu_in_a_prefork_pool(monkeypatch: pytest.MonkeyPatch) -> None:
     services = _services()
-    first, second = services["query-worker"], services["query-worker-gpu1"]
-    assert second["profiles"] == ["gpu1"]
-    assert second["command"] == first["command"] and second["environment"] == first["environment"]
-    devices = second["deploy"]["resources"]["reservations"]["devices"]
-    assert devices == [{"driver": "nvidia", "device_ids": ["1"], "capabilities": ["gpu"]}]
+    worker, query = services["ingest-worker"], services["query-worker"]
+    assert _gpus(worker) == GPU0 and _env(worker)["DEVICE"] == "cuda"
+    assert "-P" not in worker["command"]  # prefork: hard time limits, a killed batch redelivered at once
+    assert _flag(worker["command"], "-Q") == celeryconfig.INGEST_QUEUE
+    settings = _settings_from(_env(worker), monkeypatch)
+    assert int(_flag(worker["command"], "-c")) == settings.ingest_concurrency == 1  # one model on the GPU
+    # The pair takes turns by one lock file in a volume only the two of them mount.
+    assert _env(worker)["DEVICE_GATE"] == _env(query)["DEVICE_GATE"]
+    assert _gate_volume(worker) == _gate_volume(query) == "gate-gpu0"
+    assert settings.question_gate and settings.torch_threads is None
 
 
-def test_ingest_worker_runs_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    worker = _services()["ingest-worker"]
-    env = _env(worker)
-    assert "deploy" not in worker and env["DEVICE"] == "cpu"
-    assert "-P" not in worker["command"]  # prefork: one process (and model) per -c
-    settings = _settings_from(env, monkeypatch)
-    assert int(_flag(worker["command"], "-c")) == settings.ingest_concurrency
-    assert settings.torch_threads is not None  # explicit: processes x threads is chosen for the host
+def test_each_further_gpu_is_the_same_pair_pinned_with_its_own_gate() -> None:
+    services = _services()
+    for name in ("ingest-worker", "query-worker"):
+        first, second = services[name], services[f"{name}-gpu1"]
+        assert second["profiles"] == ["gpu1"]
+        assert second["command"] == first["command"] and second["environment"] == first["environment"]
+        assert _gpus(second) == GPU1 and _gate_volume(second) == "gate-gpu1"
+
+
+def test_parse_worker_runs_on_the_cpu_without_a_model() -> None:
+    worker = _services()["parse-worker"]
+    assert "deploy" not in worker and _env(worker)["DEVICE"] == "cpu"
+    assert _flag(worker["command"], "-Q") == celeryconfig.PARSE_QUEUE
+    routed = {task for task, queue in celeryconfig.TASK_QUEUES.items() if queue == celeryconfig.PARSE_QUEUE}
+    assert routed == {celeryconfig.INGEST_TASK}  # the coordinator: parsing and fan-out, never a model
 
 
 def test_every_variable_is_a_setting_that_parses(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -212,7 +236,8 @@ def test_uploads_and_model_cache_are_shared_volumes() -> None:
     for name in ("api", *_workers()):
         service = compose["services"][name]
         env = _env(service)
-        assert f"uploads:{env['DATA_DIR']}" in service["volumes"], name
+        if not name.startswith("query-worker"):  # questions never read an upload
+            assert f"uploads:{env['DATA_DIR']}" in service["volumes"], name
         assert f"models:{env['HF_HOME']}" in service["volumes"], name
 
 
@@ -223,13 +248,15 @@ def test_prometheus_directory_is_an_empty_tmpfs_for_the_api_only() -> None:
     assert all("PROMETHEUS_MULTIPROC_DIR" not in _env(svc) for svc in services.values())
 
 
-def test_cpu_override_moves_the_query_worker_to_the_cpu() -> None:
+def test_cpu_override_moves_both_model_workers_to_the_cpu() -> None:
     override = _load(CPU_OVERRIDE)["services"]
-    worker = override["query-worker"]
-    assert worker["deploy"] is None  # `!reset`: no GPU reservation
-    assert worker["environment"]["DEVICE"] == "cpu"
-    # The API picks each question's reranker: it must default to the one the worker is set up for.
-    assert override["api"]["environment"]["RERANKER_BACKEND"] == worker["environment"]["RERANKER_BACKEND"]
+    for name in ("ingest-worker", "query-worker"):
+        worker = override[name]
+        assert worker["deploy"] is None, name  # `!reset`: no GPU reservation
+        assert worker["environment"]["DEVICE"] == "cpu", name
+        assert "TORCH_THREADS" not in worker["environment"], name  # both get every core and take turns
+        # The API picks each question's reranker: it must default to the one the worker is set up for.
+        assert override["api"]["environment"]["RERANKER_BACKEND"] == worker["environment"]["RERANKER_BACKEND"]
 
 
 def _in_image(arg: str) -> str:
@@ -269,3 +296,11 @@ def test_docker_compose_config_accepts_the_files(files: list[Path]) -> None:
         ["docker", "compose", *args, "config", "-q"], capture_output=True, text=True, cwd=ROOT, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_the_image_lets_its_user_write_the_gate_volume() -> None:
+    """A named volume inherits the ownership of the image's directory: the gate's must be the user's."""
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    gate_dir = str(Path(_env(_services()["ingest-worker"])["DEVICE_GATE"]).parent)
+    assert re.search(rf"mkdir -p [^\n]*{gate_dir}", text)
+    assert re.search(rf"chown quarry:quarry [^\n]*{gate_dir}", text)

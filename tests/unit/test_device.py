@@ -23,6 +23,16 @@ def test_auto_prefers_cuda_in_fp16_with_the_cuda_budget(monkeypatch: pytest.Monk
     assert config == DeviceConfig("cuda", torch.float16, 1000, 7)
 
 
+def test_explicit_cuda_with_a_gpu_takes_its_budget_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake_hardware(monkeypatch, cuda=True, bf16=True)
+    monkeypatch.setenv("CUDA_TOKEN_BUDGET", "4096")
+    monkeypatch.setenv("EMBED_TOKEN_BUDGET", "512")  # the CPU budget: not used on a GPU
+    settings = Settings(device="cuda")
+    assert choose_device(settings) == DeviceConfig("cuda", torch.float16, 4096, settings.embed_max_batch)
+
+
 def test_cpu_forced_even_with_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     fake_hardware(monkeypatch, cuda=True, bf16=False)
     config = choose_device(Settings(device="cpu", embed_token_budget=500))

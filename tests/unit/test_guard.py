@@ -17,7 +17,7 @@ def _client(**settings: object) -> FlaskClient:
     app = Flask(__name__)
     problems.register(app)
     guard.install(app, Settings(**settings))  # type: ignore[arg-type]
-    for path in ("/x", "/healthz", "/metrics"):
+    for path in ("/x", "/healthz", "/readyz", "/metrics"):
         app.add_url_rule(path, path, lambda: "ok", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
     return app.test_client()
 
@@ -70,7 +70,7 @@ def test_trusted_hosts_setting_adds_names_and_star_trusts_all() -> None:
     assert _status(with_port, Host="quarry.lan:9000") == 200
 
 
-@pytest.mark.parametrize("path", ["/healthz", "/metrics"])
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics"])
 def test_probes_may_use_any_host_name(path: str) -> None:
     assert _status(_client(), path=path, Host="api:8000") == 200
 

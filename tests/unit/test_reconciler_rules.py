@@ -81,7 +81,7 @@ def test_a_job_without_a_task_or_request_is_not_sent() -> None:
 
 
 def test_every_job_kind_has_one_task_and_queue() -> None:
-    assert route("ingest") == (INGEST_TASK, "ingest")
+    assert route("ingest") == (INGEST_TASK, "parse")  # the coordinator; its batches go to `ingest`
     assert route("delete") == (DELETE_TASK, "ingest")
     assert route("ask") == (ASK_TASK, "query")
     assert route(None) is None and route("webhook") is None

@@ -39,17 +39,11 @@ def test_inconsistent_settings_are_refused(overrides: dict[str, object]) -> None
         Settings(**overrides)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(
-    ("ingest", "query", "expected"),
-    [(1, 1, 1), (1, 3, 1)],
-)
-def test_threads_never_oversubscribe_cores(
-    monkeypatch: pytest.MonkeyPatch, ingest: int, query: int, expected: int
-) -> None:
+def test_every_model_worker_gets_every_core_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ingest and query workers take turns on the device (workers.gate), so each may use all of it."""
     monkeypatch.setattr("os.cpu_count", lambda: 2)
-    settings = Settings(ingest_concurrency=ingest, query_concurrency=query)
-    assert settings.threads_per_worker == expected
-    assert Settings(torch_threads=3).threads_per_worker == 3
+    assert Settings(ingest_concurrency=1, query_concurrency=3).threads_per_worker == 2
+    assert Settings(torch_threads=1).threads_per_worker == 1  # the split of the earlier design
 
 
 def test_celery_config_follows_settings() -> None:
@@ -60,5 +54,6 @@ def test_celery_config_follows_settings() -> None:
     assert config["worker_prefetch_multiplier"] == 1
     assert config["accept_content"] == ["json"]
     assert config["broker_transport_options"]["visibility_timeout"] > config["task_time_limit"] == 600
-    assert config["task_routes"][celeryconfig.INGEST_TASK]["queue"] == "ingest"
+    assert config["task_routes"][celeryconfig.INGEST_TASK]["queue"] == "parse"
+    assert config["task_routes"][celeryconfig.INGEST_BATCH_TASK]["queue"] == "ingest"
     assert config["task_routes"][celeryconfig.ASK_TASK]["queue"] == "query"

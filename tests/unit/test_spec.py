@@ -31,7 +31,7 @@ def doc(client: FlaskClient) -> dict[str, Any]:
 
 def test_every_route_is_documented_once(doc: dict[str, Any]) -> None:
     operations = {(method.upper(), path) for path, ops in doc["paths"].items() for method in ops}
-    assert len(operations) == 13
+    assert len(operations) == 14
     assert ("POST", "/api/v1/ask") in operations
     assert ("GET", "/api/v1/jobs/{job_id}") in operations
     assert doc["openapi"].startswith("3.1")
@@ -50,6 +50,7 @@ def test_keys_are_required_except_for_health(doc: dict[str, Any]) -> None:
     assert doc["security"] == [{"bearer": []}]
     assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     assert doc["paths"]["/healthz"]["get"]["security"] == []
+    assert doc["paths"]["/readyz"]["get"]["security"] == []
 
 
 def test_errors_are_documented_as_problem_json(doc: dict[str, Any]) -> None:

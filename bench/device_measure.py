@@ -1,0 +1,160 @@
+"""What the device benchmark measures on each stack, and the bare model it compares ingestion with.
+
+Every figure goes through the API as a client sees it (submit, long-poll the job), one client at a time:
+the question is how one device is shared between bulk ingestion and questions, not how far it scales.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from bench import perf_ingest
+from bench.device_report import MODES, latencies, startup
+from bench.device_stack import Stack
+from bench.eval_beir import MAX_BATCH_BYTES, Client, batches
+from common.settings import Settings
+
+Bodies = Mapping[str, dict[str, Any]]  # mode -> the ask request without its question
+INGEST_REQUEST_DOCS = 1000  # documents per ingest request (one job each), as `make eval` sends them
+NEXT_QUESTIONS = 9  # the first question after ready is compared with the median of these
+
+
+def bodies(collection: str) -> dict[str, dict[str, Any]]:
+    """The ask requests of each mode: the default pipeline (reranked), and without the reranker."""
+    base = {"collection": collection, "top_k": 10}
+    return {"reranked": base, "plain": {**base, "rerank": False}}
+
+
+def ask_ms(client: Client, body: Mapping[str, Any], question: str, timeout_s: float) -> float:
+    """One question, submitted and long-polled as a client does; its latency in ms. Raises if it failed."""
+    start = time.perf_counter()
+    job = client.wait(client.submit("/ask", {**body, "question": question}), timeout_s)
+    if job["state"] != "succeeded":
+        raise RuntimeError(f"ask failed: {job.get('error')}")
+    return (time.perf_counter() - start) * 1000
+
+
+def warm_start(
+    stack: Stack,
+    client: Client,
+    body: Mapping[str, Any],
+    questions: Sequence[str],
+    *,
+    docs: Sequence[dict[str, Any]],
+    timeout_s: float,
+) -> dict[str, Any]:
+    """Seconds from start to ready and to the first answer; the first question after ready vs the next 9;
+    then how long the first ingest (of `docs`, a couple) takes, which also keeps a model load out of (b)."""
+    ready_s, endpoint = stack.wait_ready(timeout_s)
+    first_ms = ask_ms(client, body, questions[0], timeout_s)
+    first_answer_s = stack.since_start()
+    following = [ask_ms(client, body, q, timeout_s) for q in questions[1 : 1 + NEXT_QUESTIONS]]
+    start = time.perf_counter()
+    wait_all(client, submit_ingest(client, docs, f"bench-warm-{uuid.uuid4().hex[:8]}"), timeout_s)
+    first_ingest = {"first_ingest_docs": len(docs), "first_ingest_ms": (time.perf_counter() - start) * 1000}
+    return startup(ready_s, endpoint, first_answer_s, first_ms, following) | first_ingest
+
+
+def idle(client: Client, modes: Bodies, questions: Sequence[str], timeout_s: float) -> dict[str, Any]:
+    """p50/p95 of each mode at 1 client with nothing else running (the same questions for each mode)."""
+    return {mode: latencies([ask_ms(client, modes[mode], q, timeout_s) for q in questions]) for mode in MODES}
+
+
+def submit_ingest(client: Client, docs: Sequence[dict[str, Any]], collection: str) -> list[str]:
+    return [
+        client.submit("/documents", {"collection": collection, "documents": batch})
+        for batch in batches(docs, INGEST_REQUEST_DOCS, MAX_BATCH_BYTES)
+    ]
+
+
+def wait_all(client: Client, jobs: Sequence[str], timeout_s: float) -> None:
+    failed = [job for job in jobs if client.wait(job, timeout_s)["state"] != "succeeded"]
+    if failed:
+        raise RuntimeError(f"ingest job(s) failed: {', '.join(failed)}")
+
+
+def _until(check: Callable[[], bool], done: threading.Event, timeout_s: float) -> None:
+    """Poll `check` until it holds or `done` is set (a tiny ingest may end before it is seen running)."""
+    deadline = time.monotonic() + timeout_s
+    while not check() and not done.wait(0.05):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no ingest batch started in {timeout_s:.0f} s")
+
+
+def under_ingest(
+    stack: Stack,
+    client: Client,
+    *,
+    docs: Sequence[dict[str, Any]],
+    modes: Bodies,
+    questions: Sequence[str],
+    timeout_s: float,
+) -> dict[str, Any]:
+    """Questions (both modes, alternating, 1 client) from when the first batch of an ingest of `docs` runs
+    until the ingest ends; p50/p95 and count per mode, and the ingest's own rate meanwhile."""
+    collection = f"bench-load-{uuid.uuid4().hex[:8]}"
+    start = time.perf_counter()
+    jobs = submit_ingest(client, docs, collection)
+    done, ended = threading.Event(), [0.0]
+    errors: list[BaseException] = []
+
+    def finish() -> None:
+        try:
+            wait_all(client, jobs, timeout_s)
+        except BaseException as exc:  # re-raised by the asking thread
+            errors.append(exc)
+        finally:
+            ended[0] = time.perf_counter()
+            done.set()
+
+    waiter = threading.Thread(target=finish, name="ingest-waiter", daemon=True)
+    waiter.start()
+    _until(lambda: stack.batch_running(jobs), done, timeout_s)
+    first_batch_s = time.perf_counter() - start
+    asked: dict[str, list[float]] = {mode: [] for mode in MODES}
+    while not done.is_set():
+        n = sum(len(v) for v in asked.values())
+        mode = MODES[n % len(MODES)]
+        asked[mode].append(ask_ms(client, modes[mode], questions[n % len(questions)], timeout_s))
+    waiter.join()
+    if errors:
+        raise errors[0]
+    seconds = ended[0] - start
+    chunks = int(client.get(f"/collections/{collection}")["chunks"])
+    return {
+        "documents": len(docs),
+        "jobs": len(jobs),
+        "first_batch_s": first_batch_s,
+        "ingest_seconds": seconds,
+        "chunks": chunks,
+        "chunks_per_s": chunks / seconds,
+        **{mode: latencies(asked[mode]) for mode in MODES},
+    }
+
+
+def ingest_rate(client: Client, docs: Sequence[dict[str, Any]], timeout_s: float) -> dict[str, Any]:
+    """Chunks/s through the API into a scratch collection (deleted after), as bench.perf measures it."""
+    return {"documents": len(docs), **perf_ingest.service(client, docs, timeout_s)}
+
+
+def bare_all_cores(docs: Sequence[dict[str, Any]], settings: Settings) -> dict[str, Any]:
+    """The service's embedder (same dtype, token budget, length sorting; no gate) on every core of the
+    machine, embedding exactly the chunks the service makes of `docs`."""
+    import torch
+
+    from workers.embedder import load_embedder
+
+    threads = os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    embedder = load_embedder(settings)
+    texts = perf_ingest.chunk_texts(docs, embedder, settings)
+    result = {"threads": threads, "documents": len(docs), **perf_ingest.bare(texts, embedder)}
+    del embedder
+    if torch.cuda.is_available():  # the stacks' workers get the whole GPU
+        torch.cuda.empty_cache()
+    return result

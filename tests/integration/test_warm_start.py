@@ -1,0 +1,114 @@
+"""Warm from the start, on real workers: /readyz is 200 only once every queue has a warm worker, the first
+question after it finds the models loaded, and a kind of worker that stops is named within the expiry.
+
+The session stack shows the ready state; the rest runs on a stack of its own (it stops workers), whose
+first question is really its first.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from api.routes import READY_QUEUES
+from common.readiness import TTL_S
+from tests.integration.conftest import Stack
+from tests.integration.faultstack import FaultStack, fault_stack, wait_for
+
+DOCUMENTS = [
+    {
+        "id": "tides",
+        "title": "Ocean tides",
+        "text": "Tides are the rise and fall of sea levels caused by the Moon.",
+    },
+    {
+        "id": "espresso",
+        "title": "Espresso",
+        "text": "Espresso is coffee brewed by forcing hot water through beans.",
+    },
+]
+WARM = "warm-up done"
+EMBEDDER_LOADED = "embedder bundled:"  # workers.embedder's line when a model is built
+
+
+def readyz(url: str) -> requests.Response:
+    return requests.get(url + "/readyz", timeout=30)  # no key: probes have none
+
+
+def test_readyz_is_200_with_every_queue_ready(stack: Stack) -> None:
+    response = readyz(stack.url)
+    body = response.json()
+    assert response.status_code == 200, body
+    assert body["status"] == "ready" and body["missing"] == [] and body["detail"] == ""
+    assert {"redis", "broker", "milvus", "workers"} == body["checks"].keys()
+    assert all(body["checks"]["workers"]["queues"][queue] >= 1 for queue in READY_QUEUES), body
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
+    """A whole stack of its own, returned once /readyz is 200 (`start_service` waits for it)."""
+    with fault_stack(tmp_path_factory.mktemp("warm"), {"TEST_BATCH_DELAY_S": "0"}) as fs:
+        yield fs
+
+
+def log_lines(logs: Path, worker: str) -> list[str]:
+    return (logs / f"{worker}.log").read_text(errors="replace").splitlines()
+
+
+def first_index(lines: list[str], pattern: str) -> int:
+    return next(i for i, line in enumerate(lines) if re.search(pattern, line))
+
+
+def assert_warm_before_first_task(logs: Path, worker: str, task: str) -> None:
+    """The model was built once, in the warm-up, before the worker received its first task."""
+    lines = log_lines(logs, worker)
+    received = first_index(lines, rf"Task {re.escape(task)}\[[^\]]+\] received")
+    warm = first_index(lines, WARM)
+    assert warm < received, "\n".join(lines[received : warm + 1])
+    loads = [i for i, line in enumerate(lines) if EMBEDDER_LOADED in line]
+    assert len(loads) == 1 and loads[0] < warm, [lines[i] for i in loads]
+
+
+def test_the_first_question_after_ready_finds_the_models_warm(fresh: FaultStack) -> None:
+    job = fresh.run("/api/v1/documents", json={"collection": "warm", "documents": DOCUMENTS})
+    assert job["state"] == "succeeded", job
+    answers = [ask(fresh, question) for question in ["why does the sea rise?"] * 10]
+    assert answers[0]["result"]["passages"][0]["doc_id"] == "tides"
+    assert answers[0]["result"]["reranker"] == "maxsim"  # the default reranker, warmed at start
+    assert_warm_before_first_task(fresh.logs, "query-worker", "quarry.ask")
+    assert_warm_before_first_task(fresh.logs, "ingest-worker", "quarry.ingest_batch")
+    for n in (0, 9):  # measured, not asserted: the worker's stage timings of the first and the tenth
+        print(f"question {n + 1}: {answers[n]['result']['timings']}")
+
+
+def ask(fs: FaultStack, question: str) -> dict[str, Any]:
+    job = fs.run("/api/v1/ask", json={"question": question, "collection": "warm", "top_k": 1})
+    assert job["state"] == "succeeded", job
+    return job
+
+
+def test_a_stopped_kind_of_worker_is_named_within_the_expiry(fresh: FaultStack) -> None:
+    assert readyz(fresh.url).status_code == 200
+    fresh.stop("webhook-worker", signal.SIGKILL)  # no goodbye: its entry must lapse
+    killed = time.monotonic()
+    body = wait_for(
+        lambda: not_ready(fresh.url), TTL_S + 10, "/readyz to miss the webhooks worker", every_s=0.5
+    )
+    assert body["missing"] == ["webhooks"] and "webhooks" in body["detail"], body
+    assert body["checks"]["workers"]["queues"]["webhooks"] == 0
+    print(f"webhooks named {time.monotonic() - killed:.1f} s after SIGKILL (expiry {TTL_S:g} s)")
+    fresh.stop("parse-worker", signal.SIGTERM)  # a clean stop withdraws before the process ends
+    body = readyz(fresh.url).json()
+    assert body["missing"] == ["parse", "webhooks"], body
+
+
+def not_ready(url: str) -> dict[str, Any] | None:
+    response = readyz(url)
+    return response.json() if response.status_code == 503 else None  # type: ignore[no-any-return]

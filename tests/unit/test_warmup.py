@@ -1,0 +1,132 @@
+"""The warm-up: models built and run where tasks will use them (the micro-batcher's thread for questions),
+what each kind of worker warms, and a failure that leaves the worker not ready instead of crashing it."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+from celery.concurrency.prefork import TaskPool
+from celery.concurrency.thread import TaskPool as ThreadPool
+
+from workers.batcher import MicroBatcher
+from workers.warmup import WARM_COLLECTION, is_prefork, warm
+
+
+class FakeEmbedder:
+    def __init__(self, calls: list[tuple[str, str]]) -> None:
+        self.calls = calls
+
+    def _seen(self, what: str) -> None:
+        self.calls.append((what, threading.current_thread().name))
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray[Any, Any]:
+        self._seen("documents")
+        return np.ones((len(texts), 4), dtype=np.float32)
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray[Any, Any]:
+        self._seen("queries")
+        return np.ones((len(texts), 4), dtype=np.float32)
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        self._seen("spans")
+        return [(0, len(text))]
+
+
+class FakeRuntime:
+    """What `warm` touches of a Runtime, recording which thread touched it."""
+
+    def __init__(self, backend: str = "maxsim", store_fails: bool = False, load_fails: bool = False) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.settings = SimpleNamespace(
+            reranker_backend=backend,
+            search_ef=64,
+            rrf_k=60,
+            dense_candidates=10,
+            bm25_candidates=10,
+        )
+        self.questions: MicroBatcher[int, int] = MicroBatcher(
+            list, max_batch=4, max_wait_s=0, name="ask-batcher"
+        )
+        self._store_fails, self._load_fails = store_fails, load_fails
+
+    def _seen(self, what: str) -> None:
+        self.calls.append((what, threading.current_thread().name))
+
+    @property
+    def embedder(self) -> FakeEmbedder:
+        self._seen("load")
+        if self._load_fails:
+            raise OSError("model not found")
+        return FakeEmbedder(self.calls)
+
+    def reranker(self, backend: str) -> Any:
+        self._seen(f"reranker {backend}")
+        return SimpleNamespace(rerank_batch=lambda items: self._seen("rerank"))
+
+    @property
+    def store(self) -> Any:
+        self._seen("store")
+        if self._store_fails:
+            raise ConnectionError("Milvus unreachable")
+
+        def search(collection: str, *args: Any, **kwargs: Any) -> list[Any]:
+            self._seen(f"search {collection}")
+            return [[]]
+
+        return SimpleNamespace(search=search)
+
+    @property
+    def retriever(self) -> Any:
+        self._seen("retriever")
+        return object()
+
+
+def test_questions_warm_every_model_in_the_batcher_thread() -> None:
+    rt = FakeRuntime()
+    assert warm(rt, {"query"})  # type: ignore[arg-type]
+    names = [what for what, _ in rt.calls]
+    assert names[:4] == ["load", "documents", "spans", "queries"]
+    assert {"reranker maxsim", "rerank", "retriever", f"search {WARM_COLLECTION}"} <= set(names)
+    assert {thread for _, thread in rt.calls} == {"ask-batcher"}
+
+
+def test_ingest_warms_the_embedder_and_milvus_in_the_calling_thread_without_questions() -> None:
+    rt = FakeRuntime()
+    assert warm(rt, {"ingest"})  # type: ignore[arg-type]
+    names = [what for what, _ in rt.calls]
+    assert names == ["load", "documents", "spans", "store"]
+    assert {thread for _, thread in rt.calls} == {threading.current_thread().name}
+
+
+def test_no_reranker_is_loaded_when_reranking_is_off() -> None:
+    rt = FakeRuntime(backend="none")
+    assert warm(rt, {"query"})  # type: ignore[arg-type]
+    assert not [what for what, _ in rt.calls if what.startswith("rerank")]
+
+
+def test_a_worker_without_a_model_queue_loads_nothing() -> None:
+    rt = FakeRuntime()
+    assert warm(rt, {"parse", "webhooks"})  # type: ignore[arg-type]
+    assert rt.calls == []
+
+
+def test_milvus_unreachable_still_leaves_the_models_warm() -> None:
+    rt = FakeRuntime(store_fails=True)
+    assert warm(rt, {"ingest"})  # type: ignore[arg-type]
+
+
+def test_a_model_that_fails_to_load_leaves_the_worker_not_ready(caplog: pytest.LogCaptureFixture) -> None:
+    assert not warm(FakeRuntime(load_fails=True), {"query"})  # type: ignore[arg-type]
+    assert "warm-up failed" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("pool", "prefork"), [(TaskPool, True), (ThreadPool, False), ("prefork", True), ("threads", False)]
+)
+def test_prefork_pools_are_told_apart(pool: Any, prefork: bool) -> None:
+    assert is_prefork(pool) is prefork

@@ -1,0 +1,165 @@
+"""Questions first on a shared device: bulk embedding pauses between layers while a question is answered.
+
+One device (a GPU, or a CPU host's cores) serves two kinds of model work from two worker processes: the
+ingest worker (a prefork pool, so a killed or stuck batch is redelivered or hard-killed as Celery promises)
+embeds bulk uploads, the query worker (a threads pool feeding one micro-batcher) answers questions. Each
+gets the whole device when it is alone. When both run, a question must not wait for a bulk batch.
+
+The turn-taking is a lock file per device (`Settings.gate_path`), locked with flock(2), which the kernel
+releases when its holder dies however it dies:
+- a query worker holds it *shared* while it answers a batch of questions (embed, search, rerank);
+- an ingest worker, before each forward pass and before each transformer layer (forward pre-hooks), tries to
+  take it *exclusive* without blocking; when a question holds it, the ingest worker waits until no question
+  does (polling, at most `question_gate_max_wait_s` at a time, so a hung peer can only slow ingestion),
+  and carries on. A question so waits at most for the layer in progress, never for a whole batch.
+On a CPU the ingest worker also runs at a lower priority (`ingest_nice`), so even that layer yields the
+cores. The alternatives measured against this (bench/device.py) are in the README's "Device use".
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from celery.signals import worker_init
+
+from celeryconfig import INGEST_QUEUE, QUERY_QUEUE
+from common.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+_POLL_S = (0.001, 0.002, 0.005, 0.01)  # the ingest side's polls: short first, a question ends soon
+
+
+class DeviceGate:
+    """One process's handle on its device's lock file (opened lazily: after the fork, never before)."""
+
+    def __init__(self, path: Path, max_wait_s: float = 10.0) -> None:
+        self.path = path
+        self.max_wait_s = max_wait_s
+        self._fd: int | None = None
+        self._pid = 0
+        self._held = 0  # question batches of this process in flight (the lock is shared once for all)
+        self._lock = threading.Lock()
+        self.waited_s = 0.0  # total time this process's bulk work gave way (logs and benchmarks)
+
+    def _file(self) -> int:
+        if self._fd is None or self._pid != os.getpid():  # a forked child opens its own description
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._pid = os.getpid()
+        return self._fd
+
+    @contextmanager
+    def questions(self) -> Iterator[None]:
+        """Hold the device for questions: bulk work pauses at its next layer until the last one ends."""
+        with self._lock:
+            if self._held == 0:
+                fcntl.flock(self._file(), fcntl.LOCK_SH)  # waits only for an ingest check in progress
+            self._held += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held -= 1
+                if self._held == 0:
+                    fcntl.flock(self._file(), fcntl.LOCK_UN)
+
+    def questions_waiting(self) -> bool:
+        """Whether another process answers questions now (never this one: it would wait for itself)."""
+        with self._lock:  # atomic with questions() in other threads: both flock one open file description
+            if self._held:
+                return False
+            fd = self._file()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+
+    def give_way(self) -> float:
+        """Bulk work's check point: return at once when no question runs, else once none does (or after
+        `max_wait_s`). Returns the seconds waited."""
+        if not self.questions_waiting():
+            return 0.0
+        start = time.monotonic()
+        polls = 0
+        while time.monotonic() - start < self.max_wait_s and self.questions_waiting():
+            time.sleep(_POLL_S[min(polls, len(_POLL_S) - 1)])
+            polls += 1
+        waited = time.monotonic() - start
+        self.waited_s += waited
+        return waited
+
+
+class NoGate:
+    """QUESTION_GATE=false: both kinds of work share the device as the OS (or the GPU) schedules them."""
+
+    waited_s = 0.0
+
+    @contextmanager
+    def questions(self) -> Iterator[None]:
+        yield
+
+    def questions_waiting(self) -> bool:
+        return False
+
+    def give_way(self) -> float:
+        return 0.0
+
+
+Gate = DeviceGate | NoGate
+
+
+def gate_for(settings: Settings) -> Gate:
+    return (
+        DeviceGate(settings.gate_path, settings.question_gate_max_wait_s)
+        if settings.question_gate
+        else NoGate()
+    )
+
+
+def transformer_layers(model: Any) -> list[Any]:
+    """The repeated blocks of a transformer (BERT, RoBERTa/XLM-R, DistilBERT, MPNet, ...), found as the
+    longest `torch.nn.ModuleList` in the model; empty when there is none (then passes are the unit)."""
+    import torch
+
+    lists: list[torch.nn.ModuleList] = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
+    return list(max(lists, key=lambda blocks: len(list(blocks)))) if lists else []
+
+
+def install_give_way(model: Any, gate: Gate) -> int:
+    """Make every transformer layer of `model` a check point of bulk work; returns how many layers."""
+    if isinstance(gate, NoGate):
+        return 0
+    layers = transformer_layers(model)
+
+    def hook(_module: Any, _args: Any) -> None:
+        """Returns None: whatever a forward pre-hook returns replaces the layer's input."""
+        gate.give_way()
+
+    for layer in layers:
+        layer.register_forward_pre_hook(hook)
+    return len(layers)
+
+
+def renice(settings: Settings, consumes: set[str]) -> bool:
+    """Lower an ingest-only worker's CPU priority once, in its main process (pool children inherit it)."""
+    if not settings.ingest_nice or INGEST_QUEUE not in consumes or QUERY_QUEUE in consumes:
+        return False
+    os.nice(settings.ingest_nice)
+    log.info("ingest worker reniced by %d: questions win the cores", settings.ingest_nice)
+    return True
+
+
+@worker_init.connect  # type: ignore[untyped-decorator]
+def _renice_ingest_worker(sender: Any, **_: Any) -> None:
+    renice(get_settings(), set(sender.app.amqp.queues.consume_from))
