@@ -118,9 +118,10 @@ class SentenceTransformerEmbedder:
     ) -> None:
         self._model = model.eval()
         self._device = device_config
-        # Bulk work gives way to another process's questions before each pass and each layer (workers.gate).
+        # Bulk work gives way to another process's questions before each multiply of a layer (workers.gate),
+        # or before each pass of a model without layers.
         self._gate = gate or NoGate()
-        self.layers_gated = install_give_way(self._model, self._gate)
+        self.gate_points = install_give_way(self._model, self._gate)
         self._tokenizer: Any = model.tokenizer
         if not getattr(self._tokenizer, "is_fast", False):
             raise ValueError(f"{model_name}: a fast (Rust) tokenizer is required for offsets and speed")
@@ -179,7 +180,8 @@ class SentenceTransformerEmbedder:
 
         for start, end in spans:
             batch = order[start:end]
-            self._gate.give_way()
+            if not self.gate_points:
+                self._gate.give_way()
             for i, out in zip(batch, run_halving(batch, forward), strict=True):
                 results[i] = out
         return [r for r in results if r is not None]

@@ -1,4 +1,4 @@
-"""Questions first on a shared device: bulk embedding pauses between layers while a question is answered.
+"""Questions first on a shared device: bulk embedding pauses between multiplies while a question is answered.
 
 One device (a GPU, or a CPU host's cores) serves two kinds of model work from two worker processes: the
 ingest worker (a prefork pool, so a killed or stuck batch is redelivered or hard-killed as Celery promises)
@@ -8,11 +8,12 @@ gets the whole device when it is alone. When both run, a question must not wait 
 The turn-taking is a lock file per device (`Settings.gate_path`), locked with flock(2), which the kernel
 releases when its holder dies however it dies:
 - a query worker holds it *shared* while it answers a batch of questions (embed, search, rerank);
-- an ingest worker, before each forward pass and before each transformer layer (forward pre-hooks), tries to
-  take it *exclusive* without blocking; when a question holds it, the ingest worker waits until no question
-  does (polling, at most `question_gate_max_wait_s` at a time, so a hung peer can only slow ingestion),
-  and carries on. A question so waits at most for the layer in progress, never for a whole batch.
-On a CPU the ingest worker also runs at a lower priority (`ingest_nice`), so even that layer yields the
+- an ingest worker, before each matrix multiply of a transformer layer (forward pre-hooks, `check_points`;
+  before each forward pass for a model without layers), tries to take it *exclusive* without blocking;
+  when a question holds it, the ingest worker waits until no question does (polling, at most
+  `question_gate_max_wait_s` at a time, so a hung peer can only slow ingestion), and carries on.
+  A question so waits at most for the multiply in progress, never for a whole batch.
+On a CPU the ingest worker also runs at a lower priority (`ingest_nice`), so even that multiply yields the
 cores. The alternatives measured against this (bench/device.py) are in the README's "Device use".
 """
 
@@ -59,7 +60,7 @@ class DeviceGate:
 
     @contextmanager
     def questions(self) -> Iterator[None]:
-        """Hold the device for questions: bulk work pauses at its next layer until the last one ends."""
+        """Hold the device for questions: bulk work pauses at its next check point until the last one ends."""
         with self._lock:
             if self._held == 0:
                 fcntl.flock(self._file(), fcntl.LOCK_SH)  # waits only for an ingest check in progress
@@ -136,19 +137,32 @@ def transformer_layers(model: Any) -> list[Any]:
     return list(max(lists, key=lambda blocks: len(list(blocks)))) if lists else []
 
 
+def check_points(model: Any) -> list[Any]:
+    """Where bulk work may pause: before each matrix multiply (`torch.nn.Linear`) of each transformer layer,
+    or before the layer itself where it has none. A layer of a 4,096-token batch takes ~80 ms on two CPU
+    cores, its longest multiply ~18 ms: a question arriving mid-layer waits for a multiply, not the layer."""
+    import torch
+
+    points: list[Any] = []
+    for layer in transformer_layers(model):
+        linears = [m for m in layer.modules() if isinstance(m, torch.nn.Linear)]
+        points.extend(linears or [layer])
+    return points
+
+
 def install_give_way(model: Any, gate: Gate) -> int:
-    """Make every transformer layer of `model` a check point of bulk work; returns how many layers."""
+    """Make every check point of `model` (check_points) one of bulk work; returns how many."""
     if isinstance(gate, NoGate):
         return 0
-    layers = transformer_layers(model)
+    points = check_points(model)
 
     def hook(_module: Any, _args: Any) -> None:
-        """Returns None: whatever a forward pre-hook returns replaces the layer's input."""
+        """Returns None: whatever a forward pre-hook returns replaces the module's input."""
         gate.give_way()
 
-    for layer in layers:
-        layer.register_forward_pre_hook(hook)
-    return len(layers)
+    for point in points:
+        point.register_forward_pre_hook(hook)
+    return len(points)
 
 
 def renice(settings: Settings, consumes: set[str]) -> bool:

@@ -30,7 +30,7 @@ from workers import device
 from workers import embedder as embedder_module
 from workers.device import DeviceConfig, choose_device
 from workers.embedder import SentenceTransformerEmbedder, build_model, load_embedder, resolve_model_path
-from workers.gate import transformer_layers
+from workers.gate import check_points
 
 WORDS = ["cat", "dog", "fish", "bird", "seal", "bear", "wolf", "newt", "crab", "moth"]
 
@@ -197,7 +197,7 @@ def ingest(tmp_path: Path) -> Iterator[tuple[SentenceTransformerEmbedder, Watche
     embedder = SentenceTransformerEmbedder(
         model, OFFLINE_EMBEDDING_MODEL, cuda_config_on_cpu(Settings()), gate=gate
     )
-    assert embedder.layers_gated == 6
+    assert embedder.gate_points == 36
     yield embedder, gate, model
 
 
@@ -206,7 +206,7 @@ def test_ingest_forward_starts_only_after_the_question_side_releases(
 ) -> None:
     embedder, gate, model = ingest
     log = tmp_path / "events"
-    model.register_forward_pre_hook(lambda *_: log_event(log, "ingest-forward"))
+    check_points(model)[0].register_forward_hook(lambda *_: log_event(log, "ingest-multiply"))
     with QuestionPeer(gate.path, log) as peer, ThreadPoolExecutor(1) as pool:
         peer.hold()
         vectors = pool.submit(embedder.embed_documents, texts_of([20, 60, 9]))
@@ -214,32 +214,32 @@ def test_ingest_forward_starts_only_after_the_question_side_releases(
         assert not vectors.done() and events(log) == ["question-held"]
         peer.release()
         assert vectors.result(DEADLINE_S).shape == (3, 384)
-    assert events(log) == ["question-held", "question-released", "ingest-forward"]
+    assert events(log) == ["question-held", "question-released", "ingest-multiply"]
 
 
-def test_a_question_arriving_mid_pass_waits_only_for_the_layer_in_progress(
+def test_a_question_arriving_mid_pass_waits_only_for_the_multiply_in_progress(
     ingest: tuple[SentenceTransformerEmbedder, WatchedGate, Any], tmp_path: Path
 ) -> None:
     embedder, gate, model = ingest
     log = tmp_path / "events"
-    layers = transformer_layers(model)
-    at_layer = threading.Event()
+    points = check_points(model)
+    at_point = threading.Event()
     with QuestionPeer(gate.path, log) as peer:
 
-        def layer_two_runs(*_: Any) -> None:
-            """After layer 2's own check: the question arrives while layer 2 computes."""
-            log_event(log, "ingest-layer2")
-            at_layer.set()
+        def multiply_14_runs(*_: Any) -> None:
+            """After its own check (layer 2's value projection): the question arrives while it computes."""
+            log_event(log, "ingest-multiply14")
+            at_point.set()
             assert peer.held.wait(DEADLINE_S)
 
-        layers[2].register_forward_pre_hook(layer_two_runs)  # after the gate's hook: hooks run in order
-        layers[3].register_forward_pre_hook(lambda *_: log_event(log, "ingest-layer3"))
+        points[14].register_forward_pre_hook(multiply_14_runs)  # after the gate's hook: hooks run in order
+        points[15].register_forward_pre_hook(lambda *_: log_event(log, "ingest-multiply15"))
         with ThreadPoolExecutor(1) as pool:
             vectors = pool.submit(embedder.embed_documents, texts_of([20, 60, 9]))
-            assert at_layer.wait(DEADLINE_S)
+            assert at_point.wait(DEADLINE_S)
             peer.hold()
-            assert gate.polling.wait(DEADLINE_S)  # layer 2 done, layer 3's check finds the question
-            assert not vectors.done() and events(log) == ["ingest-layer2", "question-held"]
+            assert gate.polling.wait(DEADLINE_S)  # multiply 14 done, 15's check finds the question
+            assert not vectors.done() and events(log) == ["ingest-multiply14", "question-held"]
             peer.release()
             assert vectors.result(DEADLINE_S).shape == (3, 384)
-    assert events(log) == ["ingest-layer2", "question-held", "question-released", "ingest-layer3"]
+    assert events(log) == ["ingest-multiply14", "question-held", "question-released", "ingest-multiply15"]

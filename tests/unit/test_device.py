@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -72,17 +76,47 @@ def test_bf16_flag_missing_file_means_no(tmp_path: Path) -> None:
     assert cpu_has_native_bf16(tmp_path / "absent") is False
 
 
+def _record_blas_limits(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, object]]:
+    """configure_threads' BLAS cap, recorded instead of applied to the test process."""
+    limits: list[dict[str, object]] = []
+    monkeypatch.setattr(device, "threadpool_limits", lambda **kw: limits.append(kw))
+    return limits
+
+
 def test_configure_threads_sets_torch_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     fake_hardware(monkeypatch, cuda=False, bf16=False)
+    limits = _record_blas_limits(monkeypatch)
     calls: list[int] = []
     monkeypatch.setattr(torch, "set_num_threads", calls.append)
     configure_threads(Settings(torch_threads=3))
     assert calls == [3]
+    assert limits == [{"limits": 1, "user_api": "blas"}]
 
 
 def test_configure_threads_leaves_cuda_workers_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     fake_hardware(monkeypatch, cuda=True, bf16=False)
+    limits = _record_blas_limits(monkeypatch)
     calls: list[int] = []
     monkeypatch.setattr(torch, "set_num_threads", calls.append)
     configure_threads(Settings(torch_threads=3))
     assert calls == []
+    assert limits == [{"limits": 1, "user_api": "blas"}]  # NumPy's BLAS threads would still spin on the CPU
+
+
+def test_configure_threads_leaves_numpy_one_blas_thread() -> None:
+    """In a process of its own (the cap is process-wide): OpenBLAS starts with a thread per core, then 1."""
+    script = (
+        "import json; from threadpoolctl import threadpool_info\n"
+        "import numpy\n"
+        "from common.settings import Settings; from workers.device import configure_threads\n"
+        "blas = lambda: [p['num_threads'] for p in threadpool_info() if p['user_api'] == 'blas']\n"
+        "before = blas(); configure_threads(Settings(device='cpu', torch_threads=2))\n"
+        "print(json.dumps([before, blas()]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    before, after = json.loads(out.stdout.strip().splitlines()[-1])
+    assert before, "NumPy has no BLAS threadpool to cap"
+    if max(before) == 1:
+        pytest.skip("one core: OpenBLAS already runs one thread")
+    assert after == [1] * len(before)

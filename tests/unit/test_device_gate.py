@@ -29,9 +29,10 @@ from tests.unit.gatepeer import (
     log_event,
     seen_from_another_process,
 )
+from workers import embedder as embedder_module
 from workers.device import DeviceConfig
 from workers.embedder import SentenceTransformerEmbedder, build_model, resolve_model_path
-from workers.gate import DeviceGate, NoGate, install_give_way, transformer_layers
+from workers.gate import DeviceGate, NoGate, check_points, install_give_way, transformer_layers
 
 TEXTS = ["Cats eat fish.", "The mitochondria is the powerhouse of the cell.", "x"]
 
@@ -172,21 +173,36 @@ def model_path() -> str:
     return resolve_model_path(OFFLINE_EMBEDDING_MODEL)
 
 
-def test_install_give_way_hooks_every_layer_of_the_bundled_model(model_path: str, tmp_path: Path) -> None:
+def test_install_give_way_hooks_every_multiply_of_every_layer_of_the_bundled_model(
+    model_path: str, tmp_path: Path
+) -> None:
     model = build_model(model_path, "cpu")
     before = model.encode(TEXTS, batch_size=len(TEXTS), convert_to_numpy=True)
     layers = transformer_layers(model)
     assert len(layers) == model[0].auto_model.config.num_hidden_layers == 6
+    points = check_points(model)
+    per_layer = [[m for m in layer.modules() if isinstance(m, torch.nn.Linear)] for layer in layers]
+    assert [len(linears) for linears in per_layer] == [6] * 6  # query, key, value, attention out, in, out
+    assert points == [m for linears in per_layer for m in linears]
     gate = RecordingGate(tmp_path / "device.lock")
-    assert install_give_way(model, gate) == len(layers)
-    assert all(len(layer._forward_pre_hooks) == 1 for layer in layers)
-    for i, layer in enumerate(layers):
-        layer.register_forward_hook(lambda *_, i=i: gate.trace.append(f"layer{i}"))
+    assert install_give_way(model, gate) == len(points) == 36
+    hooked = [m for m in model.modules() if m._forward_pre_hooks]
+    assert len(hooked) == len(points) and all(any(m is p for p in points) for m in hooked)
+    for i, point in enumerate(points):
+        point.register_forward_hook(lambda *_, i=i: gate.trace.append(f"point{i}"))
     after = model.encode(TEXTS, batch_size=len(TEXTS), convert_to_numpy=True)  # one forward pass
-    assert gate.trace == [event for i in range(6) for event in ("give_way", f"layer{i}")]
+    assert gate.trace == [event for i in range(36) for event in ("give_way", f"point{i}")]
     np.testing.assert_allclose(after, before, atol=1e-6)  # the hooks leave the layers' inputs alone
     model.encode(TEXTS[:1], convert_to_numpy=True)
-    assert gate.trace.count("give_way") == 2 * len(layers)
+    assert gate.trace.count("give_way") == 2 * len(points)
+
+
+def test_a_layer_without_multiplies_is_its_own_check_point() -> None:
+    blocks = torch.nn.ModuleList([torch.nn.Sequential(torch.nn.Linear(2, 2)), torch.nn.ReLU()])
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Sequential(*blocks))
+    model.blocks = blocks
+    assert check_points(model) == [blocks[0][0], blocks[1]]  # the model's own first Linear is no layer's
+    assert check_points(torch.nn.Sequential(torch.nn.Linear(2, 2))) == []  # no layers: passes are the unit
 
 
 def test_no_gate_installs_nothing(model_path: str) -> None:
@@ -202,11 +218,11 @@ def _gated_embedder(
     return SentenceTransformerEmbedder(model, OFFLINE_EMBEDDING_MODEL, config, gate=gate)
 
 
-def test_ingest_embedder_gives_way_before_each_pass_and_each_layer(model_path: str, tmp_path: Path) -> None:
+def test_ingest_embedder_gives_way_before_each_multiply_of_each_pass(model_path: str, tmp_path: Path) -> None:
     model = build_model(model_path, "cpu")
     gate = RecordingGate(tmp_path / "device.lock")
     embedder = _gated_embedder(model, gate, max_batch=2)
-    assert embedder.layers_gated == 6
+    assert embedder.gate_points == 36
     passes: list[int] = []
     model.register_forward_pre_hook(lambda _module, args: passes.append(len(args[0]["input_ids"])))
     for i, layer in enumerate(transformer_layers(model)):
@@ -214,9 +230,20 @@ def test_ingest_embedder_gives_way_before_each_pass_and_each_layer(model_path: s
     texts = [f"{word} eat fish." for word in ("cats", "seals", "bears", "otters", "herons")]
     vectors = embedder.embed_documents(texts)
     assert vectors.shape == (5, 384) and passes == [2, 2, 1]  # N=5 texts, K=3 budgeted passes
-    one_pass = ["give_way"] + [event for i in range(6) for event in ("give_way", f"layer{i}")]
-    assert gate.trace == 3 * one_pass  # K + K * layers calls, the pass's own first
+    one_pass = [event for i in range(6) for event in ["give_way"] * 6 + [f"layer{i}"]]
+    assert gate.trace == 3 * one_pass  # K * 36 checks, none more: the first multiply is the pass's check
     assert gate.waited_s == 0.0
+
+
+def test_a_model_without_check_points_gives_way_before_each_pass(
+    model_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(embedder_module, "install_give_way", lambda _model, _gate: 0)
+    gate = RecordingGate(tmp_path / "device.lock")
+    embedder = _gated_embedder(build_model(model_path, "cpu"), gate, max_batch=2)
+    assert embedder.gate_points == 0
+    embedder.embed_documents([f"{word} eat fish." for word in ("cats", "seals", "bears", "otters", "herons")])
+    assert gate.trace == ["give_way"] * 3
 
 
 def test_query_side_embeds_inside_its_own_questions_without_waiting(model_path: str, tmp_path: Path) -> None:
@@ -227,7 +254,7 @@ def test_query_side_embeds_inside_its_own_questions_without_waiting(model_path: 
         vectors = embedder.embed_queries(TEXTS)
         assert seen_from_another_process(path)
     assert vectors.shape == (len(TEXTS), 384)
-    assert gate.trace.count("give_way") == 1 + 6 and gate.waited_s == 0.0
+    assert gate.trace.count("give_way") == 36 and gate.waited_s == 0.0
 
 
 class _ObservedLock:
