@@ -174,7 +174,7 @@ class Settings(BaseSettings):
         "layers while a question is answered (workers/gate.py)",
     )
     question_gate_max_wait_s: float = Field(
-        10.0, gt=0, description="longest bulk embedding waits for questions before one more layer runs"
+        10.0, gt=0, description="longest bulk embedding waits for questions before one more multiply runs"
     )
     device_gate: Path | None = Field(
         None,

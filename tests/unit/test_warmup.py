@@ -14,7 +14,7 @@ from celery.concurrency.prefork import TaskPool
 from celery.concurrency.thread import TaskPool as ThreadPool
 
 from workers.batcher import MicroBatcher
-from workers.warmup import WARM_COLLECTION, is_prefork, warm
+from workers.warmup import WARM_COLLECTION, WARM_RERANKS, is_prefork, warm
 
 
 class FakeEmbedder:
@@ -48,7 +48,9 @@ class FakeRuntime:
             rrf_k=60,
             dense_candidates=10,
             bm25_candidates=10,
+            rerank_candidates=30,
         )
+        self.reranked: list[int] = []  # passages per warm rerank
         self.questions: MicroBatcher[int, int] = MicroBatcher(
             list, max_batch=4, max_wait_s=0, name="ask-batcher"
         )
@@ -66,7 +68,12 @@ class FakeRuntime:
 
     def reranker(self, backend: str) -> Any:
         self._seen(f"reranker {backend}")
-        return SimpleNamespace(rerank_batch=lambda items: self._seen("rerank"))
+
+        def rerank_batch(items: Sequence[tuple[str, Sequence[str]]]) -> None:
+            self._seen("rerank")
+            self.reranked.extend(len(passages) for _, passages in items)
+
+        return SimpleNamespace(rerank_batch=rerank_batch)
 
     @property
     def store(self) -> Any:
@@ -92,6 +99,7 @@ def test_questions_warm_every_model_in_the_batcher_thread() -> None:
     names = [what for what, _ in rt.calls]
     assert names[:4] == ["load", "documents", "spans", "queries"]
     assert {"reranker maxsim", "rerank", "retriever", f"search {WARM_COLLECTION}"} <= set(names)
+    assert rt.reranked == [30] * WARM_RERANKS  # a real question's worth of candidates, more than once
     assert {thread for _, thread in rt.calls} == {"ask-batcher"}
 
 
