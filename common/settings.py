@@ -171,7 +171,7 @@ class Settings(BaseSettings):
     question_gate: bool = Field(
         True,
         description="on a device shared by ingest and query workers, bulk embedding pauses between "
-        "layers while a question is answered (workers/gate.py)",
+        "multiplies while a question is answered (workers/gate.py)",
     )
     question_gate_max_wait_s: float = Field(
         10.0, gt=0, description="longest bulk embedding waits for questions before one more multiply runs"
