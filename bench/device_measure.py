@@ -16,7 +16,8 @@ from typing import Any
 from bench import perf_ingest
 from bench.device_report import MODES, latencies, startup
 from bench.device_stack import Stack
-from bench.eval_beir import MAX_BATCH_BYTES, Client, batches
+from bench.eval_beir import Client, submit_documents, wait_jobs
+from bench.perf_ask import timed_ask
 from common.settings import Settings
 
 Bodies = Mapping[str, dict[str, Any]]  # mode -> the ask request without its question
@@ -32,11 +33,7 @@ def bodies(collection: str) -> dict[str, dict[str, Any]]:
 
 def ask_ms(client: Client, body: Mapping[str, Any], question: str, timeout_s: float) -> float:
     """One question, submitted and long-polled as a client does; its latency in ms. Raises if it failed."""
-    start = time.perf_counter()
-    job = client.wait(client.submit("/ask", {**body, "question": question}), timeout_s)
-    if job["state"] != "succeeded":
-        raise RuntimeError(f"ask failed: {job.get('error')}")
-    return (time.perf_counter() - start) * 1000
+    return timed_ask(client, body, question, timeout_s)[0]
 
 
 def warm_start(
@@ -55,7 +52,7 @@ def warm_start(
     first_answer_s = stack.since_start()
     following = [ask_ms(client, body, q, timeout_s) for q in questions[1 : 1 + NEXT_QUESTIONS]]
     start = time.perf_counter()
-    wait_all(client, submit_ingest(client, docs, f"bench-warm-{uuid.uuid4().hex[:8]}"), timeout_s)
+    wait_jobs(client, submit_ingest(client, docs, f"bench-warm-{uuid.uuid4().hex[:8]}"), timeout_s)
     first_ingest = {"first_ingest_docs": len(docs), "first_ingest_ms": (time.perf_counter() - start) * 1000}
     return startup(ready_s, endpoint, first_answer_s, first_ms, following) | first_ingest
 
@@ -66,16 +63,7 @@ def idle(client: Client, modes: Bodies, questions: Sequence[str], timeout_s: flo
 
 
 def submit_ingest(client: Client, docs: Sequence[dict[str, Any]], collection: str) -> list[str]:
-    return [
-        client.submit("/documents", {"collection": collection, "documents": batch})
-        for batch in batches(docs, INGEST_REQUEST_DOCS, MAX_BATCH_BYTES)
-    ]
-
-
-def wait_all(client: Client, jobs: Sequence[str], timeout_s: float) -> None:
-    failed = [job for job in jobs if client.wait(job, timeout_s)["state"] != "succeeded"]
-    if failed:
-        raise RuntimeError(f"ingest job(s) failed: {', '.join(failed)}")
+    return submit_documents(client, docs, collection, INGEST_REQUEST_DOCS)[0]
 
 
 def _until(check: Callable[[], bool], done: threading.Event, timeout_s: float) -> None:
@@ -105,7 +93,7 @@ def under_ingest(
 
     def finish() -> None:
         try:
-            wait_all(client, jobs, timeout_s)
+            wait_jobs(client, jobs, timeout_s)
         except BaseException as exc:  # re-raised by the asking thread
             errors.append(exc)
         finally:

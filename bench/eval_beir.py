@@ -15,7 +15,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,12 +169,27 @@ def ingest(
     client: Client, docs: Iterable[dict[str, Any]], collection: str, batch_size: int, timeout_s: float
 ) -> int:
     """Submit documents in batches (one job each), wait for all, and raise if any job failed."""
+    jobs, n_docs = submit_documents(client, docs, collection, batch_size)
+    log(f"ingest: {n_docs} documents submitted as {len(jobs)} jobs; waiting")
+    wait_jobs(client, jobs, timeout_s)
+    return n_docs
+
+
+def submit_documents(
+    client: Client, docs: Iterable[dict[str, Any]], collection: str, batch_size: int
+) -> tuple[list[str], int]:
+    """Submit documents in batches of at most `batch_size` (and MAX_BATCH_BYTES), one job each; the job ids
+    and how many documents they carry."""
     jobs: list[str] = []
     n_docs = 0
     for batch in batches(docs, batch_size, MAX_BATCH_BYTES):
         jobs.append(client.submit("/documents", {"collection": collection, "documents": batch}))
         n_docs += len(batch)
-    log(f"ingest: {n_docs} documents submitted as {len(jobs)} jobs; waiting")
+    return jobs, n_docs
+
+
+def wait_jobs(client: Client, jobs: Sequence[str], timeout_s: float) -> None:
+    """Wait for every ingest job; raise, naming the failures, if any job failed."""
     failures = []
     for i, job_id in enumerate(jobs, start=1):
         job = client.wait(job_id, timeout_s)
@@ -184,7 +199,6 @@ def ingest(
     if failures:
         shown = "\n  ".join(failures[:10])
         raise RuntimeError(f"{len(failures)}/{len(jobs)} ingest jobs failed:\n  {shown}")
-    return n_docs
 
 
 @dataclass

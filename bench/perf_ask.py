@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -19,12 +19,22 @@ from bench.metrics import percentile
 from workers.runtime import Runtime
 
 
-def _one(client: Client, body: dict[str, Any], question: str, timeout_s: float) -> tuple[float, int]:
+def timed_ask(
+    client: Client, body: Mapping[str, Any], question: str, timeout_s: float
+) -> tuple[float, dict[str, Any]]:
+    """One question, submitted and long-polled as a client does: its latency in ms and the succeeded job.
+    Raises if it failed."""
     start = time.perf_counter()
     job = client.wait(client.submit("/ask", {**body, "question": question}), timeout_s)
     if job["state"] != "succeeded":
         raise RuntimeError(f"ask failed: {job.get('error')}")
-    return (time.perf_counter() - start) * 1000, int(job["result"]["timings"].get("batch_size", 1))
+    return (time.perf_counter() - start) * 1000, job
+
+
+def _one(client: Client, body: dict[str, Any], question: str, timeout_s: float) -> tuple[float, int]:
+    """Latency in ms and the size of the micro-batch that answered the question."""
+    ms, job = timed_ask(client, body, question, timeout_s)
+    return ms, int(job["result"]["timings"].get("batch_size", 1))
 
 
 def load(

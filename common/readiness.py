@@ -28,7 +28,12 @@ REFRESH_S = 5.0
 
 def now_of(client: Any) -> float:
     """Redis's clock, in seconds: one clock for every writer and reader."""
-    seconds, micros = client.time()
+    return _seconds(client.time())
+
+
+def _seconds(time_reply: tuple[Any, Any]) -> float:
+    """A `TIME` reply (seconds, microseconds) as seconds."""
+    seconds, micros = time_reply
     return float(seconds) + float(micros) / 1e6
 
 
@@ -70,8 +75,7 @@ class ReadyWorkers:
             for queue in queues:
                 pipe.zrange(self.key(queue), 0, -1, withscores=True)
             replies = pipe.execute()
-        seconds, micros = replies[0]
-        now = float(seconds) + float(micros) / 1e6
+        now = _seconds(replies[0])
         return {
             queue: sorted(_text(member) for member, until in entries if float(until) > now)
             for queue, entries in zip(queues, replies[1:], strict=True)

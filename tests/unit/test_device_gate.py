@@ -61,16 +61,25 @@ def bulk() -> Iterator[ThreadPoolExecutor]:
         yield pool
 
 
+def held_while_bulk_polls(
+    peer: QuestionPeer, gate: WatchedGate, log: Path, bulk: ThreadPoolExecutor
+) -> Future[float]:
+    """The peer holds the device; the bulk thread's give_way is inside its poll loop, not done."""
+    peer.hold()
+    resumed: Future[float] = bulk.submit(give_way_then_log, gate, log)
+    assert gate.polling.wait(DEADLINE_S)
+    assert not resumed.done()
+    return resumed
+
+
 def test_give_way_waits_until_another_process_releases_its_questions(
     tmp_path: Path, bulk: ThreadPoolExecutor
 ) -> None:
     path, log = tmp_path / "device.lock", tmp_path / "events"
     gate = WatchedGate(path)
     with QuestionPeer(path, log) as peer:
-        peer.hold()
-        resumed: Future[float] = bulk.submit(give_way_then_log, gate, log)
-        assert gate.polling.wait(DEADLINE_S)
-        assert not resumed.done() and events(log) == ["question-held"]
+        resumed = held_while_bulk_polls(peer, gate, log, bulk)
+        assert events(log) == ["question-held"]
         peer.release()
         waited = resumed.result(DEADLINE_S)
     assert events(log) == ["question-held", "question-released", "bulk-resumed"]
@@ -94,10 +103,7 @@ def test_a_holder_killed_by_sigkill_releases_the_gate(tmp_path: Path, bulk: Thre
     path, log = tmp_path / "device.lock", tmp_path / "events"
     gate = WatchedGate(path)
     with QuestionPeer(path, log) as peer:
-        peer.hold()
-        resumed: Future[float] = bulk.submit(give_way_then_log, gate, log)
-        assert gate.polling.wait(DEADLINE_S)
-        assert not resumed.done()
+        resumed = held_while_bulk_polls(peer, gate, log, bulk)
         os.kill(peer.process.pid or 0, signal.SIGKILL)  # no finally, no unlock: only the kernel drops it
         peer.process.join(DEADLINE_S)
         assert peer.process.exitcode == -signal.SIGKILL
