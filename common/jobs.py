@@ -30,6 +30,7 @@ BEAT_FIELD = "beat:"  # + task id: the running task's last heartbeat, removed wh
 # Keys beside a record (KEY_PREFIX + job id + suffix) and the index of queued jobs (`workers.reconciler`):
 DELIVERIES_SUFFIX = ":deliveries"  # hash: deliveries per task attempt (`common.liveness`)
 BATCHES_SUFFIX = ":batches"  # set: indexes of the batches counted (`common.ledger`)
+LEASE_SUFFIX = ":lease:"  # + batch index, string: the delivery running that batch (`common.locks.take`)
 QUEUED_INDEX = "quarry:jobs:queued"  # sorted set: record keys of queued jobs, by when their message was sent
 FANNED_INDEX = "quarry:jobs:fanned"  # sorted set: record keys of ingest jobs whose batches were all sent
 

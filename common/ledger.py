@@ -65,6 +65,11 @@ class BatchLedger:
     def enqueued(self, job_id: str) -> None:
         self.jobs.write(job_id, {"batches_enqueued": True}, index=FANNED_INDEX)  # see workers.lost_batches
 
+    def counted(self, job_id: str, index: int) -> bool:
+        """Whether a delivery of this batch already ended it (its counts are in the job's totals)."""
+        with redis_errors():
+            return bool(self.jobs.client.sismember(self.jobs.key(job_id) + BATCHES_SUFFIX, str(index)))
+
     def finish_batch(self, job_id: str, index: int, counts: dict[str, int]) -> bool:
         """Add a batch's counts once; True when every batch of the job is counted (the job may end)."""
         keys = [self.jobs.key(job_id), self.jobs.key(job_id) + BATCHES_SUFFIX]

@@ -1,8 +1,12 @@
-"""Per-document locks, so two jobs ingesting the same document at once never both embed it.
+"""Per-document locks, so two jobs ingesting the same document at once never both embed it; and leases,
+so two deliveries of one batch never run it at once.
 
 Locks live `ttl_s` and the worker's heartbeat extends the ones it holds (`refresh`), so the locks of a
 worker that vanished expire soon. A batch locks under its own name (`owner`): when its child process
 is killed and the batch is delivered again, the new delivery takes its predecessor's locks over at once.
+That is safe only because a batch runs in one delivery at a time: its lease (`take`, one key, a token per
+delivery) keeps a second copy of its message (a broker restoring it past its visibility timeout, the
+reconciler sending it again) waiting until the first delivery ends or dies.
 """
 
 from __future__ import annotations
@@ -54,7 +58,8 @@ class DocumentLocks:
         keys = sorted({self.key(collection, doc_id) for doc_id in doc_ids})
         token, handle = owner or uuid.uuid4().hex, uuid.uuid4().hex
         try:
-            self._acquire(keys, token)
+            if not self._acquire(keys, token, self.wait_s):
+                raise ServiceUnavailable("documents are being ingested by another job; retrying later")
             with self._held_lock:
                 self._held[handle] = (keys, token)
             yield
@@ -62,6 +67,21 @@ class DocumentLocks:
             with self._held_lock:
                 self._held.pop(handle, None)
             self._release(keys, token)
+
+    def take(self, key: str, token: str, wait_s: float) -> bool:
+        """Hold `key` for `token` until `give_back` (refreshed like the locks); False when another token
+        kept it for `wait_s`. Taking a key one holds already succeeds."""
+        if not self._acquire([key], token, wait_s):
+            return False
+        with self._held_lock:
+            self._held[f"{key}\x00{token}"] = ([key], token)
+        return True
+
+    def give_back(self, key: str, token: str) -> None:
+        """Release `key` if `token` still holds it (also for a holder in a process that died)."""
+        with self._held_lock:
+            self._held.pop(f"{key}\x00{token}", None)
+        self._release([key], token)
 
     def refresh(self) -> None:
         """Extend every lock this process holds by `ttl_s` (the worker's heartbeat calls this)."""
@@ -75,8 +95,8 @@ class DocumentLocks:
             with redis_errors():
                 pipe.execute()
 
-    def _acquire(self, keys: list[str], token: str) -> None:
-        deadline = time.monotonic() + self.wait_s
+    def _acquire(self, keys: list[str], token: str, wait_s: float) -> bool:
+        deadline = time.monotonic() + wait_s
         while True:
             pipe = self.client.pipeline(transaction=False)
             for key in keys:
@@ -84,10 +104,10 @@ class DocumentLocks:
             with redis_errors():
                 acquired = pipe.execute()
             if all(acquired):
-                return
-            self._release(keys, token)
+                return True
+            self._release([key for key, got in zip(keys, acquired, strict=True) if got], token)
             if time.monotonic() > deadline:
-                raise ServiceUnavailable("documents are being ingested by another job; retrying later")
+                return False
             time.sleep(random.uniform(0.05, 0.3))
 
     def _release(self, keys: list[str], token: str) -> None:

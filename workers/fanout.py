@@ -18,6 +18,7 @@ from celeryconfig import INGEST_BATCH_TASK
 from common import metrics
 from common.errors import InvalidRequest
 from common.faultpoints import fault_point
+from common.jobs import KEY_PREFIX, LEASE_SUFFIX
 from common.reports import Outcome
 from common.types import Document, OnDuplicate
 from ingestion.batches import read_batch_file, split_into_batches, write_batch_file
@@ -30,6 +31,11 @@ log = logging.getLogger(__name__)
 
 def batch_path(job_id: str, index: int) -> str:
     return f"{job_id}/batches/{index:05d}.jsonl"
+
+
+def lease_key(job_id: str, index: int) -> str:
+    """The batch's lease: held by the one delivery running it (`workers.tasks.BatchTask`)."""
+    return KEY_PREFIX + job_id + LEASE_SUFFIX + str(index)
 
 
 def discard_batches(rt: Runtime, job_id: str) -> None:

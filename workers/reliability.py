@@ -44,6 +44,11 @@ def check_delivery(liveness: Liveness, job_id: str, task_id: str, attempt: int, 
         )
 
 
+def delivery_token(task_id: str, pid: int | None = None) -> str:
+    """Names one delivery of a task: the process running it (the worker's main process names its child)."""
+    return f"{socket.gethostname()}:{pid or os.getpid()}:{task_id}"
+
+
 class Heartbeat:
     """Beats for the tasks running in this process, every `interval_s`, from one daemon thread."""
 
@@ -98,9 +103,15 @@ class LostChildRequest(Request):  # type: ignore[misc]
     """Main-process side of a task: notes when its child process died and Celery requeued its message."""
 
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
-        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
         exc = getattr(exc_info.exception, "exc", exc_info.exception)  # unwrap ExceptionWithTraceback
-        if not (isinstance(exc, WorkerLostError) and self.task.reject_on_worker_lost and self.task.acks_late):
+        lost = isinstance(exc, WorkerLostError) and self.task.reject_on_worker_lost and self.task.acks_late
+        if lost and self.worker_pid:  # before the requeue: the next delivery need not wait for the TTL
+            try:
+                self.task.on_child_lost(self.id, self.kwargs, self.worker_pid)
+            except Exception as error:  # what the child held expires with its heartbeat timeout
+                log.warning("could not release what the lost child of task %s held: %s", self.id, error)
+        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+        if not lost:
             return
         from workers.runtime import runtime
 

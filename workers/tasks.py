@@ -30,10 +30,11 @@ from workers.fanout import (
     fail_batch,
     finalize,
     finish_batch,
+    lease_key,
     run_batch,
     split_job,
 )
-from workers.reliability import LostChildRequest, WorkerLost, check_delivery
+from workers.reliability import LostChildRequest, WorkerLost, check_delivery, delivery_token
 from workers.retrieval import Question
 from workers.runtime import runtime
 
@@ -94,6 +95,9 @@ class RetriableTask(Task):  # type: ignore[misc]
         self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
         runtime().heartbeat.end(self.job_of(task_id, kwargs), task_id)
+
+    def on_child_lost(self, task_id: str, kwargs: dict[str, Any], pid: int) -> None:
+        """In the worker's main process, once the child `pid` running this task died (before the requeue)."""
 
 
 class JobTask(RetriableTask):
@@ -156,23 +160,66 @@ def ingest(
 
 
 class BatchTask(RetriableTask):
-    """One batch of an ingest job. After its retries, each of its documents fails with the reason."""
+    """One batch of an ingest job. After its retries, each of its documents fails with the reason.
+
+    A batch runs in one delivery at a time, from `before_start` to its end (`after_return`, `on_retry`, or its
+    child process dying): a second copy of its message waits for the batch's lease, then finds the batch
+    counted (and only makes sure the job ended) or its holder dead (and runs it). Without the lease both
+    copies would share the batch's document locks (they lock under the batch's name) and one could fail the
+    batch while the other still writes it.
+    """
 
     def job_of(self, task_id: str, kwargs: dict[str, Any]) -> str:
         return str(kwargs["job_id"])
 
+    @staticmethod
+    def lease(task_id: str, kwargs: dict[str, Any], pid: int | None = None) -> tuple[str, str]:
+        return lease_key(kwargs["job_id"], kwargs["index"]), delivery_token(task_id, pid)
+
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
-        if self.unless_ended(kwargs["job_id"], task_id) is None:
-            raise Ignore()  # the job's record expired: a late batch has nothing to add to
+        rt, (key, token) = runtime(), self.lease(task_id, kwargs)
+        if not rt.locks.take(key, token, rt.locks.wait_s):
+            log.warning("batch %s of job %s: run by another delivery", kwargs["index"], kwargs["job_id"])
+            raise Ignore()  # that one ends the batch (should it die, workers.lost_batches sends it again)
+        try:
+            if self.unless_ended(kwargs["job_id"], task_id) is None:
+                raise Ignore()  # the job's record expired: a late batch has nothing to add to
+            if self.counted(kwargs):
+                raise Ignore()  # an earlier delivery ended the batch: no work, and not a delivery of it
+        except Ignore:
+            rt.locks.give_back(key, token)
+            raise
         self.start_running(task_id, kwargs)
+
+    @staticmethod
+    def counted(kwargs: dict[str, Any]) -> bool:
+        """Whether a delivery already ended this batch; if so, the job ends now should every batch have
+        ended (that delivery may have died between counting the batch and ending the job)."""
+        rt, job_id = runtime(), kwargs["job_id"]
+        if not rt.ledger.counted(job_id, kwargs["index"]):
+            return False
+        finish_batch(rt, job_id, kwargs["index"], [], kwargs["collection"])
+        return True
 
     def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         super().on_retry(exc, task_id, args, kwargs, einfo)
+        runtime().locks.give_back(*self.lease(task_id, kwargs))
         runtime().jobs.note_retry(kwargs["job_id"], f"batch {kwargs['index']}: {failure_reason(exc)}")
+
+    def after_return(  # noqa: PLR0917 - Celery's signature
+        self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        super().after_return(status, retval, task_id, args, kwargs, einfo)
+        runtime().locks.give_back(*self.lease(task_id, kwargs))
+
+    def on_child_lost(self, task_id: str, kwargs: dict[str, Any], pid: int) -> None:
+        runtime().locks.give_back(*self.lease(task_id, kwargs, pid))
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         rt, reason = runtime(), failure_reason(exc)
         log.warning("batch %s of job %s failed: %s", kwargs["index"], kwargs["job_id"], reason)
+        if self.counted(kwargs):
+            return  # a delivery ended it already: its outcomes stand
         outcomes = fail_batch(rt, kwargs["job_id"], kwargs["path"], reason)
         abandon_batch(rt, kwargs["path"], kwargs["collection"])
         finish_batch(rt, kwargs["job_id"], kwargs["index"], outcomes, kwargs["collection"])

@@ -7,11 +7,15 @@ kill lands exactly in its window.
 
 from __future__ import annotations
 
+import json
 import signal
 from collections.abc import Iterator
 
 import pytest
 
+from celeryconfig import INGEST_BATCH_TASK, INGEST_QUEUE
+from common.queueing import make_celery
+from common.settings import Settings
 from devstack.processes import start_milvus
 from ingestion.pipeline import DELETED
 from tests.integration.crashpoints import (
@@ -29,6 +33,8 @@ from tests.integration.crashpoints import (
     version,
 )
 from tests.integration.faultstack import FaultStack, wait_for
+from workers.fanout import batch_kwargs
+from workers.reconciler import queue_lists
 
 V1, V2 = version("d", 8, 0), version("d", 8, 1)  # two batches of four; v2 has more chunks per document
 
@@ -192,3 +198,39 @@ def test_a_document_delete_wins_over_an_earlier_upload_of_it_whichever_runs_firs
     job = crash.wait_job(late)
     assert job["state"] == "succeeded" and job["result"]["failed"] == 1, job
     assert {doc_id for doc_id, *_ in rows(crash, collection)} == {"d-1"}  # d-0 stays deleted
+
+
+def test_a_second_copy_of_a_running_batch_waits_for_it_so_a_later_delete_still_wins(
+    crash: FaultStack, clean: dict[int, dict[str, set[Row]]]
+) -> None:
+    """A batch's message can be delivered twice while its first delivery runs (the broker restores it past
+    its visibility timeout; the reconciler sends it again). Both copies lock the documents under the batch's
+    name, so without the batch's lease the copy would share the locks and release them on its way out while
+    the first still writes: a delete accepted later would run in between, and the first's write would then
+    bring back the deleted document."""
+    collection, docs = "dup-copy", ("d-0", "d-1", "d-2", "d-3")
+    stored = crash.run("/api/v1/documents", json={"collection": collection, "documents": V1[:4]})
+    assert stored["state"] == "succeeded", stored
+    arm(crash, "before_upsert")
+    job_id = replace(crash, collection, V2[:4])  # one batch
+    paused(crash, "before_upsert")  # holding d-0..d-3, in one of the two ingest workers
+
+    request = json.loads(crash.redis().hget(f"quarry:job:{job_id}", "request"))
+    make_celery(Settings(redis_url=crash.redis_url)).send_task(
+        INGEST_BATCH_TASK, kwargs=batch_kwargs(job_id, 0, request)
+    )
+    queued = lambda: sum(crash.redis().llen(name) for name in queue_lists(INGEST_QUEUE))  # noqa: E731
+    wait_for(lambda: queued() == 0, 30, "the copy to be taken by the other worker")
+    deleted = crash.delete(f"/api/v1/collections/{collection}/documents/d-0")
+    assert deleted.status_code == 202, deleted.text
+    delete_job = deleted.json()["job_id"]
+    held = crash.get(f"/api/v1/jobs/{delete_job}", params={"wait": 15}).json()  # returns early if it ends
+    assert held["state"] == "queued", held  # the copy waits for the first delivery, so both workers are busy
+    assert by_doc(rows(crash, collection)) == {d: clean[1][d] for d in docs}  # and it wrote nothing
+    release(crash, "before_upsert")
+
+    job = crash.wait_job(job_id)
+    assert job["state"] == "succeeded" and job["result"]["succeeded"] == 4, job
+    assert crash.wait_job(delete_job)["state"] == "succeeded"
+    assert by_doc(rows(crash, collection)) == {d: clean[2][d] for d in docs[1:]}
+    assert crash.deliveries(job_id) == [1, 1]  # the copy found the job ended once it had the lease

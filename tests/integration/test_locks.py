@@ -80,3 +80,23 @@ def test_held_locks_live_as_long_as_their_holder_refreshes_them(stack: Stack) ->
     client.set(key, "someone-else", px=1000)
     locks.refresh()  # refreshes only what this process holds
     assert int(client.pttl(key)) <= 1000
+
+
+def test_a_lease_is_one_deliverys_until_it_gives_it_back(stack: Stack) -> None:
+    client = redis.Redis.from_url(stack.redis_url)
+    locks, other = (DocumentLocks(client, ttl_s=1, wait_s=0.1) for _ in range(2))
+    key = "quarry:job:leased:lease:0"
+    client.delete(key)
+    assert locks.take(key, "host:1:task-a", wait_s=0)
+    assert not other.take(key, "host:2:task-a", wait_s=0.3)  # a second copy of the batch waits, bounded
+    time.sleep(0.6)
+    locks.refresh()  # the holder's heartbeat keeps it
+    assert int(client.pttl(key)) > 600
+    other.give_back(key, "host:2:task-a")  # only its own token releases it
+    assert client.get(key) == b"host:1:task-a"
+    other.give_back(key, "host:1:task-a")  # as the main process does for a child that died
+    assert other.take(key, "host:2:task-a", wait_s=0)
+    locks.refresh()  # the dead holder's process no longer extends what it lost
+    assert client.get(key) == b"host:2:task-a"
+    other.give_back(key, "host:2:task-a")
+    assert client.get(key) is None
