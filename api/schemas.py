@@ -105,6 +105,11 @@ class AskRequest(BaseModel):
     ef: int | None = Field(default=None, ge=1, le=32_768)
     rrf_k: int | None = Field(default=None, ge=1, le=10_000)
     candidates: int | None = Field(default=None, ge=1, le=1_000)
+    documents: bool | None = Field(
+        default=None,
+        description="each document once: its best chunk ranks it before reranking, and the result also "
+        "lists `documents`, each with its score and best passages",
+    )
     callback_url: CallbackUrl | None = Field(None, description=CALLBACK_DOC)
 
     def chosen_reranker(self, default: str) -> str | None:
@@ -123,6 +128,7 @@ class AskRequest(BaseModel):
 
     def stage_options(self) -> dict[str, Any]:
         """Only what the request set; the worker fills the rest from settings."""
-        return self.model_dump(include={"mode", "exact", "ef", "rrf_k", "candidates"}, exclude_none=True)
+        stages = {"mode", "exact", "ef", "rrf_k", "candidates", "documents"}
+        return self.model_dump(include=stages, exclude_none=True)
 
     _question_not_blank = field_validator("question")(_not_blank)

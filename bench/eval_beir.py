@@ -296,6 +296,7 @@ def stage_switches(args: argparse.Namespace) -> dict[str, Any]:
         "rrf_k": args.rrf_k,
         "candidates": args.candidates,
         "exact": args.exact or None,
+        "documents": args.documents,
     }
     return {key: value for key, value in switches.items() if value is not None}
 
@@ -320,6 +321,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ef", type=int, help="HNSW search ef")
     p.add_argument("--rrf-k", type=int, help="RRF k of the hybrid fusion")
     p.add_argument("--candidates", type=int, help="candidates the reranker sees")
+    p.add_argument(
+        "--documents",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="each document once, at its best chunk, before reranking (server default: settings)",
+    )
     p.add_argument("--limit", type=int, default=None, help="only the first N judged queries")
     p.add_argument("--batch-size", type=int, default=1000, help="documents per ingest request")
     p.add_argument("--job-timeout", type=float, default=1800.0, help="max seconds to wait for one job")

@@ -212,9 +212,17 @@ class Settings(BaseSettings):
     rerank_candidates: int = Field(30, description="fused candidates the reranker scores again")
     # rrf_k: tuned on scifact-train: 20 beat 60 (+0.5 nDCG@10 hybrid, +0.3 reranked); see README
     rrf_k: int = Field(20, description="RRF k fusing the dense and BM25 rankings")
+    search_documents: bool = Field(
+        False, description="each document once, at its best chunk, before reranking (an ask's `documents`)"
+    )
     rerank_fusion_k: int = Field(60, description="RRF k fusing the rerank ranking with the hybrid ranking")
     bm25_k1: float = Field(1.2, description="BM25 k1 (term frequency saturation); set at collection creation")
     bm25_b: float = Field(0.75, description="BM25 b (length normalisation); set at collection creation")
+    bm25_analysis: Literal["english", "standard"] = Field(
+        "english",
+        description="how BM25 reads text: english (stems, stop words; in the worker) or standard (Milvus's "
+        "own tokens); set at collection creation and recorded with it",
+    )
 
     # --- Celery ---
     parse_concurrency: int = Field(

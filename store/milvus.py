@@ -20,6 +20,7 @@ from common.settings import Settings
 from common.types import Chunk, Hit, SearchOptions
 from ingestion.chunking import embedding_text
 from store import schema
+from store.analysis import Analysis, analyse
 from store.connection import connect
 from store.schema import DIMENSION_PROPERTY, MODEL_PROPERTY
 
@@ -63,6 +64,15 @@ class MilvusStore:
         with milvus_errors("connect"):
             # Keepalive the server accepts, a channel of this store's own, a fresh one after a GOAWAY.
             self.client = connect(settings)
+        self._analysis: Analysis | None = None
+
+    @property
+    def analysis(self) -> Analysis:
+        """How the collection's BM25 reads text (read once: it is fixed at creation)."""
+        if self._analysis is None:
+            with milvus_errors("describe_collection"):
+                self._analysis = schema.analysis(self.client, self.name)
+        return self._analysis
 
     def ensure_collection(self, model_name: str, dimension: int) -> None:
         """Create the collection once (idempotent, safe when two workers race) and check its model."""
@@ -75,6 +85,7 @@ class MilvusStore:
                     if not self.client.has_collection(self.name):
                         raise
             schema.check(self.client, self.name, expected)
+            self._analysis = schema.analysis(self.client, self.name)
             self.client.load_collection(self.name)
 
     def insert(
@@ -115,7 +126,7 @@ class MilvusStore:
             "chunk_index": chunk.index,
             "title": chunk.title,
             "text": chunk.text,
-            "content": embedding_text(chunk, self.settings.chunk_include_title),
+            "content": analyse(embedding_text(chunk, self.settings.chunk_include_title), self.analysis),
             "metadata": chunk.metadata,
             "dense": vector.astype(np.float32).tolist(),
         }
@@ -230,14 +241,17 @@ class MilvusStore:
             return []
         opts = options or self.default_options()
         expr = render_filter({"collection": collection, **(filters or {})})
+        # A question of stop words only analyses to nothing; its raw words match no stem, and no Milvus
+        # is asked to search for an empty text.
+        bm25_texts = [analyse(text, self.analysis) or text for text in query_texts]
         if opts.mode == "bm25":
-            request = self._bm25_request(query_texts, max(limit, opts.bm25_candidates), expr)
+            request = self._bm25_request(bm25_texts, max(limit, opts.bm25_candidates), expr)
         else:
             request = self._dense_request(query_vectors, max(limit, opts.dense_candidates), opts.ef, expr)
 
         def run() -> Any:
             if opts.mode == "hybrid":
-                bm25 = self._bm25_request(query_texts, max(limit, opts.bm25_candidates), expr)
+                bm25 = self._bm25_request(bm25_texts, max(limit, opts.bm25_candidates), expr)
                 ranker = RRFRanker(opts.rrf_k)
                 return self.client.hybrid_search(
                     self.name, [request, bm25], ranker, limit=limit, output_fields=OUTPUT_FIELDS

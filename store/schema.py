@@ -7,18 +7,20 @@ whose rows mean something else, refuses it instead of mixing vectors or versions
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from pymilvus import DataType, Function, FunctionType, MilvusClient
 
 from common.errors import Conflict
 from common.fields import CHUNK_FIELD_BYTES, DOC_ID_FIELD_BYTES, TITLE_FIELD_BYTES
 from common.settings import Settings
+from store.analysis import ANALYSES, Analysis
 
 MODEL_PROPERTY = "quarry.embedding_model"
 DIMENSION_PROPERTY = "quarry.dimension"
 SCHEMA_PROPERTY = "quarry.schema"
 SCHEMA_VERSION = "3"  # 3: a chunk's pk names its document's version; rows carry their job's `seq`
+ANALYSIS_PROPERTY = "quarry.bm25_analysis"  # store.analysis; absent (built before it existed): standard
 
 
 def properties(model_name: str, dimension: int) -> dict[str, str]:
@@ -32,8 +34,16 @@ def create(client: MilvusClient, name: str, expected: dict[str, str], settings: 
         name,
         schema=_schema(client, dimension),
         index_params=_index_params(client, settings),
-        properties=expected,
+        properties={**expected, ANALYSIS_PROPERTY: settings.bm25_analysis},
     )
+
+
+def analysis(client: MilvusClient, name: str) -> Analysis:
+    """The BM25 analysis the collection was built with: documents and questions must both use it."""
+    built = (client.describe_collection(name).get("properties") or {}).get(ANALYSIS_PROPERTY, "standard")
+    if built not in ANALYSES:
+        raise Conflict(f"Milvus collection {name!r} records an unknown BM25 analysis {built!r}")
+    return cast(Analysis, built)
 
 
 def _schema(client: MilvusClient, dimension: int) -> Any:
@@ -44,7 +54,7 @@ def _schema(client: MilvusClient, dimension: int) -> Any:
     schema.add_field("chunk_index", DataType.INT64)
     schema.add_field("title", DataType.VARCHAR, max_length=TITLE_FIELD_BYTES)
     schema.add_field("text", DataType.VARCHAR, max_length=CHUNK_FIELD_BYTES)
-    analyzer = {"type": "standard"}
+    analyzer = {"type": "standard"}  # with `english` analysis, of stems the worker wrote (store.analysis)
     schema.add_field(
         "content",
         DataType.VARCHAR,

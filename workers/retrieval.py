@@ -22,6 +22,7 @@ from common.isolation import isolate
 from common.settings import Settings
 from common.types import Chunk, Embedder, Hit, Ranked, Reranker, SearchOptions, VectorStore
 from ingestion.chunking import embedding_text
+from workers.documents import best_per_document, grouped
 
 
 class ExactSearch(Protocol):
@@ -153,6 +154,8 @@ class Retriever:
         timings["embed_ms"] = _ms(start)
         start = time.perf_counter()
         hits = self._search(questions, options, vectors, outcomes)
+        chunks = dict(hits)  # every chunk found: a grouped result lists each document's best passages
+        hits = {i: best_per_document(h) if self.per_document(questions[i]) else h for i, h in hits.items()}
         timings["search_ms"] = _ms(start)
         start = time.perf_counter()
         ranked = self._rerank(questions, hits, outcomes)
@@ -161,12 +164,23 @@ class Retriever:
         metrics.emit(metrics.batch("questions", len(questions)), *metrics.stage_timings("ask", timings))
         for i, question in enumerate(questions):
             if i not in outcomes:
-                outcomes[i] = self._result(question, options[i], ranked[i], timings)
+                result = self._result(question, options[i], ranked[i], timings)
+                if self.per_document(question):
+                    result["documents"] = grouped(result["passages"], chunks[i], _passage)
+                outcomes[i] = result
         return [outcomes[i] for i in range(len(questions))]
 
     def limit(self, question: Question) -> int:
-        """How many hits to fetch: enough for the reranker's candidates when it runs."""
-        return max(question.top_k, self.candidates(question)) if question.reranker else question.top_k
+        """How many hits to fetch: enough for the reranker's candidates when it runs; with `documents`,
+        every fused candidate (several chunks of a document collapse into one)."""
+        wanted = max(question.top_k, self.candidates(question)) if question.reranker else question.top_k
+        if self.per_document(question):
+            return max(wanted, self.settings.dense_candidates, self.settings.bm25_candidates)
+        return wanted
+
+    def per_document(self, question: Question) -> bool:
+        """Each document once, at its best chunk, before the reranker (`documents` switch)."""
+        return bool(question.options.get("documents", self.settings.search_documents))
 
     def candidates(self, question: Question) -> int:
         return int(question.options.get("candidates", self.settings.rerank_candidates))

@@ -180,3 +180,45 @@ def test_an_outage_fails_the_group_unsplit() -> None:
     results = make(store, ReverseReranker()).answer_batch(questions)
     assert all(isinstance(result, ConnectionError) for result in results)
     assert len(store.calls) == 1  # not bisected: an outage fails every half alike
+
+
+class ChunkyStore(FakeStore):
+    """Several chunks of one document among the hits, as a real collection returns them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.limits: list[int] = []
+
+    def search(
+        self, collection: str, query_texts: Sequence[str], *args: Any, **kwargs: Any
+    ) -> list[list[Hit]]:
+        self.calls.append((collection, list(query_texts), {}, kwargs.get("options")))
+        self.limits.append(args[1])
+        order = [("A", 0), ("A", 1), ("B", 0), ("A", 2), ("C", 3), ("B", 1), ("D", 0), ("A", 3)]
+        hits = [Hit(doc, index, f"{doc}{index}", f"title {doc}", {}) for doc, index in order]
+        return [hits for _ in query_texts]
+
+
+def test_documents_rank_each_document_once_at_its_best_chunk_before_the_reranker() -> None:
+    store, reranker = ChunkyStore(), ReverseReranker()
+    question = Question("q", "c", top_k=3, reranker="reverse", options={"documents": True})
+    result = make(store, reranker).answer(question)
+    assert store.limits == [100]  # every fused candidate is fetched: chunks collapse into documents
+    # the reranker saw A, B, C (three documents, not A0, A1, B0) and reversed them
+    assert [(p["doc_id"], p["chunk_index"]) for p in result["passages"]] == [("C", 3), ("B", 0), ("A", 0)]
+    documents = result["documents"]
+    assert [d["doc_id"] for d in documents] == ["C", "B", "A"]
+    assert [(p["doc_id"], p["chunk_index"]) for p in documents[2]["passages"]] == [
+        ("A", 0),
+        ("A", 1),
+        ("A", 2),
+    ]
+    assert documents[0]["score"] == result["passages"][0]["scores"]["final"]
+    assert documents[1]["title"] == "title B" and len(documents[1]["passages"]) == 2
+
+
+def test_chunks_stay_the_default_and_list_no_documents() -> None:
+    store = ChunkyStore()
+    result = make(store, ReverseReranker()).answer(Question("q", "c", top_k=3))
+    assert store.limits == [3]
+    assert [p["doc_id"] for p in result["passages"]] == ["A", "A", "B"] and "documents" not in result

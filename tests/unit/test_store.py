@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 from pymilvus import MilvusException
 
-from common.errors import InvalidRequest, ServiceUnavailable
+from common.errors import Conflict, InvalidRequest, ServiceUnavailable
 from common.settings import Settings
 from common.types import Chunk
+from store import schema
 from store.exact import ExactDense
 from store.milvus import MilvusStore, milvus_errors
+from store.schema import ANALYSIS_PROPERTY
 
 
 class FakeClient:
@@ -35,6 +37,7 @@ def store_with(client: FakeClient, settings: Settings | None = None) -> MilvusSt
     store = MilvusStore.__new__(MilvusStore)
     store.name, store.client = "quarry_chunks", client  # type: ignore[assignment]
     store.settings = settings or Settings()
+    store._analysis = "english"  # what ensure_collection would have read from the collection
     return store
 
 
@@ -190,3 +193,41 @@ def test_a_read_milvus_fails_on_its_own_is_unavailable_and_names_no_server_path(
         with pytest.raises(ServiceUnavailable) as raised:
             read()
         assert "/srv" not in raised.value.detail and "retry" in raised.value.detail
+
+
+class Described:
+    def __init__(self, properties: dict[str, str]) -> None:
+        self.properties = properties
+
+    def describe_collection(self, name: str) -> dict[str, Any]:
+        return {"properties": self.properties}
+
+
+@pytest.mark.parametrize(
+    ("properties", "expected"),
+    [
+        ({}, "standard"),
+        ({ANALYSIS_PROPERTY: "english"}, "english"),
+        ({ANALYSIS_PROPERTY: "standard"}, "standard"),
+    ],
+)
+def test_a_collection_keeps_the_bm25_analysis_it_was_built_with(
+    properties: dict[str, str], expected: str
+) -> None:
+    """Built before the record existed: Milvus's own analysis, whatever BM25_ANALYSIS says now."""
+    assert schema.analysis(Described(properties), "c") == expected  # type: ignore[arg-type]
+
+
+def test_an_unknown_bm25_analysis_is_refused() -> None:
+    with pytest.raises(Conflict, match="unknown BM25 analysis"):
+        schema.analysis(Described({ANALYSIS_PROPERTY: "klingon"}), "c")  # type: ignore[arg-type]
+
+
+def test_chunks_are_written_with_their_collections_analysis() -> None:
+    client = RecordingClient()
+    store = store_with(client)  # type: ignore[arg-type]
+    store.insert(
+        "c", [Chunk("a", 0, "Running dogs jumped", "The Dogs")], np.zeros((1, 4), np.float32), {"a": "h"}
+    )
+    row = client.upserts[0][0]
+    assert row["content"] == "dog run dog jump" and row["text"] == "Running dogs jumped"
