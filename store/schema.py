@@ -14,7 +14,8 @@ from pymilvus import DataType, Function, FunctionType, MilvusClient
 from common.errors import Conflict
 from common.fields import CHUNK_FIELD_BYTES, DOC_ID_FIELD_BYTES, TITLE_FIELD_BYTES
 from common.settings import Settings
-from store.analysis import ANALYSES, Analysis
+from common.types import BM25Analysis
+from store.analysis import ANALYSES
 
 MODEL_PROPERTY = "quarry.embedding_model"
 DIMENSION_PROPERTY = "quarry.dimension"
@@ -38,12 +39,12 @@ def create(client: MilvusClient, name: str, expected: dict[str, str], settings: 
     )
 
 
-def analysis(client: MilvusClient, name: str) -> Analysis:
+def analysis(client: MilvusClient, name: str) -> BM25Analysis:
     """The BM25 analysis the collection was built with: documents and questions must both use it."""
     built = (client.describe_collection(name).get("properties") or {}).get(ANALYSIS_PROPERTY, "standard")
     if built not in ANALYSES:
         raise Conflict(f"Milvus collection {name!r} records an unknown BM25 analysis {built!r}")
-    return cast(Analysis, built)
+    return cast(BM25Analysis, built)
 
 
 def _schema(client: MilvusClient, dimension: int) -> Any:
