@@ -41,8 +41,16 @@ def grouped(
                 "doc_id": doc_id,
                 "title": passage["title"],
                 "metadata": passage["metadata"],
-                "score": scores.get("final", scores.get("fusion", scores.get("bm25", scores.get("dense")))),
+                "score": _score(scores),
                 "passages": [passage, *(render(hit, None) for hit in others)],
             }
         )
     return documents
+
+
+def _score(scores: dict[str, float | None]) -> float | None:
+    """What ranked the passage: the reranker's final score, else the fused, BM25 or dense one (a passage
+    carries `fusion` and `dense` always, None where its search had none)."""
+    return next(
+        (scores[name] for name in ("final", "fusion", "bm25", "dense") if scores.get(name) is not None), None
+    )

@@ -11,6 +11,7 @@ import pytest
 
 from common.settings import Settings
 from common.types import Hit, Ranked, SearchOptions
+from workers.documents import grouped
 from workers.retrieval import Question, Retriever
 
 
@@ -222,3 +223,16 @@ def test_chunks_stay_the_default_and_list_no_documents() -> None:
     result = make(store, ReverseReranker()).answer(Question("q", "c", top_k=3))
     assert store.limits == [3]
     assert [p["doc_id"] for p in result["passages"]] == ["A", "A", "B"] and "documents" not in result
+
+
+@pytest.mark.parametrize("mode", ["dense", "bm25"])
+def test_a_grouped_document_without_fusion_or_rerank_scores_by_its_searchs_own_score(mode: str) -> None:
+    passage = {
+        "doc_id": "A",
+        "chunk_index": 0,
+        "title": "",
+        "metadata": {},
+        "scores": {"fusion": None, "dense": 0.5, **({"bm25": 7.0} if mode == "bm25" else {})},
+    }
+    documents = grouped([passage], [], lambda hit, ranked: {})
+    assert documents[0]["score"] == (7.0 if mode == "bm25" else 0.5)
