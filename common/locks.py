@@ -7,12 +7,16 @@ is killed and the batch is delivered again, the new delivery takes its predecess
 That is safe only because a batch runs in one delivery at a time: its lease (`take`, one key, a token per
 delivery) keeps a second copy of its message (a broker restoring it past its visibility timeout, the
 reconciler sending it again) waiting until the first delivery ends or dies.
+
+`SerialWrites` takes a lease the same way for each write request to Milvus, so one runs at a time.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import random
+import socket
 import threading
 import time
 import uuid
@@ -35,6 +39,10 @@ _EXTEND = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
 return 0
 """
+
+
+POLL_S = (0.05, 0.3)  # a document lock is held for a whole batch: ask again now and then
+WRITE_POLL_S = (0.002, 0.02)  # a write request takes milliseconds: ask again soon
 
 
 class DocumentLocks:
@@ -68,10 +76,10 @@ class DocumentLocks:
                 self._held.pop(handle, None)
             self._release(keys, token)
 
-    def take(self, key: str, token: str, wait_s: float) -> bool:
+    def take(self, key: str, token: str, wait_s: float, poll_s: tuple[float, float] = POLL_S) -> bool:
         """Hold `key` for `token` until `give_back` (refreshed like the locks); False when another token
-        kept it for `wait_s`. Taking a key one holds already succeeds."""
-        if not self._acquire([key], token, wait_s):
+        kept it for `wait_s`, asking again every `poll_s` (jittered). Taking a key one holds succeeds."""
+        if not self._acquire([key], token, wait_s, poll_s):
             return False
         with self._held_lock:
             self._held[f"{key}\x00{token}"] = ([key], token)
@@ -95,7 +103,9 @@ class DocumentLocks:
             with redis_errors():
                 pipe.execute()
 
-    def _acquire(self, keys: list[str], token: str, wait_s: float) -> bool:
+    def _acquire(
+        self, keys: list[str], token: str, wait_s: float, poll_s: tuple[float, float] = POLL_S
+    ) -> bool:
         deadline = time.monotonic() + wait_s
         while True:
             pipe = self.client.pipeline(transaction=False)
@@ -108,7 +118,7 @@ class DocumentLocks:
             self._release([key for key, got in zip(keys, acquired, strict=True) if got], token)
             if time.monotonic() > deadline:
                 return False
-            time.sleep(random.uniform(0.05, 0.3))
+            time.sleep(random.uniform(*poll_s))
 
     def _release(self, keys: list[str], token: str) -> None:
         if keys:
@@ -117,3 +127,39 @@ class DocumentLocks:
                 pipe.eval(_RELEASE, 1, key, token)
             with redis_errors():
                 pipe.execute()
+
+
+class SerialWrites:
+    """One write request at a time to one Milvus collection, from every process and host (setting
+    MILVUS_SERIAL_WRITES): the milvus-lite server runs requests on a thread pool, and its engine takes no
+    lock for writes. Measured against it: writers in three processes, each on documents of its own, lost
+    prunes and deletes (two versions, or a deleted one, read back after the call returned) and had flushes
+    refused ("current_seq is monotonic"); with their writes taking turns, none in as many calls. Milvus
+    standalone and cluster take concurrent writes.
+
+    A thread lock orders this process's threads (they share the lease's token); the lease orders processes.
+    The heartbeat refreshes it like a document lock, so the turn of a process killed mid-write passes on only
+    when its heartbeat timeout runs out, long after a request it had sent has run in the server.
+    """
+
+    def __init__(self, locks: DocumentLocks, target: str, wait_s: float) -> None:
+        self.locks = locks
+        self.key = "quarry:milvus-writes:" + hashlib.sha256(target.encode()).hexdigest()[:32]
+        self.wait_s = wait_s
+        self._local = threading.Lock()
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        """Hold the collection's write turn for one request; ServiceUnavailable after `wait_s` (retried)."""
+        if not self._local.acquire(timeout=self.wait_s):
+            raise ServiceUnavailable("writes to Milvus are queued up in this process; retrying later")
+        try:
+            token = f"{socket.gethostname()}:{os.getpid()}"
+            if not self.locks.take(self.key, token, self.wait_s, WRITE_POLL_S):
+                raise ServiceUnavailable("another worker's write to Milvus is taking long; retrying later")
+            try:
+                yield
+            finally:
+                self.locks.give_back(self.key, token)
+        finally:
+            self._local.release()

@@ -241,6 +241,11 @@ class Settings(BaseSettings):
     job_ttl_s: int = Field(7 * 24 * 3600, description="how long job records and their reports are kept")
     ingest_batch_documents: int = Field(64, description="documents per ingest batch task")
     milvus_write_batch: int = Field(1000, ge=1, description="rows per Milvus upsert request")
+    milvus_serial_writes: bool = Field(
+        True,
+        description="one write request at a time to the collection, across all workers: the milvus-lite "
+        "server loses concurrent writes (common.locks.SerialWrites); false for Milvus standalone/cluster",
+    )
 
     # --- reliability ---
     task_max_retries: int = Field(5, ge=0, description="retries of a retriable error (Milvus/Redis down)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, TypeVar
 
 import grpc
@@ -27,6 +27,7 @@ from store.schema import DIMENSION_PROPERTY, MODEL_PROPERTY
 OUTPUT_FIELDS = ["doc_id", "chunk_index", "title", "text", "metadata", "dense"]
 QUERY_LIMIT = 16_384  # Milvus caps offset + limit of one query at 16,384
 T = TypeVar("T")
+WriteTurn = Callable[[], AbstractContextManager[object]]  # held around each write request (common.locks)
 _UNAVAILABLE_HINTS = ("connect", "unavailable", "deadline", "timeout", "timed out", "not ready", "released")
 
 
@@ -58,8 +59,10 @@ def milvus_errors(action: str) -> Iterator[None]:
 class MilvusStore:
     """VectorStore over pymilvus; works with milvus-lite server, standalone, cluster or Zilliz."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, write_turn: WriteTurn = nullcontext) -> None:
+        """`write_turn` orders write requests across processes where the server needs it (milvus-lite)."""
         self.settings = settings
+        self.write_turn = write_turn
         self.name = settings.milvus_collection
         with milvus_errors("connect"):
             # Keepalive the server accepts, a channel of this store's own, a fresh one after a GOAWAY.
@@ -110,7 +113,8 @@ class MilvusStore:
             size = self.settings.milvus_write_batch
             for start in range(0, len(rows), size):
                 fault_point(self.settings, "between_upserts" if start else "before_upsert")
-                self.client.upsert(self.name, rows[start : start + size])
+                with self.write_turn():
+                    self.client.upsert(self.name, rows[start : start + size])
         return len(rows)
 
     def _row(
@@ -140,7 +144,7 @@ class MilvusStore:
         expr = render_filter(conditions)
         if before_seq is not None:
             expr += f" and seq < {int(before_seq)}"
-        with milvus_errors("delete"):
+        with milvus_errors("delete"), self.write_turn():
             result = self.client.delete(self.name, filter=expr)
         return int(result.get("delete_count", 0)) if isinstance(result, dict) else len(result)
 
@@ -159,7 +163,7 @@ class MilvusStore:
         if not clauses:
             return
         expr = f"collection == {literal(collection)} and ({' or '.join(clauses)})"
-        with milvus_errors("prune"):
+        with milvus_errors("prune"), self.write_turn():
             self.client.delete(self.name, filter=expr)
 
     def exists(self) -> bool:
@@ -222,7 +226,7 @@ class MilvusStore:
 
     def flush(self) -> None:
         """Milvus-lite searches unflushed rows very slowly: flush once at the end of each write task."""
-        with milvus_errors("flush"):
+        with milvus_errors("flush"), self.write_turn():
             self.client.flush(self.name)
 
     def search(

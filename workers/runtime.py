@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
+from contextlib import nullcontext
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,7 @@ from common.fences import Fences
 from common.jobs import JobStore, each
 from common.ledger import BatchLedger
 from common.liveness import Liveness
-from common.locks import DocumentLocks
+from common.locks import DocumentLocks, SerialWrites
 from common.metrics import RedisMetrics
 from common.redis_client import connect_redis, connect_redis_patient
 from common.reports import DocumentReports
@@ -91,6 +92,13 @@ class Runtime:
         )
 
     @cached_property
+    def milvus_writes(self) -> SerialWrites:
+        """The collection's write turn (MILVUS_SERIAL_WRITES), one per Milvus endpoint and collection."""
+        s = self.settings
+        target = f"{s.milvus_uri}\x00{s.milvus_collection}"
+        return SerialWrites(self.locks, target, s.task_soft_time_limit_s / 2)
+
+    @cached_property
     def fences(self) -> Fences:
         """Writer entries, like locks, outlive their holder's last heartbeat by the heartbeat timeout."""
         s = self.settings
@@ -148,7 +156,8 @@ class Runtime:
     def store(self) -> MilvusStore:
         from store.milvus import MilvusStore
 
-        store = MilvusStore(self.settings)
+        turn = self.milvus_writes.turn if self.settings.milvus_serial_writes else nullcontext
+        store = MilvusStore(self.settings, turn)
         store.ensure_collection(self.embedder.model_name, self.embedder.dimension)
         return store
 

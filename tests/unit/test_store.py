@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import numpy as np
@@ -38,6 +40,7 @@ def store_with(client: FakeClient, settings: Settings | None = None) -> MilvusSt
     store.name, store.client = "quarry_chunks", client  # type: ignore[assignment]
     store.settings = settings or Settings()
     store._analysis = "english"  # what ensure_collection would have read from the collection
+    store.write_turn = nullcontext
     return store
 
 
@@ -231,3 +234,57 @@ def test_chunks_are_written_with_their_collections_analysis() -> None:
     )
     row = client.upserts[0][0]
     assert row["content"] == "dog run dog jump" and row["text"] == "Running dogs jumped"
+
+
+class TurnClient(RecordingClient):
+    """Records each call and whether the write turn was held during it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.holding = False
+        self.calls: list[tuple[str, bool]] = []
+
+    def upsert(self, name: str, rows: list[dict[str, Any]]) -> None:
+        self.calls.append(("upsert", self.holding))
+
+    def delete(self, name: str, **kwargs: Any) -> dict[str, int]:
+        self.calls.append(("delete", self.holding))
+        return {"delete_count": 0}
+
+    def flush(self, name: str) -> None:
+        self.calls.append(("flush", self.holding))
+
+    def query(self, name: str, **kwargs: Any) -> list[dict[str, Any]]:
+        self.calls.append(("query", self.holding))
+        return []
+
+
+def test_each_write_request_and_no_read_runs_in_the_write_turn() -> None:
+    client = TurnClient()
+    turns: list[str] = []
+
+    @contextmanager
+    def turn() -> Iterator[None]:
+        turns.append("taken")
+        client.holding = True
+        try:
+            yield
+        finally:
+            client.holding = False
+
+    store = store_with(client)  # type: ignore[arg-type]
+    store.settings, store.write_turn = Settings(milvus_write_batch=2), turn
+    store.insert("c", [Chunk("a", i, f"t {i}") for i in range(3)], np.zeros((3, 4), np.float32), {"a": "h"})
+    store.flush()
+    store.prune("c", {"a": {"h"}})
+    store.delete("c", ["b"], before_seq=9)
+    store.document_versions("c", ["a"])
+    assert client.calls == [
+        ("upsert", True),
+        ("upsert", True),
+        ("flush", True),
+        ("delete", True),
+        ("delete", True),
+        ("query", False),
+    ]
+    assert len(turns) == 5  # one turn per request: other workers write in between
