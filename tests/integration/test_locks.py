@@ -71,12 +71,12 @@ def test_a_redelivered_batch_takes_over_the_locks_of_its_killed_predecessor(stac
 
 def test_held_locks_live_as_long_as_their_holder_refreshes_them(stack: Stack) -> None:
     client = redis.Redis.from_url(stack.redis_url)
-    locks = DocumentLocks(client, ttl_s=1, wait_s=0.1)
+    locks = DocumentLocks(client, ttl_s=3, wait_s=0.1)
     with locks.hold("c", ["refreshed"]):
         key = locks.key("c", "refreshed")
-        time.sleep(0.6)
+        time.sleep(1.0)  # unrefreshed, at most 2,000 ms would be left now
         locks.refresh()
-        assert int(client.pttl(key)) > 600
+        assert int(client.pttl(key)) > 2400
     client.set(key, "someone-else", px=1000)
     locks.refresh()  # refreshes only what this process holds
     assert int(client.pttl(key)) <= 1000
@@ -84,14 +84,16 @@ def test_held_locks_live_as_long_as_their_holder_refreshes_them(stack: Stack) ->
 
 def test_a_lease_is_one_deliverys_until_it_gives_it_back(stack: Stack) -> None:
     client = redis.Redis.from_url(stack.redis_url)
-    locks, other = (DocumentLocks(client, ttl_s=1, wait_s=0.1) for _ in range(2))
+    # A TTL well above the bounded wait (which may overrun its 0.3 s by one poll, up to 0.3 s more) and
+    # the sleep: the key must still be there to be refreshed, however slowly this machine runs the test.
+    locks, other = (DocumentLocks(client, ttl_s=3, wait_s=0.1) for _ in range(2))
     key = "quarry:job:leased:lease:0"
     client.delete(key)
     assert locks.take(key, "host:1:task-a", wait_s=0)
     assert not other.take(key, "host:2:task-a", wait_s=0.3)  # a second copy of the batch waits, bounded
-    time.sleep(0.6)
+    time.sleep(0.6)  # unrefreshed, at most 2,100 ms would be left now
     locks.refresh()  # the holder's heartbeat keeps it
-    assert int(client.pttl(key)) > 600
+    assert int(client.pttl(key)) > 2400
     other.give_back(key, "host:2:task-a")  # only its own token releases it
     assert client.get(key) == b"host:1:task-a"
     other.give_back(key, "host:1:task-a")  # as the main process does for a child that died
