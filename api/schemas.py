@@ -110,6 +110,10 @@ class AskRequest(BaseModel):
         description="each document once: its best chunk ranks it before reranking, and the result also "
         "lists `documents`, each with its score and best passages",
     )
+    idf: bool | None = Field(
+        default=None,
+        description="the MaxSim reranker weighs each question token by its IDF in the collection",
+    )
     callback_url: CallbackUrl | None = Field(None, description=CALLBACK_DOC)
 
     def chosen_reranker(self, default: str) -> str | None:
@@ -128,7 +132,7 @@ class AskRequest(BaseModel):
 
     def stage_options(self) -> dict[str, Any]:
         """Only what the request set; the worker fills the rest from settings."""
-        stages = {"mode", "exact", "ef", "rrf_k", "candidates", "documents"}
+        stages = {"mode", "exact", "ef", "rrf_k", "candidates", "documents", "idf"}
         return self.model_dump(include=stages, exclude_none=True)
 
     _question_not_blank = field_validator("question")(_not_blank)

@@ -297,6 +297,7 @@ def stage_switches(args: argparse.Namespace) -> dict[str, Any]:
         "candidates": args.candidates,
         "exact": args.exact or None,
         "documents": args.documents,
+        "idf": args.idf,
     }
     return {key: value for key, value in switches.items() if value is not None}
 
@@ -326,6 +327,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="each document once, at its best chunk, before reranking (server default: settings)",
+    )
+    p.add_argument(
+        "--idf",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="MaxSim weighs question tokens by their IDF in the collection (server default: settings)",
     )
     p.add_argument("--limit", type=int, default=None, help="only the first N judged queries")
     p.add_argument("--batch-size", type=int, default=1000, help="documents per ingest request")

@@ -218,7 +218,23 @@ class Settings(BaseSettings):
         False, description="each document once, at its best chunk, before reranking (an ask's `documents`)"
     )
     rerank_fusion_k: int = Field(60, description="RRF k fusing the rerank ranking with the hybrid ranking")
-    bm25_k1: float = Field(1.2, description="BM25 k1 (term frequency saturation); set at collection creation")
+    # rerank_fusion_weight and rerank_idf: tuned on scifact-train (README, "Retrieval quality")
+    rerank_fusion_weight: float = Field(
+        2.0, gt=0, description="weight of the MaxSim ranking against the hybrid ranking in the final RRF"
+    )
+    rerank_idf: bool = Field(
+        True, description="MaxSim weighs each question token by its IDF in the collection (an ask's `idf`)"
+    )
+    rerank_idf_sample: int = Field(
+        2000, ge=1, le=16_384, description="chunks read from a collection to estimate its token IDF"
+    )
+    rerank_idf_ttl_s: float = Field(600.0, gt=0, description="how long a collection's token IDF is reused")
+    rerank_idf_collections: int = Field(
+        256, ge=1, description="collections whose token IDF a query worker keeps (least recently used go)"
+    )
+    # bm25_k1 1.5: what milvus-lite applied to every measured collection (README), until the index params
+    # reached it (store.schema)
+    bm25_k1: float = Field(1.5, description="BM25 k1 (term frequency saturation); set at collection creation")
     bm25_b: float = Field(0.75, description="BM25 b (length normalisation); set at collection creation")
     bm25_analysis: BM25Analysis = Field(
         "english",

@@ -98,14 +98,26 @@ class Embedder(Protocol):
 
     def token_spans(self, text: str) -> list[tuple[int, int]]: ...
 
+    def token_ids(self, texts: Sequence[str], *, query: bool) -> list[list[int]]:
+        """The ids `token_vectors` embeds, special tokens included."""
+        ...
+
+    @property
+    def special_ids(self) -> frozenset[int]: ...
+
 
 class Reranker(Protocol):
     name: str
 
     def rerank(self, query: str, passages: Sequence[str], top_k: int) -> list[Ranked]: ...
 
-    def rerank_batch(self, items: Sequence[tuple[str, Sequence[str]]]) -> list[list[Ranked]]:
-        """Full rankings for many (query, passages) items, computed together."""
+    def rerank_batch(
+        self,
+        items: Sequence[tuple[str, Sequence[str]]],
+        idf: Sequence[npt.NDArray[np.float32] | None] | None = None,
+    ) -> list[list[Ranked]]:
+        """Full rankings for many (query, passages) items, computed together; `idf`, per item, the token IDF
+        of its collection for a reranker that weighs question tokens (None: unweighted)."""
         ...
 
 
@@ -141,3 +153,5 @@ class VectorStore(Protocol):
     ) -> int: ...
 
     def flush(self) -> None: ...
+
+    def sample_texts(self, collection: str, limit: int) -> list[str]: ...

@@ -213,6 +213,22 @@ class MilvusStore:
             found.setdefault(row["doc_id"], {})[row["content_hash"]] = int(row["seq"])
         return found
 
+    def sample_texts(self, collection: str, limit: int) -> list[str]:
+        """Up to `limit` of the collection's chunks as the reranker reads them (title first), for statistics
+        such as token IDF: whichever rows Milvus returns first, not a random draw."""
+        expr = render_filter({"collection": collection})
+        fields = ["doc_id", "chunk_index", "title", "text"]
+        rows = self._read(
+            "query",
+            lambda: self.client.query(
+                self.name, filter=expr, output_fields=fields, limit=min(limit, QUERY_LIMIT)
+            ),
+        )
+        return [
+            embedding_text(Chunk(r["doc_id"], int(r["chunk_index"]), r["text"], r.get("title") or ""), True)
+            for r in rows
+        ]
+
     def _read(self, action: str, call: Callable[[], T]) -> T:
         """A read that survives a Milvus restart, which leaves the collection released: load, read again."""
         with milvus_errors(action):

@@ -92,7 +92,9 @@ def _index_params(client: MilvusClient, s: Settings) -> Any:
         field_name="sparse",
         index_type="SPARSE_INVERTED_INDEX",
         metric_type="BM25",
-        params={"bm25_k1": s.bm25_k1, "bm25_b": s.bm25_b},
+        # Nested under "params", as for HNSW: Milvus reads both forms, but milvus-lite reads only this one and
+        # silently built BM25 with its own k1 1.5 and b 0.75 when these were passed flat.
+        params={"params": {"bm25_k1": s.bm25_k1, "bm25_b": s.bm25_b}},
     )
     return params
 

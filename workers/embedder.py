@@ -148,6 +148,18 @@ class SentenceTransformerEmbedder:
         prefixed = [self.instruction + t for t in texts] if query else list(texts)
         return self._run(prefixed, tokens=True)
 
+    def token_ids(self, texts: Sequence[str], *, query: bool) -> list[list[int]]:
+        """The ids `token_vectors` embeds (same prefix, case and truncation), special tokens included."""
+        prefixed = [self.instruction + t for t in texts] if query else list(texts)
+        if self._lower:
+            prefixed = [t.lower() for t in prefixed]
+        encoded = self._tokenizer(prefixed, truncation=True, max_length=self.max_tokens)
+        return [list(ids) for ids in encoded["input_ids"]]
+
+    @property
+    def special_ids(self) -> frozenset[int]:
+        return frozenset(int(i) for i in self._tokenizer.all_special_ids)
+
     def token_spans(self, text: str) -> list[tuple[int, int]]:
         encoding = self._span_tokenizer.encode(text, add_special_tokens=False)
         return [(int(a), int(b)) for a, b in encoding.offsets]

@@ -15,14 +15,18 @@ from common.settings import Settings
 from common.types import Embedder, Ranked, Reranker
 from workers.device import DeviceConfig, choose_device
 from workers.embedder import plan_batches, run_halving
+from workers.token_weights import Idf, token_weights
 
 log = logging.getLogger(__name__)
 
 
 def maxsim_scores(
-    query_tokens: npt.NDArray[np.float32], passage_tokens: Sequence[npt.NDArray[np.float32]]
+    query_tokens: npt.NDArray[np.float32],
+    passage_tokens: Sequence[npt.NDArray[np.float32]],
+    weights: npt.NDArray[np.float32] | None = None,
 ) -> npt.NDArray[np.float32]:
-    """Mean over query tokens of the best cosine to any passage token (vectors already unit length)."""
+    """Mean over query tokens of the best cosine to any passage token (vectors already unit length);
+    with `weights` (one per query token, workers.token_weights) the weighted mean."""
     if not passage_tokens:
         return np.zeros(0, dtype=np.float32)
     width = max(1, *(len(p) for p in passage_tokens))
@@ -35,18 +39,22 @@ def maxsim_scores(
     sims[~valid] = -np.inf
     best = sims.max(axis=1)  # (passages, query tokens)
     best[~np.isfinite(best)] = 0.0  # a passage without tokens matches nothing
+    if weights is not None and float(weights.sum()) > 0:
+        weighted: npt.NDArray[np.float32] = ((best @ weights) / weights.sum()).astype(np.float32)
+        return weighted
     scores: npt.NDArray[np.float32] = best.mean(axis=1).astype(np.float32)
     return scores
 
 
-def fuse_ranks(model_scores: npt.NDArray[np.float32], k: int) -> npt.NDArray[np.float64]:
-    """RRF of the given (best-first) input order and the model's order: 1/(k+rank_in) + 1/(k+rank_model)."""
+def fuse_ranks(model_scores: npt.NDArray[np.float32], k: int, weight: float = 1.0) -> npt.NDArray[np.float64]:
+    """RRF of the given (best-first) input order and the model's order:
+    1/(k+rank_in) + weight/(k+rank_model)."""
     n = len(model_scores)
     model_order = np.argsort(-model_scores, kind="stable")
     model_rank = np.empty(n, dtype=np.int64)
     model_rank[model_order] = np.arange(1, n + 1)
     input_rank = np.arange(1, n + 1)
-    return 1.0 / (k + input_rank) + 1.0 / (k + model_rank)
+    return 1.0 / (k + input_rank) + weight / (k + model_rank)
 
 
 def top_ranked(scores: Sequence[float], model_scores: Sequence[float], top_k: int) -> list[Ranked]:
@@ -65,29 +73,52 @@ def _top(rankings: list[list[Ranked]], top_k: int) -> list[Ranked]:
 class MaxSimReranker:
     """Late interaction with the embedding model's own token vectors: no extra model in memory."""
 
-    def __init__(self, embedder: Embedder, fusion_k: int | None) -> None:
+    def __init__(self, embedder: Embedder, fusion_k: int | None, fusion_weight: float = 1.0) -> None:
         self.name = "maxsim"
         self._embedder = embedder
         self._fusion_k = fusion_k
+        self._fusion_weight = fusion_weight
 
     def rerank(self, query: str, passages: Sequence[str], top_k: int) -> list[Ranked]:
         return _top(self.rerank_batch([(query, passages)]), top_k) if passages and top_k > 0 else []
 
-    def rerank_batch(self, items: Sequence[RerankItem]) -> list[list[Ranked]]:
-        """Every query and every distinct passage of the batch go through the model in one call each."""
+    def rerank_batch(
+        self, items: Sequence[RerankItem], idf: Sequence[Idf | None] | None = None
+    ) -> list[list[Ranked]]:
+        """Every query and every distinct passage of the batch go through the model in one call each. An
+        item with an `idf` table weighs its query tokens by it and matches no special token of a passage."""
+        tables = list(idf) if idf is not None else [None] * len(items)
         unique = list(dict.fromkeys(p for _, passages in items for p in passages))
         slot = {text: i for i, text in enumerate(unique)}
         passage_tokens = self._embedder.token_vectors(unique, query=False) if unique else []
-        query_tokens = self._embedder.token_vectors([q for q, _ in items], query=True) if items else []
+        if any(table is not None for table in tables):
+            passage_tokens = self._without_specials(unique, passage_tokens)
+        queries = [q for q, _ in items]
+        query_tokens = self._embedder.token_vectors(queries, query=True) if items else []
+        query_ids = (
+            self._embedder.token_ids(queries, query=True) if any(t is not None for t in tables) else []
+        )
+        special = self._embedder.special_ids if query_ids else frozenset()
         rankings = []
-        for (_, passages), q_tokens in zip(items, query_tokens, strict=True):
-            model_scores = maxsim_scores(q_tokens, [passage_tokens[slot[p]] for p in passages])
+        for n, ((_, passages), q_tokens) in enumerate(zip(items, query_tokens, strict=True)):
+            table = tables[n]
+            weights = token_weights(table, query_ids[n], special) if table is not None else None
+            model_scores = maxsim_scores(q_tokens, [passage_tokens[slot[p]] for p in passages], weights)
             if self._fusion_k is None:
                 scores: Sequence[float] = model_scores.tolist()
             else:
-                scores = fuse_ranks(model_scores, self._fusion_k).tolist()
+                scores = fuse_ranks(model_scores, self._fusion_k, self._fusion_weight).tolist()
             rankings.append(top_ranked(scores, model_scores.tolist(), len(passages)))
         return rankings
+
+    def _without_specials(
+        self, texts: Sequence[str], tokens: Sequence[npt.NDArray[np.float32]]
+    ) -> list[npt.NDArray[np.float32]]:
+        special = self._embedder.special_ids
+        ids = self._embedder.token_ids(texts, query=False)
+        keep = [np.asarray([i not in special for i in row], dtype=bool) for row in ids]
+        # the same tokenizer call as token_vectors': one flag per vector (else the text is left whole)
+        return [t[k] if len(k) == len(t) else t for t, k in zip(tokens, keep, strict=True)]
 
 
 class CrossEncoderReranker:
@@ -107,8 +138,10 @@ class CrossEncoderReranker:
     def rerank(self, query: str, passages: Sequence[str], top_k: int) -> list[Ranked]:
         return _top(self.rerank_batch([(query, passages)]), top_k) if passages and top_k > 0 else []
 
-    def rerank_batch(self, items: Sequence[RerankItem]) -> list[list[Ranked]]:
-        """All pairs of the batch, length-sorted into token-budgeted forward passes."""
+    def rerank_batch(
+        self, items: Sequence[RerankItem], idf: Sequence[Idf | None] | None = None
+    ) -> list[list[Ranked]]:
+        """All pairs of the batch, length-sorted into token-budgeted forward passes (`idf` is MaxSim's)."""
         pairs = [(query, passage) for query, passages in items for passage in passages]
         scores = self._score(pairs).tolist()
         rankings, start = [], 0
@@ -146,7 +179,7 @@ class CrossEncoderReranker:
 def load_reranker(settings: Settings, embedder: Embedder, backend: str) -> Reranker:
     """A reranker of the given backend; the cross-encoder is the configured `reranker_model`."""
     if backend == "maxsim":
-        return MaxSimReranker(embedder, settings.rerank_fusion_k)
+        return MaxSimReranker(embedder, settings.rerank_fusion_k, settings.rerank_fusion_weight)
     if backend != "cross-encoder":
         raise ValueError(f"unknown reranker backend {backend!r}")
     log.info("loading cross-encoder %s", settings.reranker_model)

@@ -23,6 +23,7 @@ from common.settings import Settings
 from common.types import Chunk, Embedder, Hit, Ranked, Reranker, SearchOptions, VectorStore
 from ingestion.chunking import embedding_text
 from workers.documents import best_per_document, grouped
+from workers.token_weights import Idf
 
 
 class ExactSearch(Protocol):
@@ -130,8 +131,11 @@ class Retriever:
         store: VectorStore,
         exact: ExactSearch,
         rerankers: Callable[[str], Reranker],
+        *,
+        idf: Callable[[str], Idf | None] | None = None,
     ) -> None:
         self.settings = settings
+        self._idf = idf
         self._embedder = embedder
         self._store = store
         self._exact = exact
@@ -181,6 +185,11 @@ class Retriever:
     def per_document(self, question: Question) -> bool:
         """Each document once, at its best chunk, before the reranker (`documents` switch)."""
         return bool(question.options.get("documents", self.settings.search_documents))
+
+    def _idf_of(self, question: Question) -> Idf | None:
+        """The question's collection's token IDF when its `idf` switch is on (MaxSim weighs tokens by it)."""
+        on = question.options.get("idf", self.settings.rerank_idf)
+        return self._idf(question.collection) if on and self._idf is not None else None
 
     def candidates(self, question: Question) -> int:
         return int(question.options.get("candidates", self.settings.rerank_candidates))
@@ -261,7 +270,7 @@ class Retriever:
                     (questions[i].text, [passage_text(h) for h in hits[i][: self.candidates(questions[i])]])
                     for i in part
                 ]
-                return reranker.rerank_batch(items)
+                return reranker.rerank_batch(items, [self._idf_of(questions[i]) for i in part])
 
             rankings = _each(members, run, outcomes, "rerank")
             for i, ranking in rankings.items():

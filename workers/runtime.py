@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from workers.gate import Gate
     from workers.reliability import Heartbeat
     from workers.retrieval import Question, Retriever
+    from workers.token_weights import CollectionIdf
 
 
 class Runtime:
@@ -131,7 +132,22 @@ class Runtime:
     def retriever(self) -> Retriever:
         from workers.retrieval import Retriever
 
-        return Retriever(self.settings, self.embedder, self.store, self.exact, self.reranker)
+        return Retriever(
+            self.settings, self.embedder, self.store, self.exact, self.reranker, idf=self.collection_idf.table
+        )
+
+    @cached_property
+    def collection_idf(self) -> CollectionIdf:
+        from workers.token_weights import CollectionIdf
+
+        s = self.settings
+        return CollectionIdf(
+            self.store,
+            self.embedder,
+            sample=s.rerank_idf_sample,
+            ttl_s=s.rerank_idf_ttl_s,
+            keep=s.rerank_idf_collections,
+        )
 
     @cached_property
     def questions(self) -> MicroBatcher[Question, dict[str, Any]]:

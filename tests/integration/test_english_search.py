@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from common.settings import Settings
 from store.connection import connect
 from store.schema import ANALYSIS_PROPERTY
 from tests.integration.conftest import Stack
@@ -58,6 +59,18 @@ def test_the_collection_records_its_analysis(stack: Stack, loaded: dict[str, Any
     assert properties[ANALYSIS_PROPERTY] == "english"
 
 
+def test_the_bm25_index_is_built_with_the_configured_k1_and_b(stack: Stack, loaded: dict[str, Any]) -> None:
+    # passed flat, milvus-lite dropped them and scored with its own k1 1.5 (the settings say 1.2)
+    settings = Settings()
+    client = connect(stack.env["MILVUS_URI"], timeout_s=10)
+    try:
+        index = client.describe_index(stack.env["MILVUS_COLLECTION"], "sparse")
+    finally:
+        client.close()
+    built = index.get("params", index)
+    assert float(built["bm25_k1"]) == settings.bm25_k1 and float(built["bm25_b"]) == settings.bm25_b
+
+
 def test_documents_rank_each_document_once_with_its_best_passages(
     stack: Stack, loaded: dict[str, Any]
 ) -> None:
@@ -71,3 +84,11 @@ def test_documents_rank_each_document_once_with_its_best_passages(
     assert first["passages"][0] == grouped["passages"][0]
     assert first["score"] == grouped["passages"][0]["scores"]["final"]
     assert {p["doc_id"] for p in first["passages"]} == {"long"}
+
+
+def test_idf_weighting_is_a_switch_of_each_ask(stack: Stack, loaded: dict[str, Any]) -> None:
+    # weighted by the collection's token IDF (the default) and not: both rerank the same candidates
+    weighted = ask(stack, "glaciers and ice", idf=True)["passages"]
+    plain = ask(stack, "glaciers and ice", idf=False)["passages"]
+    assert weighted[0]["doc_id"] == "long" == plain[0]["doc_id"]
+    assert {p["doc_id"] for p in weighted} == {p["doc_id"] for p in plain}

@@ -59,7 +59,9 @@ class ReverseReranker:
     def rerank(self, query: str, passages: Sequence[str], top_k: int) -> list[Ranked]:
         return self.rerank_batch([(query, passages)])[0][:top_k]
 
-    def rerank_batch(self, items: Sequence[tuple[str, Sequence[str]]]) -> list[list[Ranked]]:
+    def rerank_batch(
+        self, items: Sequence[tuple[str, Sequence[str]]], idf: Sequence[Any] | None = None
+    ) -> list[list[Ranked]]:
         self.batches.append(len(items))
         return [[Ranked(i, float(i), float(i)) for i in reversed(range(len(p)))] for _, p in items]
 
@@ -139,7 +141,9 @@ class PoisonStore(FakeStore):
 
 
 class PoisonReranker(ReverseReranker):
-    def rerank_batch(self, items: Sequence[tuple[str, Sequence[str]]]) -> list[list[Ranked]]:
+    def rerank_batch(
+        self, items: Sequence[tuple[str, Sequence[str]]], idf: Sequence[Any] | None = None
+    ) -> list[list[Ranked]]:
         if any(query == "rerank-poison" for query, _ in items):
             raise RuntimeError("the reranker choked on one question")
         return super().rerank_batch(items)
