@@ -145,16 +145,23 @@ class SentenceTransformerEmbedder:
 
     def token_vectors(self, texts: Sequence[str], *, query: bool) -> list[npt.NDArray[np.float32]]:
         """L2-normalised embeddings of each text's real tokens (special tokens kept, padding dropped)."""
-        prefixed = [self.instruction + t for t in texts] if query else list(texts)
-        return self._run(prefixed, tokens=True)
+        return self._run(self._prefixed(texts, query), tokens=True)
 
     def token_ids(self, texts: Sequence[str], *, query: bool) -> list[list[int]]:
-        """The ids `token_vectors` embeds (same prefix, case and truncation), special tokens included."""
-        prefixed = [self.instruction + t for t in texts] if query else list(texts)
+        """The ids `token_vectors` embeds (the same encoding), special tokens included."""
+        return self._encode(self._prefixed(texts, query))[0]
+
+    def _prefixed(self, texts: Sequence[str], query: bool) -> list[str]:
+        return [self.instruction + t for t in texts] if query else list(texts)
+
+    def _encode(self, texts: list[str]) -> tuple[list[list[int]], list[list[int]] | None]:
+        """Token ids (and type ids, for models that take them): the model's case, truncated to its limit."""
         if self._lower:
-            prefixed = [t.lower() for t in prefixed]
-        encoded = self._tokenizer(prefixed, truncation=True, max_length=self.max_tokens)
-        return [list(ids) for ids in encoded["input_ids"]]
+            texts = [t.lower() for t in texts]
+        encoded = self._tokenizer(
+            texts, truncation=True, max_length=self.max_tokens, return_attention_mask=False
+        )
+        return encoded["input_ids"], encoded.get("token_type_ids")
 
     @property
     def special_ids(self) -> frozenset[int]:
@@ -174,13 +181,7 @@ class SentenceTransformerEmbedder:
         """Tokenize once, run length-sorted budgeted batches, return per-text results in input order."""
         if not texts:
             return []
-        if self._lower:
-            texts = [t.lower() for t in texts]
-        encoded = self._tokenizer(
-            texts, truncation=True, max_length=self.max_tokens, return_attention_mask=False
-        )
-        ids: list[list[int]] = encoded["input_ids"]
-        types: list[list[int]] | None = encoded.get("token_type_ids")
+        ids, types = self._encode(texts)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
         spans = plan_batches([len(ids[i]) for i in order], self._device.token_budget, self._device.max_batch)
         results: list[npt.NDArray[np.float32] | None] = [None] * len(ids)
