@@ -91,19 +91,20 @@ class MaxSimReranker:
         unique = list(dict.fromkeys(p for _, passages in items for p in passages))
         slot = {text: i for i, text in enumerate(unique)}
         passage_tokens = self._embedder.token_vectors(unique, query=False) if unique else []
-        if any(table is not None for table in tables):
-            passage_tokens = self._without_specials(unique, passage_tokens)
         queries = [q for q, _ in items]
         query_tokens = self._embedder.token_vectors(queries, query=True) if items else []
-        query_ids = (
-            self._embedder.token_ids(queries, query=True) if any(t is not None for t in tables) else []
-        )
-        special = self._embedder.special_ids if query_ids else frozenset()
+        weighed = any(table is not None for table in tables)
+        special = self._embedder.special_ids if weighed else frozenset()
+        query_ids = self._embedder.token_ids(queries, query=True) if weighed else []
+        # a weighed item matches no special token; the others see every token, whatever the batch holds
+        plain = passage_tokens
+        stripped = self._without(special, unique, passage_tokens) if weighed else plain
         rankings = []
         for n, ((_, passages), q_tokens) in enumerate(zip(items, query_tokens, strict=True)):
             table = tables[n]
             weights = token_weights(table, query_ids[n], special) if table is not None else None
-            model_scores = maxsim_scores(q_tokens, [passage_tokens[slot[p]] for p in passages], weights)
+            tokens = stripped if table is not None else plain
+            model_scores = maxsim_scores(q_tokens, [tokens[slot[p]] for p in passages], weights)
             if self._fusion_k is None:
                 scores: Sequence[float] = model_scores.tolist()
             else:
@@ -111,14 +112,15 @@ class MaxSimReranker:
             rankings.append(top_ranked(scores, model_scores.tolist(), len(passages)))
         return rankings
 
-    def _without_specials(
-        self, texts: Sequence[str], tokens: Sequence[npt.NDArray[np.float32]]
+    def _without(
+        self, special: frozenset[int], texts: Sequence[str], tokens: Sequence[npt.NDArray[np.float32]]
     ) -> list[npt.NDArray[np.float32]]:
-        special = self._embedder.special_ids
+        """Each text's token vectors but those of special tokens (token_ids is token_vectors' encoding)."""
         ids = self._embedder.token_ids(texts, query=False)
-        keep = [np.asarray([i not in special for i in row], dtype=bool) for row in ids]
-        # the same tokenizer call as token_vectors': one flag per vector (else the text is left whole)
-        return [t[k] if len(k) == len(t) else t for t, k in zip(tokens, keep, strict=True)]
+        return [
+            t[np.asarray([i not in special for i in row], dtype=bool)]
+            for t, row in zip(tokens, ids, strict=True)
+        ]
 
 
 class CrossEncoderReranker:

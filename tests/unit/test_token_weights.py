@@ -110,3 +110,15 @@ def test_without_tables_the_ranking_is_the_plain_one(embedder: SentenceTransform
     items = [("cats eat meat", ["cats eat meat", "dogs bark"])]
     reranker = MaxSimReranker(embedder, fusion_k=60)
     assert reranker.rerank_batch(items) == reranker.rerank_batch(items, [None])
+
+
+def test_an_unweighted_item_ranks_the_same_alone_and_beside_a_weighted_one(
+    embedder: SentenceTransformerEmbedder,
+) -> None:
+    table = idf_table(embedder.token_ids(["cats eat meat", "dogs bark at night"], query=False))
+    plain_item = ("cats eat meat", ["cats eat meat", "dogs bark"])
+    reranker = MaxSimReranker(embedder, fusion_k=None)
+    alone = reranker.rerank_batch([plain_item])[0]
+    beside = reranker.rerank_batch([plain_item, ("dogs bark", ["dogs bark", "cats"])], [None, table])[0]
+    assert [r.index for r in beside] == [r.index for r in alone]
+    assert [r.model_score for r in beside] == pytest.approx([r.model_score for r in alone])
