@@ -12,6 +12,7 @@ INGEST_BATCH_TASK = "quarry.ingest_batch"
 ASK_TASK = "quarry.ask"
 DELETE_TASK = "quarry.delete"
 WEBHOOK_TASK = "quarry.webhook"
+SETTLE_TASK = "quarry.settle"  # a failed batch's documents, pruned to one version once Milvus is back
 PARSE_QUEUE = "parse"  # CPU workers: read uploads, parse PDF/DOCX/HTML and zips, fan out batches (no model)
 INGEST_QUEUE = "ingest"  # device workers: chunk, embed and write batches (the model's bulk lane)
 QUERY_QUEUE = "query"  # device workers: questions (the model's priority lane)
@@ -26,6 +27,7 @@ TASK_QUEUES = {
     INGEST_BATCH_TASK: INGEST_QUEUE,
     # Deletes are writes: they share the batches' queue (milvus-lite allows one writer at a time).
     DELETE_TASK: INGEST_QUEUE,
+    SETTLE_TASK: INGEST_QUEUE,
     ASK_TASK: QUERY_QUEUE,
     # Their own queue, so a slow receiver never delays questions in the broker.
     WEBHOOK_TASK: WEBHOOK_QUEUE,

@@ -267,6 +267,12 @@ class Settings(BaseSettings):
     task_max_retries: int = Field(5, ge=0, description="retries of a retriable error (Milvus/Redis down)")
     task_retry_backoff_s: int = Field(2, ge=1, description="first retry delay; doubles, full jitter")
     task_retry_backoff_max_s: int = Field(60, ge=1, description="longest retry delay")
+    settle_max_retries: int = Field(
+        30,
+        ge=0,
+        description="retries (same backoff) of settling a failed batch's documents on one version while "
+        "Milvus is away; past them, the next write of those documents settles them",
+    )
     max_deliveries: int = Field(3, ge=1, description="deliveries of an attempt before a lost worker fails it")
     job_heartbeat_interval_s: float = Field(10.0, gt=0, description="how often a running task says it lives")
     job_heartbeat_timeout_s: float = Field(60.0, gt=0, description="silence after which its worker is lost")

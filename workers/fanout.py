@@ -157,20 +157,31 @@ def fail_batch(rt: Runtime, job_id: str, path: str, reason: str) -> list[Outcome
     return outcomes
 
 
-def abandon_batch(rt: Runtime, path: str, collection: str) -> None:
+def abandon_batch(rt: Runtime, path: str, collection: str) -> list[str]:
     """After a batch failed for good (its worker lost, Milvus away past its retries): leave each of its
     documents with its newest whole version, so a write cut short by a kill leaves neither half a version
-    nor two. Best effort: with Milvus still away, the next write of these documents settles them."""
+    nor two. Returns the documents it could not settle (Milvus or Redis away): `SETTLE_TASK` retries them."""
     ids = [item.id for item in read_batch_file(rt.settings.uploads / path) if isinstance(item, Document)]
     try:
-        with rt.locks.hold(collection, ids, owner=path):
-            found = stored_versions(rt.store, collection, ids)
-            keep = {d: {newest(v)} for d, v in found.items() if not isinstance(v, Exception)}
-            rt.store.prune(collection, keep | {d: set() for d in ids if d not in found})
-            rt.store.flush()
-            rt.fences.clear(collection, [d for d in ids if not isinstance(found.get(d), Exception)])
-    except Exception as exc:  # the failure is recorded; the next write of these documents settles them
-        log.warning("could not settle the documents of failed batch %s: %s", path, exc)
+        settle_documents(rt, collection, ids, owner=path)
+    except Exception as exc:  # the failure is recorded; a settle task tries again (workers.tasks)
+        log.warning("could not settle the documents of failed batch %s yet: %s", path, exc)
+        return ids
+    return []
+
+
+def settle_documents(rt: Runtime, collection: str, ids: list[str], owner: str) -> None:
+    """Under their locks, prune each document to its newest whole version and clear its mark; raises when
+    any could not be looked up or pruned (settling is idempotent: a retry redoes what is left)."""
+    with rt.locks.hold(collection, ids, owner=owner):
+        found = stored_versions(rt.store, collection, ids)
+        for versions in found.values():
+            if isinstance(versions, Exception):
+                raise versions
+        keep = {d: {newest(v)} for d, v in found.items() if not isinstance(v, Exception)}
+        rt.store.prune(collection, keep | {d: set() for d in ids if d not in found})
+        rt.store.flush()
+        rt.fences.clear(collection, ids)
 
 
 def finish_batch(rt: Runtime, job_id: str, index: int, outcomes: list[Outcome], collection: str) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
-from celeryconfig import ASK_TASK, DELETE_TASK, INGEST_BATCH_TASK, INGEST_TASK
+from celeryconfig import ASK_TASK, DELETE_TASK, INGEST_BATCH_TASK, INGEST_TASK, SETTLE_TASK
 from common.errors import RETRIABLE_ERRORS
 from common.faultpoints import fault_point
 from common.isolation import describe
@@ -32,6 +32,7 @@ from workers.fanout import (
     finish_batch,
     lease_key,
     run_batch,
+    settle_documents,
     split_job,
 )
 from workers.reliability import LostChildRequest, WorkerLost, check_delivery, delivery_token
@@ -221,7 +222,9 @@ class BatchTask(RetriableTask):
         if self.counted(kwargs):
             return  # a delivery ended it already: its outcomes stand
         outcomes = fail_batch(rt, kwargs["job_id"], kwargs["path"], reason)
-        abandon_batch(rt, kwargs["path"], kwargs["collection"])
+        unsettled = abandon_batch(rt, kwargs["path"], kwargs["collection"])
+        if unsettled:
+            send_settle(kwargs["collection"], unsettled, kwargs["path"])
         finish_batch(rt, kwargs["job_id"], kwargs["index"], outcomes, kwargs["collection"])
 
 
@@ -240,6 +243,30 @@ def ingest_batch(
     outcomes = run_batch(rt, job_id, path, collection, on_duplicate, seq)
     finish_batch(rt, job_id, index, outcomes, collection)
     return count(outcomes)
+
+
+def send_settle(collection: str, doc_ids: list[str], owner: str) -> None:
+    """Hand documents a failed batch could not settle to `settle`, which retries until Milvus is back."""
+    try:
+        app.send_task(SETTLE_TASK, kwargs={"collection": collection, "doc_ids": doc_ids, "owner": owner})
+    except Exception as exc:  # the broker away too: the next write of these documents settles them
+        log.warning("could not queue the settling of %d documents of %s: %s", len(doc_ids), owner, exc)
+
+
+@app.task(
+    name=SETTLE_TASK,
+    bind=True,
+    autoretry_for=RETRIABLE_ERRORS,
+    max_retries=_settings.settle_max_retries,
+    retry_backoff=_settings.task_retry_backoff_s,
+    retry_backoff_max=_settings.task_retry_backoff_max_s,
+    retry_jitter=True,
+)
+def settle(self: Task, *, collection: str, doc_ids: list[str], owner: str) -> dict[str, int]:
+    """Leave each document of a batch that failed for good on its newest whole version (not a job: it
+    has no record; a failure past its retries is logged, and the documents' marks stay for the next write)."""
+    settle_documents(runtime(), collection, doc_ids, owner=f"settle:{owner}")
+    return {"settled": len(doc_ids)}
 
 
 @app.task(name=ASK_TASK, base=JobTask, bind=True)

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from celeryconfig import INGEST_BATCH_TASK, INGEST_QUEUE
+from common.fences import Fences
 from common.queueing import make_celery
 from common.settings import Settings
 from devstack.processes import start_milvus
@@ -116,6 +117,31 @@ def test_milvus_killed_in_the_middle_of_an_upsert_then_restarted(
     assert job["state"] == "succeeded" and job["result"]["failed"] == 0, job
     expected = {doc_id: clean[2 if doc_id < "d-4" else 1][doc_id] for doc_id in clean[1]}
     assert by_doc(rows(crash, collection)) == expected
+
+
+def test_a_batch_that_fails_while_milvus_is_away_is_settled_once_milvus_is_back(
+    crash: FaultStack, clean: dict[int, dict[str, set[Row]]]
+) -> None:
+    """v2 is written whole, then Milvus dies before v1's removal and stays away past the batch's retries: the
+    batch fails and cannot settle its documents then. Once Milvus is back they end wholly on v2, with no
+    later write of them (the chaos test once caught two versions left this way)."""
+    collection = "settle-later"
+    stored_v1(crash, collection, clean)
+
+    job_id = replace(crash, collection, V2[:4])
+    arm(crash, "before_prune")
+    paused(crash, "before_prune")
+    crash.stop("milvus", signal.SIGKILL)
+    wait_for(lambda: not crash.milvus_port_open(), 20, "Milvus to die")
+    release(crash, "before_prune")
+    job = crash.wait_job(job_id)
+    assert job["state"] == "failed" and "Milvus unavailable" in job["error"], job
+
+    start_milvus(crash.sup, crash.milvus_uri, crash.tmp / "milvus")
+    expected = {doc_id: clean[2 if doc_id < "d-4" else 1][doc_id] for doc_id in clean[1]}
+    wait_for(lambda: by_doc(rows(crash, collection)) == expected, 90, "one whole version each", every_s=1)
+    marks = crash.redis().smembers(Fences.marks_key(collection))
+    assert not marks & {f"d-{i}" for i in range(4)}, marks  # settled, so no later write prunes them again
 
 
 def test_two_ingest_processes_contend_for_the_same_documents(
