@@ -46,7 +46,8 @@ eval: $(VENV)/.requirements-dev
 # defaults, the previous split design, and each question-priority option alone) a private stack of its own
 # (free loopback ports, data in a temp dir; nothing needs to be running) measures start to ready and to the
 # first answer, ingestion chunks/s beside the bare model on all cores, and question p50/p95 idle and while
-# 1,500 documents are ingested. Writes bench/results/device-<UTC date>.json. About 70 minutes on 2 cores.
+# 1,500 documents are ingested (60 questions, then the ingest's end). Writes
+# bench/results/device-<UTC date>.json. About 45 minutes on 2 cores (five configurations).
 bench: $(VENV)/.requirements-dev
 	$(PY) -m bench.device ../shared/data/scifact-train
 

@@ -82,9 +82,11 @@ def under_ingest(
     modes: Bodies,
     questions: Sequence[str],
     timeout_s: float,
+    max_questions: int = 0,
 ) -> dict[str, Any]:
     """Questions (both modes, alternating, 1 client) from when the first batch of an ingest of `docs` runs
-    until the ingest ends; p50/p95 and count per mode, and the ingest's own rate meanwhile."""
+    until the ingest ends, or until `max_questions` were asked (0: no limit); p50/p95 and count per mode,
+    the ingest's rate while they were asked, and its whole time."""
     collection = f"bench-load-{uuid.uuid4().hex[:8]}"
     start = time.perf_counter()
     jobs = submit_ingest(client, docs, collection)
@@ -104,25 +106,50 @@ def under_ingest(
     waiter.start()
     _until(lambda: stack.batch_running(jobs), done, timeout_s)
     first_batch_s = time.perf_counter() - start
-    asked: dict[str, list[float]] = {mode: [] for mode in MODES}
-    while not done.is_set():
-        n = sum(len(v) for v in asked.values())
-        mode = MODES[n % len(MODES)]
-        asked[mode].append(ask_ms(client, modes[mode], questions[n % len(questions)], timeout_s))
+    asked = ask_alternating(
+        client, modes=modes, questions=questions, done=done, limit=max_questions, timeout_s=timeout_s
+    )
+    window = {"asking_s": time.perf_counter() - start, "chunks_while_asking": _chunks(client, collection)}
     waiter.join()
     if errors:
         raise errors[0]
     seconds = ended[0] - start
-    chunks = int(client.get(f"/collections/{collection}")["chunks"])
+    chunks = _chunks(client, collection)
     return {
         "documents": len(docs),
         "jobs": len(jobs),
         "first_batch_s": first_batch_s,
         "ingest_seconds": seconds,
         "chunks": chunks,
-        "chunks_per_s": chunks / seconds,
+        # the ingest's rate while questions were asked back to back (from its submission)
+        "chunks_per_s": window["chunks_while_asking"] / window["asking_s"],
+        "ingest_chunks_per_s": chunks / seconds,
+        **window,
         **{mode: latencies(asked[mode]) for mode in MODES},
     }
+
+
+def ask_alternating(
+    client: Client,
+    *,
+    modes: Bodies,
+    questions: Sequence[str],
+    done: threading.Event,
+    limit: int,
+    timeout_s: float,
+) -> dict[str, list[float]]:
+    """Each mode's latencies, asking the modes in turn until `done` is set or `limit` were asked (0: none)."""
+    asked: dict[str, list[float]] = {mode: [] for mode in MODES}
+    n = 0
+    while not done.is_set() and (limit <= 0 or n < limit):
+        mode = MODES[n % len(MODES)]
+        asked[mode].append(ask_ms(client, modes[mode], questions[n % len(questions)], timeout_s))
+        n += 1
+    return asked
+
+
+def _chunks(client: Client, collection: str) -> int:
+    return int(client.get(f"/collections/{collection}")["chunks"])
 
 
 def ingest_rate(client: Client, docs: Sequence[dict[str, Any]], timeout_s: float) -> dict[str, Any]:

@@ -198,3 +198,22 @@ def test_questions_alternate_modes_until_the_ingest_ends() -> None:
     assert [b.get("rerank", True) for b in client.asked[:4]] == [True, False, True, False]
     assert [b["question"] for b in client.asked[:3]] == ["q1", "q2", "q1"]
     assert result["chunks"] == 42 and result["jobs"] == 1 and len(set(client.collections)) == 1
+
+
+def test_questions_under_ingest_stop_at_their_limit_and_the_ingest_is_still_awaited() -> None:
+    client = FakeClient(asks_before_end=1_000_000)  # the ingest would outlast any number of questions
+    docs = [{"id": str(i), "text": "t", "title": "", "metadata": {}} for i in range(3)]
+    ended = threading.Timer(0.3, client.ingest_ended.set)  # it ends on its own after the questions stop
+    ended.start()
+    result = device_measure.under_ingest(
+        FakeStack(),  # type: ignore[arg-type]
+        client,  # type: ignore[arg-type]
+        docs=docs,
+        modes=device_measure.bodies("c"),
+        questions=["q1", "q2"],
+        timeout_s=10.0,
+        max_questions=6,
+    )
+    assert len(client.asked) == 6 and result["reranked"]["n"] == result["plain"]["n"] == 3
+    assert result["ingest_seconds"] >= 0.3 > result["asking_s"]  # the whole ingest, past the questions
+    assert result["chunks_while_asking"] == 42 and result["chunks_per_s"] == 42 / result["asking_s"]
