@@ -2,38 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlparse
 
+from celery import Celery
+
+from common.contracts import QUERY_QUEUE, TASK_QUEUES
 from common.settings import Settings
 
-INGEST_TASK = "quarry.ingest"
-INGEST_BATCH_TASK = "quarry.ingest_batch"
-ASK_TASK = "quarry.ask"
-DELETE_TASK = "quarry.delete"
-WEBHOOK_TASK = "quarry.webhook"
-SETTLE_TASK = "quarry.settle"  # a failed batch's documents, pruned to one version once Milvus is back
-PARSE_QUEUE = "parse"  # CPU workers: read uploads, parse PDF/DOCX/HTML and zips, fan out batches (no model)
-INGEST_QUEUE = "ingest"  # device workers: chunk, embed and write batches (the model's bulk lane)
-QUERY_QUEUE = "query"  # device workers: questions (the model's priority lane)
-WEBHOOK_QUEUE = "webhooks"  # its own worker pool (threads: deliveries wait on the network)
 WARM_START_S = 600.0  # how long a prefork child may take to load and warm its models (workers/warmup.py)
 _REDIS_TRANSPORT = "common.broker:Transport"  # a name: kombu imports it when it first connects
 
 # Queues per kind of work: parsing where CPUs are, model work where the device is, and on each device
-# questions before bulk embedding (workers/gate.py).
-TASK_QUEUES = {
-    INGEST_TASK: PARSE_QUEUE,
-    INGEST_BATCH_TASK: INGEST_QUEUE,
-    # Deletes are writes: they share the batches' queue (milvus-lite allows one writer at a time).
-    DELETE_TASK: INGEST_QUEUE,
-    SETTLE_TASK: INGEST_QUEUE,
-    ASK_TASK: QUERY_QUEUE,
-    # Their own queue, so a slow receiver never delays questions in the broker.
-    WEBHOOK_TASK: WEBHOOK_QUEUE,
-}
-# The task that runs a job of each kind (a job record's `kind`; its task id is the job id).
-JOB_TASKS = {"ingest": INGEST_TASK, "ask": ASK_TASK, "delete": DELETE_TASK}
+# questions before bulk embedding (workers/gate.py). Every task's name, queue and payload: common.contracts.
 
 
 def from_settings(settings: Settings) -> dict[str, Any]:
@@ -79,3 +61,11 @@ def from_settings(settings: Settings) -> dict[str, Any]:
         "task_send_sent_event": settings.task_events,
         "worker_hijack_root_logger": False,
     }
+
+
+def make_celery(settings: Settings, include: Sequence[str] = ()) -> Celery:
+    """The one way to build a Celery app (the API enqueues by task name with it, importing no task);
+    creating it connects to nothing."""
+    app = Celery("quarry", include=list(include), set_as_current=False)
+    app.conf.update(from_settings(settings))
+    return app

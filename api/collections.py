@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
@@ -20,7 +19,7 @@ from api.spec import (
     spec,
     validated,
 )
-from celeryconfig import DELETE_TASK
+from common.contracts import DELETE, Delete
 from common.errors import NotFound
 
 bp = Blueprint("collections", __name__, url_prefix="/api/v1/collections")
@@ -101,7 +100,7 @@ def delete_document(name: str, doc_id: str) -> Response:
     _collection_or_404(name)
     if services().catalog.document(name, doc_id) is None:
         raise NotFound(f"no document {doc_id!r} in collection {name!r}")
-    return submit("delete", DELETE_TASK, lambda _: (_delete(name, [doc_id]), 1))
+    return submit("delete", DELETE, lambda _: (_delete(name, [doc_id]), 1))
 
 
 @bp.delete("/<name>")
@@ -109,11 +108,11 @@ def delete_document(name: str, doc_id: str) -> Response:
 def delete_collection(name: str) -> Response:
     """Delete a collection and everything in it (a job); uploads accepted after this request survive it."""
     _collection_or_404(name)
-    response = submit("delete", DELETE_TASK, lambda _: (_delete(name, None), 1))
+    response = submit("delete", DELETE, lambda _: (_delete(name, None), 1))
     services().collections.remove(name)  # only once the delete is queued: a failed request changes nothing
     return response
 
 
-def _delete(collection: str, doc_ids: list[str] | None) -> dict[str, Any]:
-    """A delete job's kwargs: numbered, so it removes what jobs accepted before it wrote (common.fences)."""
-    return {"collection": collection, "doc_ids": doc_ids, "seq": services().fences.next_seq()}
+def _delete(collection: str, doc_ids: list[str] | None) -> Delete:
+    """A delete job: numbered, so it removes what jobs accepted before it wrote (common.fences)."""
+    return Delete(collection=collection, doc_ids=doc_ids, seq=services().fences.next_seq())

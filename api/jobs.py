@@ -13,7 +13,7 @@ from flask import Blueprint, Response, jsonify
 from api.auth import principal
 from api.services import services, submit
 from api.spec import Job, JobAccepted, JobDocumentsQuery, Page, WaitQuery, responses, spec, validated
-from celeryconfig import INGEST_TASK
+from common.contracts import INGEST
 from common.errors import Conflict, NotFound
 from common.jobs import JobRecord, JobState
 from common.retention import source_paths, upload_dirs
@@ -65,10 +65,12 @@ def retry_job(job_id: str) -> Response:
     original = svc.jobs.request(job_id)
     if not failed or original is None:
         raise Conflict(f"job {job_id} has no failed documents to retry")
-    kwargs = {**original, "only": failed, "total": len(failed), "seq": svc.fences.next_seq()}
+    again = INGEST.parse(original).model_copy(
+        update={"only": failed, "total": len(failed), "seq": svc.fences.next_seq()}
+    )
     callback_url = (record.callback or {}).get("url")  # the retry reports where the original did
     with _upload_kept(job_id, original):
-        return submit("ingest", INGEST_TASK, lambda _: (kwargs, len(failed)), callback_url)
+        return submit("ingest", INGEST, lambda _: (again, len(failed)), callback_url)
 
 
 @contextmanager

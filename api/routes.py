@@ -12,7 +12,16 @@ from api.schemas import AskRequest, IngestRequest, UploadForm
 from api.services import services, submit
 from api.spec import PUBLIC, Health, JobAccepted, responses, spec, validated
 from api.uploads import save_json_documents, save_uploaded_files
-from celeryconfig import ASK_TASK, INGEST_QUEUE, INGEST_TASK, PARSE_QUEUE, QUERY_QUEUE, WEBHOOK_QUEUE
+from common.contracts import (
+    ASK,
+    INGEST,
+    INGEST_QUEUE,
+    PARSE_QUEUE,
+    QUERY_QUEUE,
+    WEBHOOK_QUEUE,
+    Ask,
+    IngestJob,
+)
 from common.errors import InvalidRequest, ServiceUnavailable, TooManyRequests
 from common.filters import check_limits, render_filter
 from common.readiness import ReadyWorkers
@@ -42,18 +51,15 @@ def post_documents() -> Response:
     principal().require(collection)
     require_allowed_host(callback_url, settings)
 
-    def kwargs(job_id: str) -> tuple[dict[str, Any], int]:
+    def payload(job_id: str) -> tuple[IngestJob, int]:
         source, total = save(job_id)  # raises on a refused upload, before anything is registered
         services().collections.add(collection)
-        return {
-            "collection": collection,
-            "source": source,
-            "total": total,
-            "on_duplicate": on_duplicate,
-            "seq": services().fences.next_seq(),  # a delete accepted after this one wins (common.fences)
-        }, total
+        seq = services().fences.next_seq()  # a delete accepted after this one wins (common.fences)
+        return IngestJob(
+            collection=collection, source=source, total=total, on_duplicate=on_duplicate, seq=seq
+        ), total
 
-    return submit("ingest", INGEST_TASK, kwargs, callback_url)
+    return submit("ingest", INGEST, payload, callback_url)
 
 
 @bp.post("/ask")
@@ -76,16 +82,16 @@ def post_ask() -> Response:
     collection = body.collection or settings.default_collection
     principal().require(collection)
     require_allowed_host(body.callback_url, settings)
-    task_kwargs = {
-        "question": body.question,
-        "collection": collection,
-        "top_k": top_k,
-        "reranker": body.chosen_reranker(settings.reranker_backend),
-        "filters": body.filters,
-        "options": body.stage_options(),
-    }
+    payload = Ask(
+        question=body.question,
+        collection=collection,
+        top_k=top_k,
+        reranker=body.chosen_reranker(settings.reranker_backend),
+        filters=body.filters,
+        options=body.stage_options(),
+    )
     admit_question()  # last: a bad request is told what is wrong with it even when the queue is full
-    return submit("ask", ASK_TASK, lambda _: (task_kwargs, 1), body.callback_url)
+    return submit("ask", ASK, lambda _: (payload, 1), body.callback_url)
 
 
 def admit_question() -> None:

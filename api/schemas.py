@@ -15,9 +15,10 @@ from pydantic import (
 from spectree.model_adapter.pydantic_adapter import BaseFile
 
 from common.callback_urls import MAX_URL_CHARS, check_callback_url
+from common.contracts import StageOptions
 from common.errors import InvalidRequest
 from common.fields import MAX_DOC_ID_BYTES, MAX_TITLE_CHARS
-from common.types import OnDuplicate, RerankerBackend, SearchMode
+from common.types import OnDuplicate, RerankerBackend
 from ingestion.validation import id_problem
 
 COLLECTION_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
@@ -89,8 +90,10 @@ class UploadForm(BaseModel):
         }
 
 
-class AskRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class AskRequest(StageOptions):
+    """A question, and the stage switches of `StageOptions` (the task's own model of them)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False)
 
     question: NonBlank
     top_k: int | None = Field(default=None, ge=1)
@@ -98,22 +101,6 @@ class AskRequest(BaseModel):
     rerank: bool | None = None
     reranker: RerankerBackend | None = None
     filters: dict[str, Any] = Field(default_factory=dict)
-    # Stage switches (defaults from settings): retrieval mode, exact reference, HNSW ef, RRF k, and how
-    # many candidates the reranker sees.
-    mode: SearchMode | None = None
-    exact: bool = False
-    ef: int | None = Field(default=None, ge=1, le=32_768)
-    rrf_k: int | None = Field(default=None, ge=1, le=10_000)
-    candidates: int | None = Field(default=None, ge=1, le=1_000)
-    documents: bool | None = Field(
-        default=None,
-        description="each document once: its best chunk ranks it before reranking, and the result also "
-        "lists `documents`, each with its score and best passages",
-    )
-    idf: bool | None = Field(
-        default=None,
-        description="the MaxSim reranker weighs each question token by its IDF in the collection",
-    )
     callback_url: CallbackUrl | None = Field(None, description=CALLBACK_DOC)
 
     def chosen_reranker(self, default: str) -> str | None:
@@ -130,9 +117,8 @@ class AskRequest(BaseModel):
             return None
         return default
 
-    def stage_options(self) -> dict[str, Any]:
-        """Only what the request set; the worker fills the rest from settings."""
-        stages = {"mode", "exact", "ef", "rrf_k", "candidates", "documents", "idf"}
-        return self.model_dump(include=stages, exclude_none=True)
+    def stage_options(self) -> StageOptions:
+        """Only the switches; the worker fills what the request left out from settings."""
+        return StageOptions.model_validate(self.model_dump(include=set(StageOptions.model_fields)))
 
     _question_not_blank = field_validator("question")(_not_blank)

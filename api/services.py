@@ -7,7 +7,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import redis
 from flask import Response, current_app, jsonify, url_for
@@ -17,12 +17,14 @@ from kombu.exceptions import ChannelError, KombuError, OperationalError
 from api.auth import principal
 from api.idempotency import IdempotencyKeys, header_key, request_fingerprint
 from api.redaction import Redactor, display_broker, display_milvus, display_redis
+from celeryconfig import make_celery
+from common.collection_names import CollectionNames
+from common.contracts import Contract, P
 from common.errors import ServiceUnavailable
 from common.faultpoints import fault_point
 from common.fences import Fences
 from common.jobs import JobStore, each
-from common.queueing import make_celery
-from common.redis_client import connect_redis, redis_errors
+from common.redis_client import connect_redis
 from common.reports import DocumentReports
 from common.retention import UploadRetention
 from common.settings import Settings
@@ -36,28 +38,6 @@ BROKER_ERRORS = (OperationalError, KombuError, redis.RedisError, OSError)
 
 def broker_unreachable(exc: Exception) -> ServiceUnavailable:
     return ServiceUnavailable(f"the job queue (broker) is unreachable: {exc}")
-
-
-class CollectionNames:
-    """Names of the collections clients have written to (counts always come from Milvus)."""
-
-    KEY = "quarry:collections"
-
-    def __init__(self, client: redis.Redis) -> None:
-        self.client = client
-
-    def add(self, name: str) -> None:
-        with redis_errors():
-            self.client.sadd(self.KEY, name)
-
-    def remove(self, name: str) -> None:
-        with redis_errors():
-            self.client.srem(self.KEY, name)
-
-    def names(self) -> set[str]:
-        with redis_errors():
-            raw = cast(set[bytes], self.client.smembers(self.KEY))  # the client does not decode
-        return {item.decode() for item in raw}
 
 
 class Services:
@@ -177,11 +157,12 @@ def services() -> Services:
 
 def submit(
     kind: str,
-    task: str,
-    build: Callable[[str], tuple[dict[str, Any], int]],
+    contract: Contract[P],
+    build: Callable[[str], tuple[P, int]],
     callback_url: str | None = None,
 ) -> Response:
-    """Record a job, then enqueue it: `build(job_id)` stores what the task needs and returns its kwargs.
+    """Record a job, then enqueue it: `build(job_id)` stores what the task needs and returns its payload
+    and the job's total (`common.contracts`).
 
     With an `Idempotency-Key`, a retry of the same request answers with the job the first one created, or
     409 while that job is not queued yet (`api.idempotency`: the first request may still fail).
@@ -191,9 +172,10 @@ def submit(
     job_id, idem_key = uuid.uuid4().hex, header_key()
 
     def record_and_queue() -> None:
-        kwargs, total = build(job_id)
+        payload, total = build(job_id)
+        kwargs = contract.kwargs(payload)
         svc.jobs.create(job_id, kind, total, kwargs, owner=owner, callback_url=callback_url)
-        svc.enqueue(task, job_id, kwargs)
+        svc.enqueue(contract.name, job_id, kwargs)
 
     if idem_key is None:
         record_and_queue()

@@ -14,8 +14,7 @@ from typing import Any
 
 from bench.eval_beir import Client, ingest
 from common.settings import Settings
-from common.types import Document, Embedder
-from ingestion.chunking import embedding_text
+from common.types import Document, Embedder, embedding_text
 from ingestion.writing import chunks_of
 from workers.runtime import Runtime
 

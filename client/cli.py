@@ -23,6 +23,7 @@ from typing import Any
 import requests
 from tqdm import tqdm
 
+from client.bulk import main as bulk_load
 from client.http import Job, QuarryClient, QuarryError
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
@@ -133,8 +134,6 @@ def run_collections(client: QuarryClient, args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "ingest":
-        from ingestion.loader import main as bulk_load  # the same loader as `python -m ingestion`
-
         extra = ["--api-key", args.api_key] if args.api_key else []
         # The loader waits unless --no-wait, and calls the URL --api; options given here come last and win.
         rest = ["--api" if arg == "--url" else arg for arg in args.rest if arg != "--wait"]

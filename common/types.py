@@ -37,6 +37,18 @@ class Chunk:
     metadata: Metadata = field(default_factory=dict)
 
 
+def title_prefix(title: str, include_title: bool) -> str:
+    """What precedes a chunk's text when it is embedded and BM25-indexed; chunking budgets for it."""
+    title = title.strip()
+    return f"{title}\n" if include_title and title else ""
+
+
+def embedding_text(chunk: Chunk, include_title: bool) -> str:
+    """The exact string that is embedded, BM25-indexed and reranked (`ingestion.chunking` budgets for it):
+    one function for the ingestion, the store and the reranker, so the three never read different text."""
+    return title_prefix(chunk.title, include_title) + chunk.text
+
+
 SearchMode = Literal["dense", "bm25", "hybrid"]
 RerankerBackend = Literal["maxsim", "cross-encoder"]
 OnDuplicate = Literal["skip", "replace", "error"]

@@ -21,8 +21,8 @@ from typing import Any, Literal
 
 import redis
 
-from celeryconfig import WEBHOOK_TASK
 from common.callback_urls import CallbackRefused, Resolver, Unresolved, check_target
+from common.contracts import WEBHOOK, Webhook
 from common.errors import InvalidRequest
 from common.jobs import JobRecord, JobStore, now_iso
 from common.settings import Settings
@@ -123,7 +123,7 @@ class WebhookTrigger:
             # A repeat of an HSETNX whose reply was lost (the workers' client sends it again) finds our id.
             if not claimed and self.client.hget(key, EVENT_FIELD) != json.dumps(event_id).encode():
                 return  # this job's event was claimed already: a second end (redelivery, race) sends nothing
-            self.send(WEBHOOK_TASK, {"job_id": job_id, "event_id": event_id})
+            self.send(WEBHOOK.name, WEBHOOK.kwargs(Webhook(job_id=job_id, event_id=event_id)))
         except Exception as exc:  # the job's own end is recorded; only its notification is lost
             log.warning("webhook of job %s not queued: %s", job_id, exc)
             self._record_unqueued(key, exc)

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 import redis
 
-from celeryconfig import INGEST_QUEUE, PARSE_QUEUE, QUERY_QUEUE, WEBHOOK_QUEUE
+from common.contracts import INGEST_QUEUE, PARSE_QUEUE, QUERY_QUEUE, WEBHOOK_QUEUE
 from common.settings import Settings
 
 

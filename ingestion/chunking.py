@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from common.errors import DocumentError
 from common.fields import CHUNK_FIELD_BYTES, utf8_len
-from common.types import Chunk, Document, Tokenizer
+from common.types import Chunk, Document, Tokenizer, title_prefix
 
 SPECIAL_TOKENS = 2
 """[CLS] and [SEP] (or <s> and </s>) that the model adds around every embedded text."""
@@ -27,12 +27,6 @@ CLOSERS = "\"')]}»”’"
 Span = tuple[int, int]
 Window = tuple[int, int]
 """Half-open range [first token, end token) of token indices."""
-
-
-def embedding_text(chunk: Chunk, include_title: bool) -> str:
-    """The exact string that is embedded and BM25-indexed; `chunk_document` budgets for precisely this."""
-    prefix = _title_prefix(chunk.title, include_title)
-    return prefix + chunk.text
 
 
 def chunk_document(
@@ -59,7 +53,7 @@ def chunk_document(
     else:
         windows = _windows(text, spans, budget, overlap, tokenizer)
         pieces = [_window_text(text, spans, w) for w in windows]
-    room = CHUNK_FIELD_BYTES - utf8_len(_title_prefix(doc.title, include_title))
+    room = CHUNK_FIELD_BYTES - utf8_len(title_prefix(doc.title, include_title))
     pieces = [part for piece in pieces if piece for part in _split_bytes(piece, room)]
     return [
         Chunk(doc_id=doc.id, index=i, text=p, title=doc.title, metadata=dict(doc.metadata))
@@ -81,19 +75,13 @@ def _split_bytes(text: str, room: int) -> list[str]:
     return [piece for piece in (*pieces, text) if piece]
 
 
-def _title_prefix(title: str, include_title: bool) -> str:
-    """What precedes the chunk text in `embedding_text`; shared so budget and embedded text agree."""
-    title = title.strip()
-    return f"{title}\n" if include_title and title else ""
-
-
 def _token_budget(
     doc: Document, tokenizer: Tokenizer, chunk_tokens: int, max_tokens: int, include_title: bool
 ) -> int:
     """Text tokens per chunk: the configured size, shrunk so special tokens and the title still fit."""
     if chunk_tokens < 1 or max_tokens <= SPECIAL_TOKENS:
         raise ValueError(f"invalid chunking limits: chunk_tokens={chunk_tokens}, max_tokens={max_tokens}")
-    prefix = _title_prefix(doc.title, include_title)
+    prefix = title_prefix(doc.title, include_title)
     # +1: the "\n" separator may become a token of its own in some tokenizers (SentencePiece).
     title_tokens = len(tokenizer.token_spans(prefix)) + 1 if prefix else 0
     budget = min(chunk_tokens, max_tokens - SPECIAL_TOKENS - title_tokens)

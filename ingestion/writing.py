@@ -19,8 +19,8 @@ from common.fields import printable
 from common.isolation import NEVER_CAUGHT, describe, isolate
 from common.reports import Outcome
 from common.settings import Settings
-from common.types import Chunk, Document, Embedder, VectorStore
-from ingestion.chunking import chunk_document, embedding_text
+from common.types import Chunk, Document, Embedder, VectorStore, embedding_text
+from ingestion.chunking import chunk_document
 
 
 @dataclass

@@ -17,8 +17,7 @@ from common.errors import ServiceUnavailable
 from common.faultpoints import fault_point
 from common.filters import literal, render_filter
 from common.settings import Settings
-from common.types import BM25Analysis, Chunk, Hit, SearchOptions
-from ingestion.chunking import embedding_text
+from common.types import BM25Analysis, Chunk, Hit, SearchOptions, embedding_text
 from store import schema
 from store.analysis import analyse
 from store.connection import connect

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery.app import trace
 
-from common.queueing import make_celery
+from celeryconfig import make_celery
 from common.settings import get_settings
 
 # Results hold document text (passages): keep them out of the logs, which are not access-controlled

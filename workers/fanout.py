@@ -14,8 +14,8 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from celeryconfig import INGEST_BATCH_TASK
 from common import metrics
+from common.contracts import INGEST, INGEST_BATCH, IngestBatch, IngestJob
 from common.errors import InvalidRequest
 from common.faultpoints import fault_point
 from common.jobs import KEY_PREFIX, LEASE_SUFFIX
@@ -80,20 +80,22 @@ def split_job(
     return paths
 
 
-def batch_kwargs(job_id: str, index: int, request: dict[str, Any]) -> dict[str, Any]:
-    """A batch's kwargs from its job's request: what the coordinator sends, and what the reconciler
-    (`workers.lost_batches`) sends again for a batch message lost in a kill."""
-    return {
-        "job_id": job_id,
-        "index": index,
-        "path": batch_path(job_id, index),
-        "collection": request["collection"],
-        "on_duplicate": request.get("on_duplicate", "skip"),
-        "seq": request.get("seq", 0),
-    }
+def batch_kwargs(job_id: str, index: int, request: IngestJob | dict[str, Any]) -> dict[str, Any]:
+    """A batch's kwargs from its job's request (checked again when stored): what the coordinator sends, and
+    what the reconciler (`workers.lost_batches`) sends again for a batch message lost in a kill."""
+    job = request if isinstance(request, IngestJob) else INGEST.parse(request)
+    batch = IngestBatch(
+        job_id=job_id,
+        index=index,
+        path=batch_path(job_id, index),
+        collection=job.collection,
+        on_duplicate=job.on_duplicate,
+        seq=job.seq,
+    )
+    return INGEST_BATCH.kwargs(batch)
 
 
-def enqueue_batches(rt: Runtime, send: Any, job_id: str, batches: int, request: dict[str, Any]) -> None:
+def enqueue_batches(rt: Runtime, send: Any, job_id: str, batches: int, request: IngestJob) -> None:
     """One task per batch, once per job: a delivery that finds the fan-out done sends nothing.
 
     A coordinator killed half-way through sends every batch again; a batch queued twice is harmless (the
@@ -102,7 +104,7 @@ def enqueue_batches(rt: Runtime, send: Any, job_id: str, batches: int, request: 
     if rt.ledger.planned(job_id)[1]:
         return
     for index in range(batches):
-        send(INGEST_BATCH_TASK, kwargs=batch_kwargs(job_id, index, request))
+        send(INGEST_BATCH.name, kwargs=batch_kwargs(job_id, index, request))
     rt.ledger.enqueued(job_id)
 
 

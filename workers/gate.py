@@ -31,7 +31,7 @@ from typing import Any
 
 from celery.signals import worker_init
 
-from celeryconfig import INGEST_QUEUE, QUERY_QUEUE
+from common.contracts import INGEST_QUEUE, QUERY_QUEUE
 from common.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,8 @@ from typing import Any
 import redis
 from kombu.transport.redis import Channel
 
-from celeryconfig import INGEST_BATCH_TASK, INGEST_QUEUE
+from common.contracts import INGEST_BATCH_TASK, INGEST_QUEUE
+from common.errors import InvalidRequest
 from common.jobs import BATCHES_SUFFIX, BEAT_FIELD, FANNED_INDEX, KEY_PREFIX
 from workers.fanout import batch_kwargs
 from workers.reconciler import CLAIM, SCAN_LIMIT, Send, loads_or_none, queue_lists
@@ -107,8 +108,15 @@ class LostBatches:
             claim: list[str | float] = [KEY_PREFIX + job_id, cutoff, now]
             if not indexes or int(self._claim(keys=[FANNED_INDEX], args=claim)) != 1:
                 continue
-            for index in indexes:
-                self.send(INGEST_BATCH_TASK, None, batch_kwargs(job_id, index, requests[job_id]))
+            try:
+                kwargs = [batch_kwargs(job_id, index, requests[job_id]) for index in indexes]
+            except InvalidRequest as exc:  # its stored request does not parse: nothing to send it from
+                log.warning(
+                    "job %s: batches %s were in no queue and cannot be sent again: %s", job_id, indexes, exc
+                )
+                continue
+            for each in kwargs:
+                self.send(INGEST_BATCH_TASK, None, each)
             log.warning("job %s: batches %s were in no queue: sent again", job_id, indexes)
             sent[job_id] = indexes
         return sent

@@ -40,7 +40,7 @@ from urllib.parse import urlparse
 import redis
 from kombu.transport.redis import PRIORITY_STEPS, Channel
 
-from celeryconfig import JOB_TASKS, TASK_QUEUES
+from common.contracts import JOB_TASKS, TASK_QUEUES
 from common.jobs import DELIVERIES_SUFFIX, KEY_PREFIX, QUEUED_INDEX
 from common.redis_client import connect_redis
 from common.settings import Settings

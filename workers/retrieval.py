@@ -17,11 +17,11 @@ import numpy as np
 import numpy.typing as npt
 
 from common import metrics
+from common.contracts import StageOptions
 from common.errors import RETRIABLE_ERRORS
 from common.isolation import isolate
 from common.settings import Settings
-from common.types import Chunk, Embedder, Hit, Ranked, Reranker, SearchOptions, VectorStore
-from ingestion.chunking import embedding_text
+from common.types import Chunk, Embedder, Hit, Ranked, Reranker, SearchOptions, VectorStore, embedding_text
 from workers.documents import best_per_document, grouped
 from workers.token_weights import Idf
 
@@ -45,7 +45,11 @@ class Question:
     top_k: int
     reranker: str | None = None
     filters: dict[str, Any] = field(default_factory=dict)
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)  # `StageOptions` as JSON: checked by `stages`
+
+    def stages(self) -> StageOptions:
+        """The stage switches; ValidationError (a ValueError) for malformed ones."""
+        return StageOptions.model_validate(self.options)
 
 
 Outcome = dict[str, Any] | Exception
@@ -53,15 +57,15 @@ Vector = npt.NDArray[np.float32]
 R = TypeVar("R")
 
 
-def search_options(settings: Settings, overrides: dict[str, Any]) -> SearchOptions:
+def search_options(settings: Settings, stages: StageOptions) -> SearchOptions:
     """Settings' defaults with a request's stage switches on top."""
     return SearchOptions(
-        mode=overrides.get("mode", "hybrid"),
-        ef=int(overrides.get("ef", settings.search_ef)),
-        rrf_k=int(overrides.get("rrf_k", settings.rrf_k)),
+        mode=stages.mode or "hybrid",
+        ef=stages.ef or settings.search_ef,
+        rrf_k=stages.rrf_k or settings.rrf_k,
         dense_candidates=settings.dense_candidates,
         bm25_candidates=settings.bm25_candidates,
-        exact=bool(overrides.get("exact", False)),
+        exact=stages.exact,
     )
 
 
@@ -184,15 +188,17 @@ class Retriever:
 
     def per_document(self, question: Question) -> bool:
         """Each document once, at its best chunk, before the reranker (`documents` switch)."""
-        return bool(question.options.get("documents", self.settings.search_documents))
+        documents = question.stages().documents
+        return self.settings.search_documents if documents is None else documents
 
     def _idf_of(self, question: Question) -> Idf | None:
         """The question's collection's token IDF when its `idf` switch is on (MaxSim weighs tokens by it)."""
-        on = question.options.get("idf", self.settings.rerank_idf)
+        idf = question.stages().idf
+        on = self.settings.rerank_idf if idf is None else idf
         return self._idf(question.collection) if on and self._idf is not None else None
 
     def candidates(self, question: Question) -> int:
-        return int(question.options.get("candidates", self.settings.rerank_candidates))
+        return question.stages().candidates or self.settings.rerank_candidates
 
     def _options(
         self, questions: Sequence[Question], outcomes: dict[int, Outcome]
@@ -201,7 +207,7 @@ class Retriever:
         options = {}
         for i, question in enumerate(questions):
             try:
-                options[i] = search_options(self.settings, question.options)
+                options[i] = search_options(self.settings, question.stages())
             except (TypeError, ValueError) as exc:
                 outcomes[i] = exc
         return options

@@ -14,6 +14,7 @@ from contextlib import nullcontext
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from common.collection_names import CollectionNames
 from common.fences import Fences
 from common.jobs import JobStore, each
 from common.ledger import BatchLedger
@@ -58,6 +59,12 @@ class Runtime:
         """Its own client, 1 s timeouts, no retries: a metrics write never waits out a Redis outage."""
         client = connect_redis(self.settings.redis_url, socket_connect_timeout=1, socket_timeout=1)
         return RedisMetrics(client)
+
+    @cached_property
+    def collection_names(self) -> CollectionNames:
+        """Its own client, 1 s timeouts, no retries: the warm-up never waits out a Redis outage."""
+        client = connect_redis(self.settings.redis_url, socket_connect_timeout=1, socket_timeout=1)
+        return CollectionNames(client)
 
     @cached_property
     def liveness(self) -> Liveness:

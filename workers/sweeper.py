@@ -19,7 +19,7 @@ from typing import Any
 
 from celery.signals import worker_ready
 
-from celeryconfig import PARSE_QUEUE
+from common.contracts import PARSE_QUEUE
 from common.redis_client import connect_redis
 from common.retention import UploadRetention
 from common.settings import Settings, get_settings

@@ -13,13 +13,12 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
-from celeryconfig import ASK_TASK, DELETE_TASK, INGEST_BATCH_TASK, INGEST_TASK, SETTLE_TASK
+from common.contracts import ASK, DELETE, INGEST, INGEST_BATCH, SETTLE, Settle
 from common.errors import RETRIABLE_ERRORS
 from common.faultpoints import fault_point
 from common.isolation import describe
 from common.jobs import JobCancelled, JobRecord
 from common.settings import get_settings
-from common.types import OnDuplicate
 from ingestion.pipeline import count
 from workers.app import app
 from workers.deletes import delete_documents
@@ -130,30 +129,20 @@ class JobTask(RetriableTask):
         runtime().jobs.mark_failed(task_id, failure_reason(exc))
 
 
-@app.task(name=INGEST_TASK, base=JobTask, bind=True, completes_job=False)
-def ingest(
-    self: JobTask,
-    *,
-    collection: str,
-    source: dict[str, Any],
-    total: int,
-    on_duplicate: OnDuplicate = "skip",
-    only: list[str] | None = None,
-    seq: int = 0,
-) -> dict[str, Any]:
+@app.task(name=INGEST.name, base=JobTask, bind=True, completes_job=False)
+def ingest(self: JobTask, **kwargs: Any) -> dict[str, Any]:
     """Coordinator: parse the upload into batch files and fan out one task per batch.
 
     At its soft time limit the job fails with that reason and its batch files go (never swallowed: a
     swallowed limit would run on into the hard kill, and a killed coordinator is delivered again).
     """
-    rt, job_id = runtime(), self.request.id
+    rt, job_id, job = runtime(), self.request.id, INGEST.parse(kwargs)
     deadline = time.monotonic() + rt.settings.task_soft_time_limit_s
-    request = {"collection": collection, "on_duplicate": on_duplicate, "seq": seq}
     try:
-        paths = split_job(rt, job_id, source, only, deadline)
+        paths = split_job(rt, job_id, job.source, job.only, deadline)
         if not paths:
-            finalize(rt, job_id, collection)
-        enqueue_batches(rt, app.send_task, job_id, len(paths), request)
+            finalize(rt, job_id, job.collection)
+        enqueue_batches(rt, app.send_task, job_id, len(paths), job)
     except SoftTimeLimitExceeded:
         discard_batches(rt, job_id)
         raise
@@ -228,33 +217,25 @@ class BatchTask(RetriableTask):
         finish_batch(rt, kwargs["job_id"], kwargs["index"], outcomes, kwargs["collection"])
 
 
-@app.task(name=INGEST_BATCH_TASK, base=BatchTask, bind=True)
-def ingest_batch(
-    self: BatchTask,
-    *,
-    job_id: str,
-    index: int,
-    path: str,
-    collection: str,
-    on_duplicate: OnDuplicate,
-    seq: int = 0,
-) -> dict[str, int]:
-    rt = runtime()
-    outcomes = run_batch(rt, job_id, path, collection, on_duplicate, seq)
-    finish_batch(rt, job_id, index, outcomes, collection)
+@app.task(name=INGEST_BATCH.name, base=BatchTask, bind=True)
+def ingest_batch(self: BatchTask, **kwargs: Any) -> dict[str, int]:
+    rt, batch = runtime(), INGEST_BATCH.parse(kwargs)
+    outcomes = run_batch(rt, batch.job_id, batch.path, batch.collection, batch.on_duplicate, batch.seq)
+    finish_batch(rt, batch.job_id, batch.index, outcomes, batch.collection)
     return count(outcomes)
 
 
 def send_settle(collection: str, doc_ids: list[str], owner: str) -> None:
     """Hand documents a failed batch could not settle to `settle`, which retries until Milvus is back."""
     try:
-        app.send_task(SETTLE_TASK, kwargs={"collection": collection, "doc_ids": doc_ids, "owner": owner})
+        payload = Settle(collection=collection, doc_ids=doc_ids, owner=owner)
+        app.send_task(SETTLE.name, kwargs=SETTLE.kwargs(payload))
     except Exception as exc:  # the broker away too: the next write of these documents settles them
         log.warning("could not queue the settling of %d documents of %s: %s", len(doc_ids), owner, exc)
 
 
 @app.task(
-    name=SETTLE_TASK,
+    name=SETTLE.name,
     bind=True,
     autoretry_for=RETRIABLE_ERRORS,
     max_retries=_settings.settle_max_retries,
@@ -262,39 +243,30 @@ def send_settle(collection: str, doc_ids: list[str], owner: str) -> None:
     retry_backoff_max=_settings.task_retry_backoff_max_s,
     retry_jitter=True,
 )
-def settle(self: Task, *, collection: str, doc_ids: list[str], owner: str) -> dict[str, int]:
+def settle(self: Task, **kwargs: Any) -> dict[str, int]:
     """Leave each document of a batch that failed for good on its newest whole version (not a job: it
     has no record; a failure past its retries is logged, and the documents' marks stay for the next write)."""
-    settle_documents(runtime(), collection, doc_ids, owner=f"settle:{owner}")
-    return {"settled": len(doc_ids)}
+    job = SETTLE.parse(kwargs)
+    settle_documents(runtime(), job.collection, job.doc_ids, owner=f"settle:{job.owner}")
+    return {"settled": len(job.doc_ids)}
 
 
-@app.task(name=ASK_TASK, base=JobTask, bind=True)
-def ask(
-    self: JobTask,
-    *,
-    question: str,
-    collection: str,
-    top_k: int,
-    reranker: str | None = None,
-    filters: dict[str, Any] | None = None,
-    options: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+@app.task(name=ASK.name, base=JobTask, bind=True)
+def ask(self: JobTask, **kwargs: Any) -> dict[str, Any]:
     """Queue the question into this process's micro-batcher and wait for its own answer."""
-    rt = runtime()
+    rt, job = runtime(), ASK.parse(kwargs)
     fault_point(rt.settings, "ask")  # test only: a window to kill the worker in while it answers
-    item = Question(question, collection, top_k, reranker, filters or {}, options or {})
+    options = job.options.model_dump(exclude_none=True)
+    item = Question(job.question, job.collection, job.top_k, job.reranker, job.filters, options)
     result = rt.questions.call(item, timeout_s=rt.settings.task_soft_time_limit_s)
     rt.jobs.set_progress(self.request.id, {"done": 1, "total": 1})
     return result
 
 
-@app.task(name=DELETE_TASK, base=JobTask, bind=True)
-def delete(
-    self: JobTask, *, collection: str, doc_ids: list[str] | None = None, seq: int = 0
-) -> dict[str, Any]:
+@app.task(name=DELETE.name, base=JobTask, bind=True)
+def delete(self: JobTask, **kwargs: Any) -> dict[str, Any]:
     """Delete documents (or, without ids, the whole collection) and flush, so search never sees them."""
-    rt = runtime()
-    deleted = delete_documents(rt, collection, doc_ids, seq)
+    rt, job = runtime(), DELETE.parse(kwargs)
+    deleted = delete_documents(rt, job.collection, job.doc_ids, job.seq)
     rt.jobs.set_progress(self.request.id, {"done": 1, "total": 1})
-    return {"collection": collection, "doc_ids": doc_ids, "deleted_chunks": deleted}
+    return {"collection": job.collection, "doc_ids": job.doc_ids, "deleted_chunks": deleted}

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from celery import Task
 
-from celeryconfig import WEBHOOK_TASK
+from common.contracts import WEBHOOK
 from common.jobs import JobStore, now_iso
 from common.settings import Settings
 from common.webhooks import CALLBACK_FIELD, Verdict, backoff_s, headers, payload
@@ -58,11 +59,11 @@ def attempt_delivery(
     return verdict
 
 
-@app.task(name=WEBHOOK_TASK, bind=True, ignore_result=True)  # type: ignore[untyped-decorator]
-def deliver_webhook(self: Task, *, job_id: str, event_id: str) -> str | None:
+@app.task(name=WEBHOOK.name, bind=True, ignore_result=True)  # type: ignore[untyped-decorator]
+def deliver_webhook(self: Task, **kwargs: Any) -> str | None:
     """One attempt; a retriable failure schedules the next with a countdown (the worker stays free)."""
-    rt, tries = runtime(), int(self.request.retries)
-    verdict = attempt_delivery(rt.jobs, rt.settings, job_id, event_id)
+    rt, tries, job = runtime(), int(self.request.retries), WEBHOOK.parse(kwargs)
+    verdict = attempt_delivery(rt.jobs, rt.settings, job.job_id, job.event_id)
     if verdict == "retry":
         delay = backoff_s(tries + 1, rt.settings.webhook_backoff_s, rt.settings.webhook_backoff_max_s)
         raise self.retry(countdown=delay, max_retries=None)

@@ -10,7 +10,7 @@ import redis
 
 from api import create_app
 from api.auth import digest
-from celeryconfig import ASK_TASK
+from common.contracts import ASK_TASK
 from common.settings import ApiKey, Settings
 from devstack.processes import free_port, redis_answers
 

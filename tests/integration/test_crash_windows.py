@@ -13,9 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from celeryconfig import INGEST_BATCH_TASK, INGEST_QUEUE
+from celeryconfig import make_celery
+from common.contracts import INGEST_BATCH_TASK, INGEST_QUEUE
 from common.fences import Fences
-from common.queueing import make_celery
 from common.settings import Settings
 from devstack.processes import start_milvus
 from ingestion.pipeline import DELETED

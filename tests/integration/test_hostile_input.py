@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import redis
 
-from celeryconfig import ASK_TASK
+from celeryconfig import make_celery
+from common.contracts import ASK_TASK
 from common.jobs import JobStore
-from common.queueing import make_celery
 from common.retention import DUE_KEY
 from common.settings import Settings
 from tests.integration.conftest import LIMITS_ENV, Stack

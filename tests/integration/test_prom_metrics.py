@@ -14,7 +14,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from api import create_app
-from celeryconfig import ASK_TASK, INGEST_BATCH_TASK, INGEST_TASK
+from common.contracts import ASK_TASK, INGEST_BATCH_TASK, INGEST_TASK
 from common.settings import Settings
 from tests.integration.conftest import Stack
 

@@ -19,9 +19,9 @@ import pytest
 import redis
 from kombu import Connection
 
-from celeryconfig import ASK_TASK, QUERY_QUEUE
+from celeryconfig import make_celery
+from common.contracts import ASK_TASK, QUERY_QUEUE
 from common.jobs import QUEUED_INDEX, JobStore
-from common.queueing import make_celery
 from common.settings import Settings
 from devstack.private import private_redis
 from workers.reconciler import Reconciler, message_ids

@@ -11,8 +11,8 @@ import pytest
 import transformers
 
 from common.errors import DocumentError
-from common.types import Chunk, Document
-from ingestion.chunking import chunk_document, embedding_text
+from common.types import Chunk, Document, embedding_text
+from ingestion.chunking import chunk_document
 
 WORDS = [
     *("quarry", "stone", "granite", "search", "vector", "index", "token", "window", "model", "river"),

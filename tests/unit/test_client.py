@@ -17,9 +17,9 @@ import pytest
 from werkzeug.formparser import parse_form_data
 
 from client import Job, QuarryClient, QuarryError
+from client import bulk as loader
 from client import http as client_http
 from client import multipart as client_multipart
-from ingestion import loader
 
 Reply = tuple[int, dict[str, str], bytes]
 DROP: Reply = (0, {}, b"")

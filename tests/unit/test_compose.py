@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 import celeryconfig
+from common import contracts
 from common.settings import Settings
 from devstack.processes import api_argv
 
@@ -159,7 +160,7 @@ def test_ingest_worker_embeds_on_the_same_gpu_in_a_prefork_pool(monkeypatch: pyt
     worker, query = services["ingest-worker"], services["query-worker"]
     assert _gpus(worker) == GPU0 and _env(worker)["DEVICE"] == "cuda"
     assert "-P" not in worker["command"]  # prefork: hard time limits, a killed batch redelivered at once
-    assert _flag(worker["command"], "-Q") == celeryconfig.INGEST_QUEUE
+    assert _flag(worker["command"], "-Q") == contracts.INGEST_QUEUE
     settings = _settings_from(_env(worker), monkeypatch)
     assert int(_flag(worker["command"], "-c")) == settings.ingest_concurrency == 1  # one model on the GPU
     # The pair takes turns by one lock file in a volume only the two of them mount.
@@ -180,9 +181,9 @@ def test_each_further_gpu_is_the_same_pair_pinned_with_its_own_gate() -> None:
 def test_parse_worker_runs_on_the_cpu_without_a_model() -> None:
     worker = _services()["parse-worker"]
     assert "deploy" not in worker and _env(worker)["DEVICE"] == "cpu"
-    assert _flag(worker["command"], "-Q") == celeryconfig.PARSE_QUEUE
-    routed = {task for task, queue in celeryconfig.TASK_QUEUES.items() if queue == celeryconfig.PARSE_QUEUE}
-    assert routed == {celeryconfig.INGEST_TASK}  # the coordinator: parsing and fan-out, never a model
+    assert _flag(worker["command"], "-Q") == contracts.PARSE_QUEUE
+    routed = {task for task, queue in contracts.TASK_QUEUES.items() if queue == contracts.PARSE_QUEUE}
+    assert routed == {contracts.INGEST_TASK}  # the coordinator: parsing and fan-out, never a model
 
 
 def test_every_variable_is_a_setting_that_parses(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,8 +23,16 @@ from flask import Flask, Response
 from api import create_app
 from api.idempotency import IdempotencyKeys, request_fingerprint
 from api.services import services, submit
+from common.contracts import QUERY_QUEUE, Contract, Payload
 from common.errors import Conflict, InvalidRequest, ServiceUnavailable
 from common.settings import Settings
+
+
+class Probe(Payload):
+    q: int
+
+
+PROBE = Contract("quarry.test", QUERY_QUEUE, Probe)
 
 REDIS_URL = f"redis://127.0.0.1:6379/{os.environ.get('QUARRY_TEST_REDIS_DB', '15')}"
 
@@ -136,8 +144,8 @@ def app(client: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     app = create_app(Settings(redis_url=REDIS_URL, data_dir=tmp_path, idempotency_pending_s=30))
 
     def view() -> Response:
-        build: Callable[[str], tuple[dict[str, Any], int]] = app.config["build"]
-        return submit("ask", "quarry.test", build)
+        build: Callable[[str], tuple[Probe, int]] = app.config["build"]
+        return submit("ask", PROBE, build)
 
     app.add_url_rule("/api/v1/test-submit", "test_submit", view, methods=["POST"])
     with app.app_context():
@@ -155,10 +163,10 @@ def post(app: Flask, key: str, body: dict[str, Any] | None = None) -> Any:
 def test_a_replay_during_the_first_request_is_a_409_then_the_job(app: Flask, client: redis.Redis) -> None:
     key, entered, proceed = uuid.uuid4().hex, threading.Event(), threading.Event()
 
-    def slow_build(job_id: str) -> tuple[dict[str, Any], int]:
+    def slow_build(job_id: str) -> tuple[Probe, int]:
         entered.set()
         assert proceed.wait(10)
-        return {"q": 1}, 1
+        return Probe(q=1), 1
 
     app.config["build"] = slow_build
     with ThreadPoolExecutor(1) as pool:
@@ -182,13 +190,13 @@ def test_a_replay_during_the_first_request_is_a_409_then_the_job(app: Flask, cli
 def test_a_failed_first_request_frees_its_key(app: Flask) -> None:
     key = uuid.uuid4().hex
 
-    def refused(job_id: str) -> tuple[dict[str, Any], int]:
+    def refused(job_id: str) -> tuple[Probe, int]:
         raise InvalidRequest("refused by build")
 
     app.config["build"] = refused
     assert post(app, key).status_code == 422
     assert post(app, key).status_code == 422  # not a replay of the failure, nor a 409: it ran again
-    app.config["build"] = lambda job_id: ({"q": 1}, 1)
+    app.config["build"] = lambda job_id: (Probe(q=1), 1)
     retried = post(app, key)
     assert retried.status_code == 202 and "Idempotent-Replayed" not in retried.headers
     assert app.config["enqueued"] == [retried.json["job_id"]]
@@ -202,7 +210,7 @@ def test_a_claim_whose_request_died_frees_the_key_when_it_expires(app: Flask, cl
         keys.claim("", key, request_fingerprint(), "dead-job")  # ... and then its process was killed
     name = keys.name("", key)
     assert 0 < client.ttl(name) <= 30
-    app.config["build"] = lambda job_id: ({"q": 1}, 1)
+    app.config["build"] = lambda job_id: (Probe(q=1), 1)
     assert post(app, key).status_code == 409  # the dead request's job may still come: not yet
     client.pexpire(name, 50)  # its pending window ends
     deadline = time.monotonic() + 5

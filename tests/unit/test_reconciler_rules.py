@@ -10,9 +10,9 @@ from typing import Any
 
 from kombu.transport.redis import Channel
 
-from celeryconfig import ASK_TASK, DELETE_TASK, INGEST_BATCH_TASK, INGEST_TASK, JOB_TASKS, TASK_QUEUES
+from celeryconfig import make_celery
+from common.contracts import ASK_TASK, DELETE_TASK, INGEST_BATCH_TASK, INGEST_TASK, JOB_TASKS, TASK_QUEUES
 from common.jobs import KEY_PREFIX
-from common.queueing import make_celery
 from common.settings import Settings
 from workers.fanout import batch_kwargs, batch_path
 from workers.lost_batches import FannedJob, missing, queued_batches

@@ -48,12 +48,13 @@ def test_every_model_worker_gets_every_core_unless_set(monkeypatch: pytest.Monke
 
 def test_celery_config_follows_settings() -> None:
     import celeryconfig
+    from common import contracts
 
     config = celeryconfig.from_settings(Settings(task_time_limit_s=600, task_soft_time_limit_s=500))
     assert config["task_acks_late"] is True
     assert config["worker_prefetch_multiplier"] == 1
     assert config["accept_content"] == ["json"]
     assert config["broker_transport_options"]["visibility_timeout"] > config["task_time_limit"] == 600
-    assert config["task_routes"][celeryconfig.INGEST_TASK]["queue"] == "parse"
-    assert config["task_routes"][celeryconfig.INGEST_BATCH_TASK]["queue"] == "ingest"
-    assert config["task_routes"][celeryconfig.ASK_TASK]["queue"] == "query"
+    assert config["task_routes"][contracts.INGEST_TASK]["queue"] == "parse"
+    assert config["task_routes"][contracts.INGEST_BATCH_TASK]["queue"] == "ingest"
+    assert config["task_routes"][contracts.ASK_TASK]["queue"] == "query"

@@ -49,7 +49,12 @@ class FakeRuntime:
             dense_candidates=10,
             bm25_candidates=10,
             rerank_candidates=30,
+            rerank_idf=True,
+            rerank_idf_warm=2,
         )
+        self.registered = {"c", "a", "b"}
+        self.collection_names = SimpleNamespace(names=lambda: set(self.registered))
+        self.collection_idf = SimpleNamespace(table=lambda name: self._seen(f"idf {name}"))
         self.reranked: list[int] = []  # passages per warm rerank
         self.questions: MicroBatcher[int, int] = MicroBatcher(
             list, max_batch=4, max_wait_s=0, name="ask-batcher"
@@ -101,6 +106,25 @@ def test_questions_warm_every_model_in_the_batcher_thread() -> None:
     assert {"reranker maxsim", "rerank", "retriever", f"search {WARM_COLLECTION}"} <= set(names)
     assert rt.reranked == [30] * WARM_RERANKS  # a real question's worth of candidates, more than once
     assert {thread for _, thread in rt.calls} == {"ask-batcher"}
+    assert [what for what in names if what.startswith("idf")] == ["idf a", "idf b"]  # RERANK_IDF_WARM=2
+
+
+def test_the_token_idf_is_not_built_when_the_reranker_does_not_weigh_by_it() -> None:
+    rt = FakeRuntime()
+    rt.settings.rerank_idf = False
+    assert warm(rt, {"query"})  # type: ignore[arg-type]
+    assert not [what for what, _ in rt.calls if what.startswith("idf")]
+
+
+def test_a_registry_out_of_reach_leaves_the_worker_warm_and_ready(caplog: pytest.LogCaptureFixture) -> None:
+    rt = FakeRuntime()
+
+    def down() -> set[str]:
+        raise ConnectionError("Redis unreachable")
+
+    rt.collection_names = SimpleNamespace(names=down)
+    assert warm(rt, {"query"})  # type: ignore[arg-type]
+    assert "token IDF not built" in caplog.text
 
 
 def test_ingest_warms_the_embedder_and_milvus_in_the_calling_thread_without_questions() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-import celeryconfig
+from common import contracts
 from common.settings import Settings
 from devstack.processes import service_workers
 from workers import gate
@@ -19,12 +19,12 @@ def test_every_routed_queue_has_a_worker_and_models_stay_off_the_parse_worker() 
     workers = dict(service_workers(Settings()))
     queues = {name: _flag(argv, "-Q") for name, argv in workers.items()}
     assert queues == {
-        "parse-worker": celeryconfig.PARSE_QUEUE,
-        "ingest-worker": celeryconfig.INGEST_QUEUE,
-        "query-worker-0": celeryconfig.QUERY_QUEUE,
-        "webhook-worker": celeryconfig.WEBHOOK_QUEUE,
+        "parse-worker": contracts.PARSE_QUEUE,
+        "ingest-worker": contracts.INGEST_QUEUE,
+        "query-worker-0": contracts.QUERY_QUEUE,
+        "webhook-worker": contracts.WEBHOOK_QUEUE,
     }
-    assert set(celeryconfig.TASK_QUEUES.values()) == set(queues.values())
+    assert set(contracts.TASK_QUEUES.values()) == set(queues.values())
     # Prefork for the ingest worker (hard time limits, a killed batch redelivered at once), threads for
     # the query worker (one model, one micro-batcher).
     assert "-P" not in workers["ingest-worker"] and _flag(workers["query-worker-0"], "-P") == "threads"

@@ -1,7 +1,8 @@
 """Bulk ingest from the command line: upload files in batches, follow the jobs, report what failed.
 
-Talks to the API only through `client`, never to Celery or Milvus, and imports nothing from workers/ (no
-torch): it is meant to run on any machine that can reach the service.
+Talks to the API only through `client.http`, never to Celery or Milvus, and imports nothing of the server
+(no torch): it runs on any machine that can reach the service. `python -m client ingest` runs it;
+`python -m ingestion`, its former name, still does.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import requests
 from tqdm import tqdm
 
-from client import Job, QuarryClient, QuarryError
+from client.http import Job, QuarryClient, QuarryError
 
 MIB = 1024 * 1024
 EXIT_OK, EXIT_DOCUMENTS_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -37,7 +38,9 @@ class LoaderError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ingestion", description="Bulk-ingest files into Quarry.")
+    parser = argparse.ArgumentParser(
+        prog="python -m client ingest", description="Bulk-ingest files into Quarry."
+    )
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or directories")
     parser.add_argument("--collection", required=True)
     parser.add_argument("--api", required=True, metavar="URL", help="e.g. http://localhost:8000")
@@ -303,7 +306,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `python -m ingestion`; returns the process exit code."""
+    """Entry point of `python -m client ingest`; returns the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.batch_files < 1 or args.batch_mb <= 0 or (args.timeout is not None and args.timeout < 0):
