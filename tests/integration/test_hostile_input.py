@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from celeryconfig import make_celery
-from common.contracts import ASK_TASK
+from common.contracts import ASK_TASK, DELETE_TASK
 from common.jobs import JobStore
 from common.retention import DUE_KEY
 from common.settings import Settings
@@ -146,6 +146,25 @@ def test_a_malformed_question_never_fails_another_tenants_question_in_its_batch(
         if good["result"]["timings"]["batch_size"] == 2:
             return
     pytest.fail("the two questions never shared a micro-batch")
+
+
+def test_a_message_of_the_wrong_shape_fails_its_job_by_name_and_is_not_retried(stack: Stack) -> None:
+    """Sent straight to the broker (the API builds only valid payloads): each task checks its payload on
+    arrival against its contract (`common.contracts`), so the job fails at once with the field named."""
+    settings = Settings(redis_url=stack.redis_url)
+    celery, jobs = make_celery(settings), JobStore(redis.Redis.from_url(stack.redis_url), 3600)
+    messages = {
+        ASK_TASK: {"question": "q", "collection": "hostile", "top_k": 0},
+        DELETE_TASK: {"collection": "hostile", "doc_ids": "d-1", "seq": 1},  # a string, not a list of ids
+    }
+    ids = {task: uuid.uuid4().hex for task in messages}
+    for task, kwargs in messages.items():
+        jobs.create(ids[task], "ask" if task == ASK_TASK else "delete", 1, kwargs, owner="main")
+        celery.send_task(task, kwargs=kwargs, task_id=ids[task])
+    for task, field in ((ASK_TASK, "top_k"), (DELETE_TASK, "doc_ids")):
+        job = stack.wait_job(ids[task])
+        assert job["state"] == "failed", job
+        assert job["error"].startswith(f"{task}: malformed task payload ({field}"), job  # no retry
 
 
 def test_an_upload_over_the_document_limit_fails_before_anything_is_written(stack: Stack) -> None:
