@@ -186,10 +186,9 @@ class Settings(BaseSettings):
     ingest_nice: int = Field(
         10, ge=0, le=19, description="CPU scheduling niceness of ingest workers: questions win the cores"
     )
-    # embed_token_budget: measured on 2 cores (fp32 and bf16): 1,024 embeds as fast as 2,048 and 16,384 and
-    # makes each multiply of a bulk pass 16x shorter than 16,384: what a question arriving mid-pass waits for;
-    # at 2,048 plain questions under ingest were 1.62x idle on an fp32 CPU (README, Device use)
-    embed_token_budget: int = Field(1_024, gt=0, description="padded tokens per forward pass on CPU")
+    # embed_token_budget: measured on 2 cores (fp32 and bf16): 2,048 embeds as fast as 16,384 and makes each
+    # multiply of a bulk pass 8x shorter: what a question arriving mid-pass waits for (README, Device use)
+    embed_token_budget: int = Field(2_048, gt=0, description="padded tokens per forward pass on CPU")
     embed_max_batch: int = Field(128, gt=0, description="texts per forward pass, at most")
     cuda_token_budget: int = Field(
         65_536, gt=0, description="padded tokens per forward pass on CUDA (halved on out-of-memory)"
