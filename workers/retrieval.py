@@ -11,6 +11,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -47,8 +48,10 @@ class Question:
     filters: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)  # `StageOptions` as JSON: checked by `stages`
 
+    @cached_property
     def stages(self) -> StageOptions:
-        """The stage switches; ValidationError (a ValueError) for malformed ones."""
+        """The stage switches, checked once per question; ValidationError (a ValueError) for malformed
+        ones, raised again on each read."""
         return StageOptions.model_validate(self.options)
 
 
@@ -188,17 +191,17 @@ class Retriever:
 
     def per_document(self, question: Question) -> bool:
         """Each document once, at its best chunk, before the reranker (`documents` switch)."""
-        documents = question.stages().documents
+        documents = question.stages.documents
         return self.settings.search_documents if documents is None else documents
 
     def _idf_of(self, question: Question) -> Idf | None:
         """The question's collection's token IDF when its `idf` switch is on (MaxSim weighs tokens by it)."""
-        idf = question.stages().idf
+        idf = question.stages.idf
         on = self.settings.rerank_idf if idf is None else idf
         return self._idf(question.collection) if on and self._idf is not None else None
 
     def candidates(self, question: Question) -> int:
-        return question.stages().candidates or self.settings.rerank_candidates
+        return question.stages.candidates or self.settings.rerank_candidates
 
     def _options(
         self, questions: Sequence[Question], outcomes: dict[int, Outcome]
@@ -207,7 +210,7 @@ class Retriever:
         options = {}
         for i, question in enumerate(questions):
             try:
-                options[i] = search_options(self.settings, question.stages())
+                options[i] = search_options(self.settings, question.stages)
             except (TypeError, ValueError) as exc:
                 outcomes[i] = exc
         return options

@@ -52,17 +52,20 @@ def failure_reason(exc: BaseException) -> str:
     return describe(exc)
 
 
-class RetriableTask(Task):  # type: ignore[misc]
-    """Retry only retriable errors (infrastructure unreachable), with exponential backoff and jitter.
-
-    Also what every task does for liveness: count its deliveries, beat while it runs (workers.reliability).
-    """
+class RetryPolicy(Task):  # type: ignore[misc]
+    """Retry only retriable errors (infrastructure unreachable), with exponential backoff and jitter."""
 
     autoretry_for = RETRIABLE_ERRORS
     max_retries = _settings.task_max_retries
     retry_backoff = _settings.task_retry_backoff_s
     retry_backoff_max = _settings.task_retry_backoff_max_s
     retry_jitter = True
+
+
+class RetriableTask(RetryPolicy):
+    """The retry policy, and what every job's task does for liveness: count its deliveries, beat while it
+    runs (workers.reliability)."""
+
     Request = LostChildRequest
 
     def job_of(self, task_id: str, kwargs: dict[str, Any]) -> str:
@@ -234,16 +237,8 @@ def send_settle(collection: str, doc_ids: list[str], owner: str) -> None:
         log.warning("could not queue the settling of %d documents of %s: %s", len(doc_ids), owner, exc)
 
 
-@app.task(
-    name=SETTLE.name,
-    bind=True,
-    autoretry_for=RETRIABLE_ERRORS,
-    max_retries=_settings.settle_max_retries,
-    retry_backoff=_settings.task_retry_backoff_s,
-    retry_backoff_max=_settings.task_retry_backoff_max_s,
-    retry_jitter=True,
-)
-def settle(self: Task, **kwargs: Any) -> dict[str, int]:
+@app.task(name=SETTLE.name, base=RetryPolicy, bind=True, max_retries=_settings.settle_max_retries)
+def settle(self: RetryPolicy, **kwargs: Any) -> dict[str, int]:
     """Leave each document of a batch that failed for good on its newest whole version (not a job: it
     has no record; a failure past its retries is logged, and the documents' marks stay for the next write)."""
     job = SETTLE.parse(kwargs)

@@ -180,17 +180,23 @@ class FakeClient:
         return {"chunks": 42}
 
 
-def test_questions_alternate_modes_until_the_ingest_ends() -> None:
-    client = FakeClient(asks_before_end=5)
+def under_fake_ingest(client: FakeClient, max_questions: int = 0) -> dict[str, Any]:
+    """Three documents ingested under questions q1, q2 in turn, both modes, through the fake client."""
     docs = [{"id": str(i), "text": "t", "title": "", "metadata": {}} for i in range(3)]
-    result = device_measure.under_ingest(
+    return device_measure.under_ingest(
         FakeStack(),  # type: ignore[arg-type]
         client,  # type: ignore[arg-type]
         docs=docs,
         modes=device_measure.bodies("c"),
         questions=["q1", "q2"],
         timeout_s=10.0,
+        max_questions=max_questions,
     )
+
+
+def test_questions_alternate_modes_until_the_ingest_ends() -> None:
+    client = FakeClient(asks_before_end=5)
+    result = under_fake_ingest(client)
     asked = len(client.asked)
     assert asked >= 5  # at most one more: the one in flight when the ingest ended
     assert result["reranked"]["n"] + result["plain"]["n"] == asked
@@ -202,18 +208,9 @@ def test_questions_alternate_modes_until_the_ingest_ends() -> None:
 
 def test_questions_under_ingest_stop_at_their_limit_and_the_ingest_is_still_awaited() -> None:
     client = FakeClient(asks_before_end=1_000_000)  # the ingest would outlast any number of questions
-    docs = [{"id": str(i), "text": "t", "title": "", "metadata": {}} for i in range(3)]
     ended = threading.Timer(0.3, client.ingest_ended.set)  # it ends on its own after the questions stop
     ended.start()
-    result = device_measure.under_ingest(
-        FakeStack(),  # type: ignore[arg-type]
-        client,  # type: ignore[arg-type]
-        docs=docs,
-        modes=device_measure.bodies("c"),
-        questions=["q1", "q2"],
-        timeout_s=10.0,
-        max_questions=6,
-    )
+    result = under_fake_ingest(client, max_questions=6)
     assert len(client.asked) == 6 and result["reranked"]["n"] == result["plain"]["n"] == 3
     assert result["ingest_seconds"] >= 0.3 > result["asking_s"]  # the whole ingest, past the questions
     assert result["chunks_while_asking"] == 42 and result["chunks_per_s"] == 42 / result["asking_s"]
