@@ -47,6 +47,7 @@ from bench.device_stack import private_stack
 from bench.eval_beir import Client, ingest, log, read_jsonl, to_document
 from bench.perf import machine
 from common.settings import Settings, get_settings
+from devstack.processes import gpu_expected
 
 ASK_COLLECTION = "bench-ask"
 WARM_DOCS = 2  # the first ingest after start: as small as the issue's (its model load shows)
@@ -88,6 +89,11 @@ def _gpu_name() -> str | None:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
+def _effective(overrides: Mapping[str, str]) -> dict[str, Any]:
+    """What a configuration amounts to here: on a GPU host the ingest worker is one process."""
+    return effective(overrides, os.cpu_count() or 1, gpu=gpu_expected(get_settings()))
+
+
 def seed(work: Path, docs: Sequence[dict[str, Any]], plan: Plan) -> Path:
     """Load the collection the questions ask on a stack of `make run`'s defaults; its data is each
     configuration's starting point (so the first question after start asks a real collection)."""
@@ -99,9 +105,7 @@ def seed(work: Path, docs: Sequence[dict[str, Any]], plan: Plan) -> Path:
 
 def measure(name: str, overrides: Mapping[str, str], work: Path, data: Path, plan: Plan) -> dict[str, Any]:
     """(a), (b) and (c) on a fresh stack of this configuration."""
-    result: dict[str, Any] = {
-        "settings": effective(overrides, os.cpu_count() or 1) | {"env": dict(overrides)}
-    }
+    result: dict[str, Any] = {"settings": _effective(overrides) | {"env": dict(overrides)}}
     started = time.monotonic()
     first, rest = plan.questions[: 1 + NEXT_QUESTIONS], plan.questions[1 + NEXT_QUESTIONS :]
     modes = bodies(ASK_COLLECTION)
@@ -145,7 +149,7 @@ def run_all(
             results[name] = measure(name, overrides, work, data, plan)
         except Exception as exc:
             log(f"{name}: failed: {exc!r} (logs: {work / name})")
-            results[name] = {"settings": effective(overrides, os.cpu_count() or 1), "error": repr(exc)}
+            results[name] = {"settings": _effective(overrides), "error": repr(exc)}
     return results
 
 

@@ -11,9 +11,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bench.metrics import percentile
+from common.settings import CPU_INGEST_PROCESSES
 
 # The settings each configuration decides; every other one is the environment's, as for `make run`.
-CONTROLLED = ("TORCH_THREADS", "QUESTION_GATE", "INGEST_NICE")
+CONTROLLED = ("TORCH_THREADS", "INGEST_CONCURRENCY", "QUESTION_GATE", "INGEST_NICE")
 # Never inherited: each stack has its own broker, uploads, lock file and metrics under its temp dir, and an
 # open API on loopback (the benchmark's client sends no key).
 NOT_INHERITED = (
@@ -32,13 +33,19 @@ TARGETS = {"service_over_bare": 0.85, "device_over_split": 1.4, "p50_under_inges
 def configs(cores: int) -> dict[str, dict[str, str]]:
     """Every configuration by name: the settings (environment variables) it sets.
 
-    `device` is `make run`'s defaults (TORCH_THREADS unset: every core for each model worker); `split` the
-    previous design (half the cores each, no turn-taking); `none`, `nice` and `gate` the question-priority
-    options alone, on all cores.
+    `device` is `make run`'s defaults (TORCH_THREADS unset: every core for the query worker, shared by the
+    ingest worker's processes); `split` the previous design (one ingest process, half the cores each, no
+    turn-taking); `none`, `nice` and `gate` the question-priority options alone, on all cores.
     """
+    half = str(max(1, cores // 2))
     return {
         "device": {"QUESTION_GATE": "true", "INGEST_NICE": "10"},
-        "split": {"TORCH_THREADS": str(max(1, cores // 2)), "QUESTION_GATE": "false", "INGEST_NICE": "0"},
+        "split": {
+            "TORCH_THREADS": half,
+            "INGEST_CONCURRENCY": "1",
+            "QUESTION_GATE": "false",
+            "INGEST_NICE": "0",
+        },
         "none": {"QUESTION_GATE": "false", "INGEST_NICE": "0"},
         "nice": {"QUESTION_GATE": "false", "INGEST_NICE": "10"},
         "gate": {"QUESTION_GATE": "true", "INGEST_NICE": "0"},
@@ -64,10 +71,14 @@ def stack_env(base: Mapping[str, str], overrides: Mapping[str, str]) -> dict[str
     }
 
 
-def effective(overrides: Mapping[str, str], cores: int) -> dict[str, Any]:
-    """What a configuration amounts to on this machine (for the report)."""
+def effective(overrides: Mapping[str, str], cores: int, gpu: bool = False) -> dict[str, Any]:
+    """What a configuration amounts to on this machine (for the report), as Settings resolves it."""
+    threads = overrides.get("TORCH_THREADS")
+    processes = int(overrides.get("INGEST_CONCURRENCY") or (1 if gpu else CPU_INGEST_PROCESSES))
     return {
-        "torch_threads": int(overrides.get("TORCH_THREADS") or cores),
+        "torch_threads": int(threads or cores),
+        "ingest_processes": processes,
+        "ingest_threads": int(threads or max(1, cores // processes)),
         "question_gate": overrides.get("QUESTION_GATE", "true").lower() in ("1", "true", "yes", "on"),
         "ingest_nice": int(overrides.get("INGEST_NICE", "10")),
     }
@@ -185,7 +196,8 @@ def table(report: Mapping[str, Any]) -> str:
 
 def _startup_rows(report: Mapping[str, Any]) -> list[str]:
     rows = [
-        "start (* = ready by /healthz: no /readyz), first question after ready vs the next 9, first ingest",
+        "start (* = ready by /healthz: no /readyz), first question after ready vs the next 9, first ingest;",
+        "threads: ingest processes x torch threads each / the query worker's torch threads",
         f"{'config':<7} {'threads':>7} {'gate':>4} {'nice':>4} {'ready s':>8} {'1st answer s':>12} "
         f"{'1st q ms':>8} {'next med':>8} {'1st ingest ms':>13}",
     ]
@@ -193,12 +205,17 @@ def _startup_rows(report: Mapping[str, Any]) -> list[str]:
         s, st = res["settings"], res.get("startup", {})
         mark = "*" if st.get("ready_endpoint") == "/healthz" else " "
         rows.append(
-            f"{name:<7} {s['torch_threads']:>7} {_on(s['question_gate']):>4} {s['ingest_nice']:>4} "
+            f"{name:<7} {_threads(s):>7} {_on(s['question_gate']):>4} {s['ingest_nice']:>4} "
             f"{_f(st.get('ready_s'), 1):>7}{mark} {_f(st.get('first_answer_s'), 1):>12} "
             f"{_f(st.get('first_question_ms')):>8} {_f(st.get('next_median_ms')):>8} "
             f"{_f(st.get('first_ingest_ms')):>13}"
         )
     return rows
+
+
+def _threads(s: Mapping[str, Any]) -> str:
+    ingest = f"{s.get('ingest_processes', 1)}x{s.get('ingest_threads', s['torch_threads'])}"
+    return f"{ingest}/{s['torch_threads']}"
 
 
 def _ingest_rows(report: Mapping[str, Any]) -> list[str]:

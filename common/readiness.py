@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 import redis
@@ -93,23 +93,30 @@ def _text(member: bytes | str) -> str:
 
 class Announcer:
     """One worker's entry kept alive by a daemon thread: marked at `start`, refreshed every `refresh_s`,
-    removed at `stop`. Redis away: logged, and tried again at the next refresh (the entry may lapse)."""
+    removed at `stop`. Redis away: logged, and tried again at the next refresh (the entry may lapse).
+    `when`: marked only while it holds (a prefork child waits for its siblings' warm-up, workers.warmup)."""
 
     def __init__(
-        self, registry: ReadyWorkers, queues: Collection[str], worker: str, refresh_s: float = REFRESH_S
+        self,
+        registry: ReadyWorkers,
+        queues: Collection[str],
+        worker: str,
+        refresh_s: float = REFRESH_S,
+        when: Callable[[], bool] = lambda: True,
     ) -> None:
         self.registry = registry
         self.queues = tuple(queues)
         self.worker = worker
         self.refresh_s = refresh_s
+        self.when = when
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._announced = False
 
     def start(self) -> None:
         self._refresh()
         self._thread = threading.Thread(target=self._loop, name="ready-announcer", daemon=True)
         self._thread.start()
-        log.info("ready for %s as %s", ", ".join(self.queues), self.worker)
 
     def stop(self) -> None:
         self._stop.set()
@@ -125,7 +132,13 @@ class Announcer:
             self._refresh()
 
     def _refresh(self) -> None:
+        if not self.when():
+            return
         try:
             self.registry.mark(self.queues, self.worker)
         except Exception as exc:  # never let the thread die: the next refresh tries again
             log.warning("readiness of %s not refreshed: %s", self.worker, exc)
+            return
+        if not self._announced:
+            self._announced = True
+            log.info("ready for %s as %s", ", ".join(self.queues), self.worker)

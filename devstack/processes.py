@@ -198,6 +198,15 @@ def query_workers(settings: Settings) -> list[tuple[str, list[str]]]:
     ]
 
 
+def gpu_expected(settings: Settings, nvidia: Path = Path("/proc/driver/nvidia/gpus")) -> bool:
+    """Whether the model workers will embed on a GPU (DEVICE=cuda, or auto on a host whose NVIDIA driver
+    lists one), told without importing torch here; a CPU build of torch on such a host still runs on the CPU,
+    with one ingest process."""
+    if settings.device != "auto":
+        return settings.device == "cuda"
+    return nvidia.is_dir() and any(nvidia.iterdir())
+
+
 def service_workers(
     settings: Settings, *, query_threads: int | None = None, webhooks: int | None = None
 ) -> list[tuple[str, list[str]]]:
@@ -209,7 +218,7 @@ def service_workers(
         query = [("query-worker", celery_argv(QUERY_QUEUE, query_threads, threads=True, name="query"))]
     return [
         ("parse-worker", celery_argv(PARSE_QUEUE, settings.parse_concurrency)),
-        ("ingest-worker", celery_argv(INGEST_QUEUE, settings.ingest_concurrency)),
+        ("ingest-worker", celery_argv(INGEST_QUEUE, settings.ingest_processes(gpu_expected(settings)))),
         *query,
         webhook_worker(settings.webhook_concurrency if webhooks is None else webhooks),
     ]

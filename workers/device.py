@@ -10,6 +10,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from common.settings import Settings
+from workers.gate import core_sharers
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ def configure_threads(settings: Settings) -> None:
     threadpool_limits(limits=1, user_api="blas")
     if choose_device(settings).device != "cpu":
         return
-    threads = settings.threads_per_worker
+    sharers = core_sharers()
+    threads = settings.threads_per_process(sharers)
     torch.set_num_threads(threads)
-    log.info("torch intra-op threads set to %d", threads)
+    log.info("torch intra-op threads set to %d (%d process(es) share the cores)", threads, sharers)

@@ -165,15 +165,39 @@ def install_give_way(model: Any, gate: Gate) -> int:
     return len(points)
 
 
+def ingest_only(consumes: set[str]) -> bool:
+    """Whether a worker does bulk work only (its queues): the one that gives way to questions."""
+    return INGEST_QUEUE in consumes and QUERY_QUEUE not in consumes
+
+
 def renice(settings: Settings, consumes: set[str]) -> bool:
     """Lower an ingest-only worker's CPU priority once, in its main process (pool children inherit it)."""
-    if not settings.ingest_nice or INGEST_QUEUE not in consumes or QUERY_QUEUE in consumes:
+    if not settings.ingest_nice or not ingest_only(consumes):
         return False
     os.nice(settings.ingest_nice)
     log.info("ingest worker reniced by %d: questions win the cores", settings.ingest_nice)
     return True
 
 
+_sharers = 1  # set in an ingest worker's main process, before it forks its pool
+
+
+def share_cores(consumes: set[str], processes: int) -> int:
+    """How many processes of this worker share the cores: an ingest-only worker's pool children do (each
+    embeds on its share while another chunks and writes), any other worker's model process has them all."""
+    global _sharers  # noqa: PLW0603 - decided once per worker, before the fork, like renice
+    _sharers = max(1, processes) if ingest_only(consumes) else 1
+    return _sharers
+
+
+def core_sharers() -> int:
+    """What `share_cores` decided for this process (1 outside a worker: a bench, a test)."""
+    return _sharers
+
+
 @worker_init.connect  # type: ignore[untyped-decorator]
-def _renice_ingest_worker(sender: Any, **_: Any) -> None:
-    renice(get_settings(), set(sender.app.amqp.queues.consume_from))
+def _share_device(sender: Any, **_: Any) -> None:
+    consumes = set(sender.app.amqp.queues.consume_from)
+    renice(get_settings(), consumes)
+    size = sender.concurrency  # `-c N`; "auto" (resolved after this signal): assume a process per core
+    share_cores(consumes, size if isinstance(size, int) else os.cpu_count() or 1)

@@ -21,6 +21,7 @@ reports Milvus itself).
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import time
 from collections.abc import Callable, Collection, Iterator
@@ -63,6 +64,25 @@ def warm_candidates(n: int) -> list[str]:
     return [" ".join([WARM_PASSAGE] * (1 + i % 12)) for i in range(n)]
 
 
+class WarmChildren:
+    """How many of a prefork pool's children have warmed, in memory shared by the fork (made in the
+    worker's main process before its pool starts). A child says it is ready only once the whole pool is
+    warm: otherwise /readyz said ready while a sibling still loaded its model on the same cores, and the
+    first question after ready ran slower than the next ones. A child that replaces a dead one counts
+    too, so the pool is not held back by the loss of a child."""
+
+    def __init__(self, pool_size: int) -> None:
+        self.pool_size = max(1, pool_size)
+        self._count = multiprocessing.get_context("fork").Value("i", 0)
+
+    def add(self) -> None:
+        with self._count.get_lock():
+            self._count.value += 1
+
+    def all_warm(self) -> bool:
+        return bool(self._count.value >= self.pool_size)
+
+
 @dataclass
 class Plan:
     """What this worker consumes and how it runs tasks, as seen at start (inherited by forked children)."""
@@ -70,6 +90,7 @@ class Plan:
     queues: frozenset[str] = frozenset()
     prefork: bool = False
     warmed: bool = False  # in this process: its model queues are warm (threads and solo pools)
+    children: WarmChildren | None = None  # prefork: the pool's warm-up, shared by its children
 
 
 _plan = Plan()
@@ -156,9 +177,14 @@ def warm(rt: Runtime, queues: Collection[str]) -> bool:
     return True
 
 
-def announce(queues: Collection[str], hostname: str, make_registry: Callable[[], ReadyWorkers]) -> None:
-    """Start this process's readiness entry for `queues` (its id: hostname and pid)."""
-    announcer = Announcer(make_registry(), sorted(queues), f"{hostname}:{os.getpid()}")
+def announce(
+    queues: Collection[str],
+    hostname: str,
+    make_registry: Callable[[], ReadyWorkers],
+    when: Callable[[], bool] = lambda: True,
+) -> None:
+    """Start this process's readiness entry for `queues` (its id: hostname and pid), marked while `when`."""
+    announcer = Announcer(make_registry(), sorted(queues), f"{hostname}:{os.getpid()}", when=when)
     announcer.start()
     _announcers[os.getpid()] = announcer
 
@@ -186,16 +212,23 @@ def _warm_worker(sender: str, instance: Any, **_: Any) -> None:
     """Every worker: note the plan. Threads or solo pool: warm here, before the consumer starts."""
     _plan.queues = frozenset(instance.app.amqp.queues.consume_from)
     _plan.prefork = is_prefork(instance.pool_cls)
-    if not _plan.prefork:
+    if _plan.prefork:
+        size = instance.concurrency  # `-c N`; "auto" is resolved later: then each child counts alone
+        _plan.children = WarmChildren(size if isinstance(size, int) else 1)
+    else:
         _plan.warmed = warm(runtime(), _plan.queues)
 
 
 @worker_process_init.connect  # type: ignore[untyped-decorator]
 def _warm_child(sender: str, **_: Any) -> None:
-    """A prefork child: warm before reporting up (no task reaches it before), then announce itself."""
+    """A prefork child: warm before reporting up (no task reaches it before), then announce itself once
+    every child of the pool is warm (`WarmChildren`; the last one announces at once, the others at their
+    next refresh)."""
     model_queues = MODEL_QUEUES & _plan.queues
     if model_queues and warm(runtime(), model_queues):
-        announce(model_queues, sender, _registry)
+        children = _plan.children or WarmChildren(1)
+        children.add()
+        announce(model_queues, sender, _registry, when=children.all_warm)
 
 
 @worker_ready.connect  # type: ignore[untyped-decorator]

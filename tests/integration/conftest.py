@@ -160,9 +160,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         sup.stop()
 
 
-def start_service(sup: Supervisor, api_port: int, *, query_threads: int) -> str:
-    """The workers and the API (Redis and Milvus already up), as `make run` starts them; returns the URL."""
-    for name, argv in service_workers(Settings(), query_threads=query_threads, webhooks=4):
+def start_service(
+    sup: Supervisor, api_port: int, *, query_threads: int, ingest_processes: int | None = None
+) -> str:
+    """The workers and the API (Redis and Milvus already up), as `make run` starts them; returns the URL.
+    `ingest_processes`: the ingest worker's pool, where a test must know which process holds a batch."""
+    settings = Settings() if ingest_processes is None else Settings(ingest_concurrency=ingest_processes)
+    for name, argv in service_workers(settings, query_threads=query_threads, webhooks=4):
         sup.start(name, argv)
     api = sup.start("api", api_argv("127.0.0.1", api_port))
     url = f"http://127.0.0.1:{api_port}"

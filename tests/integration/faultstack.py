@@ -135,14 +135,16 @@ def wait_for(check: Callable[[], Any], timeout_s: float, what: str, every_s: flo
 
 @contextmanager
 def fault_stack(tmp: Path, extra: dict[str, str] | None = None) -> Iterator[FaultStack]:
-    """The whole service on private Redis and Milvus, with FAULT_SETTINGS (and `extra`); stopped on exit."""
+    """The whole service on private Redis and Milvus, with FAULT_SETTINGS (and `extra`); stopped on exit.
+    One ingest process, as `start_ingest_worker` restarts it: each fault is staged in the one process that
+    holds a batch (tests that need two add a second worker); the session stack runs `make run`'s pool."""
     env = private_env(tmp, MILVUS_COLLECTION, {**FAULT_TEST_SETTINGS, **(extra or {})})
     api_port = int(env["API_PORT"])
     sup = Supervisor(env=env, log_dir=tmp / "logs")
     try:
         start_redis(sup, env["REDIS_URL"], tmp / "redis")
         start_milvus(sup, env["MILVUS_URI"], tmp / "milvus")
-        url = start_service(sup, api_port, query_threads=4)
+        url = start_service(sup, api_port, query_threads=4, ingest_processes=1)
         logs, uri = tmp / "logs", env["MILVUS_URI"]
         yield FaultStack(url=url, redis_url=env["REDIS_URL"], logs=logs, sup=sup, tmp=tmp, milvus_uri=uri)
     finally:

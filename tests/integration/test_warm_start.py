@@ -19,6 +19,8 @@ import requests
 
 from api.routes import READY_QUEUES
 from common.readiness import TTL_S
+from common.settings import Settings
+from devstack.processes import service_workers
 from tests.integration.conftest import Stack
 from tests.integration.faultstack import FaultStack, fault_stack, wait_for
 
@@ -49,6 +51,18 @@ def test_readyz_is_200_with_every_queue_ready(stack: Stack) -> None:
     assert body["status"] == "ready" and body["missing"] == [] and body["detail"] == ""
     assert {"redis", "broker", "milvus", "workers"} == body["checks"].keys()
     assert all(body["checks"]["workers"]["queues"][queue] >= 1 for queue in READY_QUEUES), body
+
+
+def test_an_ingest_pool_is_ready_only_once_every_child_is_warm(stack: Stack) -> None:
+    """`make run` on a CPU starts two ingest processes that share the cores; while one still loads its model
+    the other must not make /readyz say ready, or the first question runs beside that load."""
+    argv = dict(service_workers(Settings()))["ingest-worker"]
+    children = int(argv[argv.index("-c") + 1])  # its pool, as the session stack started it
+    assert children >= 2, "the session stack runs an ingest pool of one: nothing to check"
+    lines = log_lines(stack.logs, "ingest-worker")
+    ready = first_index(lines, r"ready for ingest as ")
+    warm_before = [line for line in lines[:ready] if WARM in line]
+    assert len(warm_before) == children, "\n".join(lines[: ready + 1])
 
 
 @pytest.fixture(scope="module")

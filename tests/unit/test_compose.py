@@ -162,7 +162,7 @@ def test_ingest_worker_embeds_on_the_same_gpu_in_a_prefork_pool(monkeypatch: pyt
     assert "-P" not in worker["command"]  # prefork: hard time limits, a killed batch redelivered at once
     assert _flag(worker["command"], "-Q") == contracts.INGEST_QUEUE
     settings = _settings_from(_env(worker), monkeypatch)
-    assert int(_flag(worker["command"], "-c")) == settings.ingest_concurrency == 1  # one model on the GPU
+    assert int(_flag(worker["command"], "-c")) == settings.ingest_processes(gpu=True) == 1  # one model copy
     # The pair takes turns by one lock file in a volume only the two of them mount.
     assert _env(worker)["DEVICE_GATE"] == _env(query)["DEVICE_GATE"]
     assert _gate_volume(worker) == _gate_volume(query) == "gate-gpu0"
@@ -247,6 +247,15 @@ def test_prometheus_directory_is_an_empty_tmpfs_for_the_api_only() -> None:
     api = services.pop("api")
     assert api["tmpfs"] == [_env(api)["PROMETHEUS_MULTIPROC_DIR"]]
     assert all("PROMETHEUS_MULTIPROC_DIR" not in _env(svc) for svc in services.values())
+
+
+def test_cpu_override_runs_two_ingest_processes_sharing_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    base, override = _services()["ingest-worker"], _load(CPU_OVERRIDE)["services"]["ingest-worker"]
+    settings = _settings_from(_env(base) | _env(override), monkeypatch)
+    assert int(_flag(override["command"], "-c")) == settings.ingest_processes(gpu=False) == 2
+    # The same worker otherwise: only its pool size differs from the GPU's.
+    changed = [i for i, (a, b) in enumerate(zip(base["command"], override["command"], strict=True)) if a != b]
+    assert [base["command"][i - 1] for i in changed] == ["-c"]
 
 
 def test_cpu_override_moves_both_model_workers_to_the_cpu() -> None:

@@ -93,6 +93,19 @@ def test_configure_threads_sets_torch_threads(monkeypatch: pytest.MonkeyPatch) -
     assert limits == [{"limits": 1, "user_api": "blas"}]
 
 
+def test_an_ingest_workers_children_split_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_hardware(monkeypatch, cuda=False, bf16=False)
+    _record_blas_limits(monkeypatch)
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    calls: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    monkeypatch.setattr(device, "core_sharers", lambda: 2)  # what worker_init decided for `-Q ingest -c 2`
+    configure_threads(Settings())
+    monkeypatch.setattr(device, "core_sharers", lambda: 1)  # a query worker
+    configure_threads(Settings())
+    assert calls == [2, 4]
+
+
 def test_configure_threads_leaves_cuda_workers_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     fake_hardware(monkeypatch, cuda=True, bf16=False)
     limits = _record_blas_limits(monkeypatch)

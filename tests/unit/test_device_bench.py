@@ -32,14 +32,17 @@ from common.settings import Settings
 def test_every_configuration_sets_what_it_compares() -> None:
     found = configs(8)
     assert list(found) == ["device", "split", "none", "nice", "gate"]
+    shared = {"torch_threads": 8, "ingest_processes": 2, "ingest_threads": 4}  # the ingest pair shares them
     assert {name: effective(env, 8) for name, env in found.items()} == {
-        "device": {"torch_threads": 8, "question_gate": True, "ingest_nice": 10},
-        "split": {"torch_threads": 4, "question_gate": False, "ingest_nice": 0},
-        "none": {"torch_threads": 8, "question_gate": False, "ingest_nice": 0},
-        "nice": {"torch_threads": 8, "question_gate": False, "ingest_nice": 10},
-        "gate": {"torch_threads": 8, "question_gate": True, "ingest_nice": 0},
+        "device": shared | {"question_gate": True, "ingest_nice": 10},
+        "split": {"torch_threads": 4, "ingest_processes": 1, "ingest_threads": 4}
+        | {"question_gate": False, "ingest_nice": 0},
+        "none": shared | {"question_gate": False, "ingest_nice": 0},
+        "nice": shared | {"question_gate": False, "ingest_nice": 10},
+        "gate": shared | {"question_gate": True, "ingest_nice": 0},
     }
     assert configs(1)["split"]["TORCH_THREADS"] == "1"  # never 0 threads
+    assert effective({}, 8, gpu=True)["ingest_processes"] == 1  # one model copy on a GPU
 
 
 def test_device_is_make_runs_defaults() -> None:
@@ -48,6 +51,8 @@ def test_device_is_make_runs_defaults() -> None:
     assert "TORCH_THREADS" not in configs(2)["device"]
     assert effective(configs(2)["device"], 2) == {
         "torch_threads": 2,
+        "ingest_processes": Settings().ingest_processes(gpu=False),
+        "ingest_threads": 1,  # 2 cores, shared by the 2 ingest processes
         "question_gate": fields["question_gate"].default,
         "ingest_nice": fields["ingest_nice"].default,
     }

@@ -156,6 +156,20 @@ def test_the_announcer_marks_refreshes_and_withdraws(redis: FakeRedis) -> None:
     assert workers.missing(["query"]) == ["query"]
 
 
+def test_the_announcer_marks_only_while_its_condition_holds(redis: FakeRedis) -> None:
+    workers = registry(redis, ttl_s=15)
+    siblings_warm = threading.Event()
+    announcer = Announcer(workers, ["ingest"], "ingest@box:4", refresh_s=0.01, when=siblings_warm.is_set)
+    announcer.start()
+    try:
+        time.sleep(0.05)  # several refreshes: none may mark
+        assert workers.missing(["ingest"]) == ["ingest"] and KEY_PREFIX + "ingest" not in redis.sets
+        siblings_warm.set()
+        wait_for(lambda: workers.ready(["ingest"]) == {"ingest": ["ingest@box:4"]})
+    finally:
+        announcer.stop()
+
+
 def test_the_announcer_survives_redis_away(redis: FakeRedis) -> None:
     workers = registry(redis, ttl_s=15)
     redis.down = True

@@ -46,6 +46,15 @@ def test_every_model_worker_gets_every_core_unless_set(monkeypatch: pytest.Monke
     assert Settings(torch_threads=1).threads_per_worker == 1  # the split of the earlier design
 
 
+def test_ingest_processes_share_a_cpu_and_one_holds_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    settings = Settings()
+    assert settings.ingest_processes(gpu=False) == 2 and settings.ingest_processes(gpu=True) == 1
+    assert settings.threads_per_process(2) == 4 and settings.threads_per_process(16) == 1  # never 0
+    assert Settings(ingest_concurrency=3).ingest_processes(gpu=True) == 3  # set: as set
+    assert Settings(torch_threads=3).threads_per_process(2) == 3  # set: per process, as documented
+
+
 def test_celery_config_follows_settings() -> None:
     import celeryconfig
     from common import contracts

@@ -3,6 +3,7 @@ what each kind of worker warms, and a failure that leaves the worker not ready i
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Sequence
 from types import SimpleNamespace
@@ -14,7 +15,7 @@ from celery.concurrency.prefork import TaskPool
 from celery.concurrency.thread import TaskPool as ThreadPool
 
 from workers.batcher import MicroBatcher
-from workers.warmup import WARM_COLLECTION, WARM_RERANKS, is_prefork, warm
+from workers.warmup import WARM_COLLECTION, WARM_RERANKS, WarmChildren, is_prefork, warm
 
 
 class FakeEmbedder:
@@ -162,3 +163,20 @@ def test_a_model_that_fails_to_load_leaves_the_worker_not_ready(caplog: pytest.L
 )
 def test_prefork_pools_are_told_apart(pool: Any, prefork: bool) -> None:
     assert is_prefork(pool) is prefork
+
+
+def test_a_prefork_pool_is_warm_once_every_child_is_and_a_replacement_counts() -> None:
+    children = WarmChildren(2)
+    assert not children.all_warm()
+    pids = []
+    for _ in range(2):  # each child, forked after the count was made, adds itself
+        pid = os.fork()
+        if pid == 0:
+            children.add()
+            os._exit(0)
+        pids.append(pid)
+    for pid in pids:
+        assert os.waitpid(pid, 0)[1] == 0
+    assert children.all_warm()  # both children's adds reached the parent's memory
+    children.add()  # a replacement for a dead child: still warm, never less
+    assert children.all_warm() and WarmChildren(0).pool_size == 1

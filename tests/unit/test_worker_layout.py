@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from common import contracts
 from common.settings import Settings
-from devstack.processes import service_workers
+from devstack.processes import gpu_expected, service_workers
 from workers import gate
-from workers.gate import DeviceGate, NoGate, gate_for, renice
+from workers.gate import DeviceGate, NoGate, core_sharers, gate_for, renice, share_cores
 
 
 def _flag(argv: list[str], flag: str) -> str:
@@ -54,3 +56,29 @@ def test_the_gate_follows_its_setting(tmp_path: object) -> None:
     on = gate_for(settings)
     assert isinstance(on, DeviceGate) and on.path == settings.data_dir / "gate" / "device.lock"
     assert isinstance(gate_for(Settings(question_gate=False)), NoGate)
+
+
+@pytest.mark.parametrize(("device", "processes"), [("cpu", "2"), ("cuda", "1")])
+def test_the_ingest_worker_runs_two_processes_on_a_cpu_and_one_on_a_gpu(device: str, processes: str) -> None:
+    workers = dict(service_workers(Settings(device=device)))  # type: ignore[arg-type]
+    assert _flag(workers["ingest-worker"], "-c") == processes
+    assert _flag(dict(service_workers(Settings(ingest_concurrency=3)))["ingest-worker"], "-c") == "3"
+
+
+def test_auto_expects_a_gpu_where_the_nvidia_driver_lists_one(tmp_path: Path) -> None:
+    gpus = tmp_path / "gpus"
+    assert not gpu_expected(Settings(device="auto"), gpus)  # no driver
+    gpus.mkdir()
+    assert not gpu_expected(Settings(device="auto"), gpus)  # a driver, no GPU
+    (gpus / "0000:01:00.0").mkdir()
+    assert gpu_expected(Settings(device="auto"), gpus) and not gpu_expected(Settings(device="cpu"), gpus)
+
+
+@pytest.mark.parametrize(
+    ("consumes", "sharers"), [({"ingest"}, 2), ({"ingest", "query"}, 1), ({"query"}, 1), ({"parse"}, 1)]
+)
+def test_only_an_ingest_only_workers_children_share_the_cores(
+    monkeypatch: pytest.MonkeyPatch, consumes: set[str], sharers: int
+) -> None:
+    monkeypatch.setattr(gate, "_sharers", 1)
+    assert share_cores(consumes, 2) == sharers == core_sharers()
