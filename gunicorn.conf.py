@@ -26,6 +26,6 @@ def on_starting(server: Any) -> None:
 
 def child_exit(server: Any, worker: Any) -> None:
     """A dead worker's live gauges must not be summed (its counters still count)."""
-    from prometheus_client import multiprocess
+    from prometheus_client import multiprocess  # noqa: PLC0415 - after on_starting set PROMETHEUS_MULTIPROC_DIR
 
     multiprocess.mark_process_dead(worker.pid)

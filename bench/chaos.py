@@ -120,7 +120,7 @@ def _drive(load: Load, injector: Injector, options: Options) -> float:
 
 def _embedder() -> tuple[Any, Settings]:
     """The service's embedder (its tokenizer chunks), from the same settings the workers read."""
-    from workers.embedder import load_embedder
+    from workers.embedder import load_embedder  # noqa: PLC0415 - heavy: only this measurement loads it
 
     settings = Settings()
     return load_embedder(settings), settings

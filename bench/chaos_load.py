@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import requests
@@ -194,8 +195,6 @@ def parse_time(stamp: str | None) -> float | None:
     """The job record's ISO stamp (UTC, `Z`) as a wall clock value."""
     if not stamp:
         return None
-    from datetime import datetime
-
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 

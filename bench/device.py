@@ -84,7 +84,7 @@ def machine_facts(settings: Settings) -> dict[str, Any]:
 
 
 def _gpu_name() -> str | None:
-    import torch
+    import torch  # noqa: PLC0415 - heavy: only this measurement loads it
 
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 

@@ -160,9 +160,9 @@ def ingest_rate(client: Client, docs: Sequence[dict[str, Any]], timeout_s: float
 def bare_all_cores(docs: Sequence[dict[str, Any]], settings: Settings) -> dict[str, Any]:
     """The service's embedder (same dtype, token budget, length sorting; no gate) on every core of the
     machine, embedding exactly the chunks the service makes of `docs`."""
-    import torch
+    import torch  # noqa: PLC0415 - heavy: only this measurement loads it
 
-    from workers.embedder import load_embedder
+    from workers.embedder import load_embedder  # noqa: PLC0415 - heavy: only this measurement loads it
 
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)

@@ -26,9 +26,9 @@ from common.settings import Settings, get_settings
 
 def machine(settings: Settings) -> dict[str, Any]:
     """What the figures were measured on."""
-    import torch
+    import torch  # noqa: PLC0415 - heavy: only this measurement loads it
 
-    from workers.device import choose_device
+    from workers.device import choose_device  # noqa: PLC0415 - heavy: only this measurement loads it
 
     cpu = next(
         (
@@ -112,7 +112,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    from workers.runtime import Runtime
+    from workers.runtime import Runtime  # noqa: PLC0415 - heavy: only this measurement loads it
 
     client = Client(args.url, args.api_key)
     rt = Runtime(settings)  # the worker's lazy models and Milvus client, loaded once for every part

@@ -64,7 +64,7 @@ def load(
 
 def in_process(rt: Runtime, body: dict[str, Any], questions: Sequence[str]) -> dict[str, Any]:
     """The worker's pipeline (its own Retriever) on one question at a time, no HTTP, queue or Redis."""
-    from workers.retrieval import Question
+    from workers.retrieval import Question  # noqa: PLC0415 - heavy: only this measurement loads it
 
     request = AskRequest.model_validate({**body, "question": questions[0]})  # the API's own rules
     backend = request.chosen_reranker(rt.settings.reranker_backend)

@@ -52,11 +52,11 @@ def bare(texts: Sequence[str], embedder: Embedder) -> dict[str, Any]:
 
 def naive(texts: Sequence[str], settings: Settings) -> dict[str, Any]:
     """What is commonly written: fp32 `model.encode` in batches of 32, one Milvus insert per batch."""
-    from pymilvus import DataType
-    from sentence_transformers import SentenceTransformer
+    from pymilvus import DataType  # noqa: PLC0415 - heavy: only this measurement loads it
+    from sentence_transformers import SentenceTransformer  # noqa: PLC0415 - heavy: only this measurement loads it
 
-    from store.connection import connect
-    from workers.embedder import resolve_model_path
+    from store.connection import connect  # noqa: PLC0415 - heavy: only this measurement loads it
+    from workers.embedder import resolve_model_path  # noqa: PLC0415 - heavy: only this measurement loads it
 
     model = SentenceTransformer(resolve_model_path(settings.embedding_model), device="cpu")
     # The project's keepalive and channel, not pymilvus's: the naive loop measures code, not a GOAWAY.

@@ -148,7 +148,7 @@ def start_milvus(sup: Supervisor, uri: str, data_dir: Path) -> None:
 
 
 def _milvus_ready(uri: str) -> bool:
-    from store.connection import connect
+    from store.connection import connect  # noqa: PLC0415 - pymilvus: only when a Milvus is started
 
     try:
         # A channel of its own (store.connection), closed: pymilvus would otherwise share one per URI in a

@@ -11,7 +11,17 @@ from common.settings import get_settings
 # like the job store. The line still says which task succeeded and how long it took.
 trace.LOG_SUCCESS = "Task %(name)s[%(id)s] succeeded in %(runtime)ss"
 
+# Imported by every worker before it starts (`include`): the tasks, and the modules whose signal handlers
+# must be connected before `worker_init` and `celeryd_after_setup` fire (workers.gate renices an ingest
+# worker and splits the cores between its children; workers.warmup warms the models).
 app = make_celery(
     get_settings(),
-    include=["workers.tasks", "workers.webhooks", "workers.metrics", "workers.sweeper", "workers.warmup"],
+    include=[
+        "workers.tasks",
+        "workers.webhooks",
+        "workers.metrics",
+        "workers.sweeper",
+        "workers.warmup",
+        "workers.gate",
+    ],
 )

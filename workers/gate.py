@@ -131,7 +131,7 @@ def gate_for(settings: Settings) -> Gate:
 def transformer_layers(model: Any) -> list[Any]:
     """The repeated blocks of a transformer (BERT, RoBERTa/XLM-R, DistilBERT, MPNet, ...), found as the
     longest `torch.nn.ModuleList` in the model; empty when there is none (then passes are the unit)."""
-    import torch
+    import torch  # noqa: PLC0415 - torch: every worker main process imports this module
 
     lists: list[torch.nn.ModuleList] = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
     return list(max(lists, key=lambda blocks: len(list(blocks)))) if lists else []
@@ -141,7 +141,7 @@ def check_points(model: Any) -> list[Any]:
     """Where bulk work may pause: before each matrix multiply (`torch.nn.Linear`) of each transformer layer,
     or before the layer itself where it has none. A layer of a 4,096-token batch takes ~80 ms on two CPU
     cores, its longest multiply ~18 ms: a question arriving mid-layer waits for a multiply, not the layer."""
-    import torch
+    import torch  # noqa: PLC0415 - torch: every worker main process imports this module
 
     points: list[Any] = []
     for layer in transformer_layers(model):

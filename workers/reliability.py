@@ -113,10 +113,7 @@ class LostChildRequest(Request):  # type: ignore[misc]
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
         if not lost:
             return
-        from workers.runtime import runtime
-
         try:
-            job_id = self.task.job_of(self.id, self.kwargs)
-            runtime().liveness.requeued(job_id, self.id, f"worker lost ({exc})")
+            self.task.on_requeued(self.id, self.kwargs, f"worker lost ({exc})")
         except Exception as error:  # the message is requeued either way; only the note is missing
             log.warning("could not record the requeue of task %s: %s", self.id, error)

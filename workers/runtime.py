@@ -26,6 +26,7 @@ from common.reports import DocumentReports
 from common.retention import UploadRetention
 from common.settings import Settings, get_settings
 from common.webhooks import WebhookTrigger
+from workers.app import app
 
 if TYPE_CHECKING:
     from common.types import Embedder, Reranker
@@ -72,7 +73,7 @@ class Runtime:
 
     @cached_property
     def heartbeat(self) -> Heartbeat:
-        from workers.reliability import Heartbeat
+        from workers.reliability import Heartbeat  # noqa: PLC0415 - heavy (torch, models, pymilvus): loaded by the processes that use it
 
         s = self.settings
         return Heartbeat(self.liveness, self.locks, s.job_heartbeat_interval_s, fences=self.fences)
@@ -83,7 +84,7 @@ class Runtime:
 
     @cached_property
     def exact(self) -> ExactDense:
-        from store.exact import ExactDense
+        from store.exact import ExactDense  # noqa: PLC0415 - heavy (torch, models, pymilvus): loaded by the processes that use it
 
         return ExactDense(self.store)
 
@@ -114,8 +115,8 @@ class Runtime:
 
     @cached_property
     def embedder(self) -> Embedder:
-        from workers.device import configure_threads
-        from workers.embedder import load_embedder
+        from workers.device import configure_threads  # noqa: PLC0415 - heavy (torch, models, pymilvus): loaded by the processes that use it
+        from workers.embedder import load_embedder  # noqa: PLC0415 - heavy (torch, models, pymilvus): loaded by the processes that use it
 
         configure_threads(self.settings)
         return load_embedder(self.settings, self.gate)
@@ -123,21 +124,21 @@ class Runtime:
     @cached_property
     def gate(self) -> Gate:
         """This process's turn-taking with the other workers of its device (workers.gate)."""
-        from workers.gate import gate_for
+        from workers.gate import gate_for  # noqa: PLC0415 - heavy (torch, models, pymilvus): loaded by the processes that use it
 
         return gate_for(self.settings)
 
     def reranker(self, backend: str) -> Reranker:
         """Each backend loads on its first question, so an unused cross-encoder costs no memory."""
         if backend not in self._rerankers:
-            from workers.reranker import load_reranker
+            from workers.reranker import load_reranker  # noqa: PLC0415 - heavy (torch, models, pymilvus): loaded by the processes that use it
 
             self._rerankers[backend] = load_reranker(self.settings, self.embedder, backend)
         return self._rerankers[backend]
 
     @cached_property
     def retriever(self) -> Retriever:
-        from workers.retrieval import Retriever
+        from workers.retrieval import Retriever  # noqa: PLC0415 - heavy (torch, models, pymilvus): loaded by the processes that use it
 
         return Retriever(
             self.settings, self.embedder, self.store, self.exact, self.reranker, idf=self.collection_idf.table
@@ -145,7 +146,7 @@ class Runtime:
 
     @cached_property
     def collection_idf(self) -> CollectionIdf:
-        from workers.token_weights import CollectionIdf
+        from workers.token_weights import CollectionIdf  # noqa: PLC0415 - heavy (torch, models, pymilvus): loaded by the processes that use it
 
         s = self.settings
         return CollectionIdf(
@@ -159,7 +160,7 @@ class Runtime:
     @cached_property
     def questions(self) -> MicroBatcher[Question, dict[str, Any]]:
         """The one model thread of this process; ask tasks on a threads pool queue into it."""
-        from workers.batcher import MicroBatcher
+        from workers.batcher import MicroBatcher  # noqa: PLC0415 - heavy (torch, models, pymilvus): loaded by the processes that use it
 
         s = self.settings
 
@@ -177,7 +178,7 @@ class Runtime:
 
     @cached_property
     def store(self) -> MilvusStore:
-        from store.milvus import MilvusStore
+        from store.milvus import MilvusStore  # noqa: PLC0415 - heavy (torch, models, pymilvus): loaded by the processes that use it
 
         turn = self.milvus_writes.turn if self.settings.milvus_serial_writes else nullcontext
         store = MilvusStore(self.settings, turn)
@@ -186,9 +187,8 @@ class Runtime:
 
 
 def _send_task(name: str, kwargs: dict[str, Any]) -> Any:
-    """Enqueue by name through the worker's own app (imported late: the app imports the tasks)."""
-    from workers.app import app
-
+    """Enqueue by name through the worker's own app (its tasks are imported when a worker starts, not with
+    the app, so this module may import it)."""
     return app.send_task(name, kwargs=kwargs)
 
 

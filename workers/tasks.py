@@ -102,6 +102,10 @@ class RetriableTask(RetryPolicy):
     def on_child_lost(self, task_id: str, kwargs: dict[str, Any], pid: int) -> None:
         """In the worker's main process, once the child `pid` running this task died (before the requeue)."""
 
+    def on_requeued(self, task_id: str, kwargs: dict[str, Any], reason: str) -> None:
+        """In the worker's main process, once Celery put the message of a task whose child died back."""
+        runtime().liveness.requeued(self.job_of(task_id, kwargs), task_id, reason)
+
 
 class JobTask(RetriableTask):
     """Base task that mirrors Celery's lifecycle into the job record (job id = task id)."""

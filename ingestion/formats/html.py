@@ -49,7 +49,7 @@ def parse_html(path: Path, name: str) -> Document:
 
 def _soup(data: bytes, name: str) -> BeautifulSoup:
     """Parse with lxml; bytes are given so the page's own charset declaration is honoured."""
-    from bs4 import BeautifulSoup
+    from bs4 import BeautifulSoup  # noqa: PLC0415 - parser loaded on first use: the API imports this module
 
     try:
         return BeautifulSoup(data, "lxml")
@@ -71,7 +71,7 @@ def _title(soup: BeautifulSoup) -> str:
 
 def _drop_noise(soup: BeautifulSoup) -> None:
     """Remove non-content elements and comments, doctype and processing instructions."""
-    from bs4 import Comment, Declaration, Doctype, ProcessingInstruction
+    from bs4 import Comment, Declaration, Doctype, ProcessingInstruction  # noqa: PLC0415 - parser loaded on first use: the API imports this module
 
     for tag in soup.find_all(NOISE_TAGS):
         tag.decompose()

@@ -35,7 +35,7 @@ def parse_pdf(path: Path, name: str) -> Document:
 
 def _open(path: Path, name: str) -> PdfReader:
     """Open the PDF; an encrypted one is read only if it opens with the empty password."""
-    from pypdf import PdfReader
+    from pypdf import PdfReader  # noqa: PLC0415 - parser loaded on first use: the API imports this module
 
     reader = PdfReader(path)
     if reader.is_encrypted and not reader.decrypt(""):

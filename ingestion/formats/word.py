@@ -44,7 +44,7 @@ def parse_docx(path: Path, name: str) -> Document:
 
 def _open(path: Path, name: str) -> WordDocument:
     """Load the document; anything python-docx cannot load is not a Word document for the operator."""
-    import docx
+    import docx  # noqa: PLC0415 - parser loaded on first use: the API imports this module
 
     try:
         return docx.Document(str(path))
@@ -56,7 +56,7 @@ def _open(path: Path, name: str) -> WordDocument:
 
 def _texts(container: WordDocument | _Cell) -> Iterator[str]:
     """Paragraph texts and table rows in document order, descending into nested tables."""
-    from docx.text.paragraph import Paragraph
+    from docx.text.paragraph import Paragraph  # noqa: PLC0415 - parser loaded on first use: the API imports this module
 
     for block in container.iter_inner_content():
         if isinstance(block, Paragraph):

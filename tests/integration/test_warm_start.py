@@ -65,6 +65,17 @@ def test_an_ingest_pool_is_ready_only_once_every_child_is_warm(stack: Stack) -> 
     assert len(warm_before) == children, "\n".join(lines[: ready + 1])
 
 
+def test_the_ingest_pool_yields_to_questions_and_splits_the_cores(stack: Stack) -> None:
+    """`make run`'s ingest worker is reniced (its children inherit it) and each child takes its share of the
+    cores as torch threads; two children on every core ran 5x slower (oversubscribed)."""
+    argv = dict(service_workers(Settings()))["ingest-worker"]
+    children = int(argv[argv.index("-c") + 1])
+    share, nice = Settings().threads_per_process(children), Settings().ingest_nice
+    split = f"torch intra-op threads set to {share} ({children} process(es) share the cores; nice {nice})"
+    lines = log_lines(stack.logs, "ingest-worker")
+    assert sum(split in line for line in lines) == children, "\n".join(lines[-40:])
+
+
 @pytest.fixture(scope="module")
 def fresh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
     """A whole stack of its own, returned once /readyz is 200 (`start_service` waits for it)."""

@@ -13,6 +13,7 @@ from common import contracts
 from common.contracts import ASK, CONTRACTS, DELETE, INGEST, INGEST_BATCH, SETTLE, WEBHOOK, StageOptions
 from common.errors import RETRIABLE_ERRORS, InvalidRequest
 from common.settings import Settings
+from workers.app import app
 
 EXAMPLES: dict[str, dict[str, Any]] = {
     INGEST.name: {"collection": "c", "source": {"kind": "jsonl", "path": "j/d.jsonl"}, "total": 3, "seq": 7},
@@ -31,8 +32,6 @@ EXAMPLES: dict[str, dict[str, Any]] = {
 
 
 def test_the_worker_registers_exactly_the_declared_tasks_on_their_queues() -> None:
-    from workers.app import app
-
     app.loader.import_default_modules()  # what a worker imports at start (`include`)
     registered = {name for name in app.tasks if name.startswith("quarry.")}
     assert registered == {contract.name for contract in CONTRACTS} == set(EXAMPLES)

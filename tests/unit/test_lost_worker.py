@@ -11,6 +11,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from common.isolation import isolate
 from common.jobs import lost_worker
+from ingestion import parsing
 
 
 def _beat(until: float, timeout: float = 8.0) -> bytes:
@@ -44,8 +45,6 @@ def test_isolate_never_swallows_the_soft_time_limit() -> None:
 
 
 def test_a_parser_never_swallows_the_soft_time_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ingestion import parsing
-
     def slow(path: Path, name: str) -> object:
         raise SoftTimeLimitExceeded()  # raised into the task wherever it is, here inside a parser
 

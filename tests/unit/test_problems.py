@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from flask import Flask
 
@@ -86,8 +89,5 @@ def test_payload_too_large_is_413(tmp_path: pytest.TempPathFactory) -> None:
 
 
 def test_api_does_not_import_torch() -> None:
-    import subprocess
-    import sys
-
     code = "import sys, api; api.create_app(); sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

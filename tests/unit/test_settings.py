@@ -3,6 +3,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+import celeryconfig
+from common import contracts
 from common.settings import OFFLINE_EMBEDDING_MODEL, Settings
 
 
@@ -56,9 +58,6 @@ def test_ingest_processes_share_a_cpu_and_one_holds_a_gpu(monkeypatch: pytest.Mo
 
 
 def test_celery_config_follows_settings() -> None:
-    import celeryconfig
-    from common import contracts
-
     config = celeryconfig.from_settings(Settings(task_time_limit_s=600, task_soft_time_limit_s=500))
     assert config["task_acks_late"] is True
     assert config["worker_prefetch_multiplier"] == 1

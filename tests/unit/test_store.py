@@ -15,6 +15,7 @@ from common.errors import Conflict, InvalidRequest, ServiceUnavailable
 from common.settings import Settings
 from common.types import Chunk
 from store import schema
+from store.catalog import Catalog
 from store.exact import ExactDense
 from store.milvus import MilvusStore, milvus_errors
 from store.schema import ANALYSIS_PROPERTY
@@ -189,8 +190,6 @@ class BrokenClient(FakeClient):
 
 
 def test_a_read_milvus_fails_on_its_own_is_unavailable_and_names_no_server_path() -> None:
-    from store.catalog import Catalog
-
     catalog = Catalog(store_with(BrokenClient(exists=True, state="Loaded")))  # type: ignore[arg-type]
     for read in (lambda: catalog.counts("c"), lambda: catalog.document("c", "d"), catalog.model):
         with pytest.raises(ServiceUnavailable) as raised:
