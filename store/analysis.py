@@ -28,7 +28,7 @@ _LUCENE_STOP = (
 )
 STOP_WORDS = frozenset(f"{_LUCENE_STOP} these they this to was will with".split())
 _WORD = re.compile(r"\w+(?:'\w+)*")
-_STEMMER = snowballstemmer.stemmer("english")
+_STEMMER = snowballstemmer.stemmer("english")  # PyStemmer's C stemmer when installed (requirements.txt)
 
 
 @lru_cache(maxsize=200_000)  # a corpus repeats its words: stemming each once makes analysis ~10x faster
