@@ -51,10 +51,11 @@ def warm_start(
     first_ms = ask_ms(client, body, questions[0], timeout_s)
     first_answer_s = stack.since_start()
     following = [ask_ms(client, body, q, timeout_s) for q in questions[1 : 1 + NEXT_QUESTIONS]]
+    again = ask_ms(client, body, questions[0], timeout_s)  # the first question's own cost, warm
     start = time.perf_counter()
     wait_jobs(client, submit_ingest(client, docs, f"bench-warm-{uuid.uuid4().hex[:8]}"), timeout_s)
     first_ingest = {"first_ingest_docs": len(docs), "first_ingest_ms": (time.perf_counter() - start) * 1000}
-    return startup(ready_s, endpoint, first_answer_s, first_ms, following) | first_ingest
+    return startup(ready_s, endpoint, first_answer_s, first_ms, following, again_ms=again) | first_ingest
 
 
 def idle(client: Client, modes: Bodies, questions: Sequence[str], timeout_s: float) -> dict[str, Any]:

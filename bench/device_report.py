@@ -101,9 +101,16 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 
 def startup(
-    ready_s: float, endpoint: str, first_answer_s: float, first_ms: float, next_ms: Sequence[float]
+    ready_s: float,
+    endpoint: str,
+    first_answer_s: float,
+    first_ms: float,
+    next_ms: Sequence[float],
+    *,
+    again_ms: float | None = None,
 ) -> dict[str, Any]:
-    """Warm from the start: seconds to ready and to the first answer; first question vs the next ones."""
+    """Warm from the start: seconds to ready and to the first answer; first question vs the next ones, and
+    vs itself asked again after them (the same text: what a question costs does not differ, warmth does)."""
     median = _number(percentile(next_ms, 50))
     return {
         "ready_s": ready_s,
@@ -113,6 +120,8 @@ def startup(
         "next_questions": len(next_ms),
         "next_median_ms": median,
         "first_over_next": ratio(first_ms, median),
+        "first_again_ms": again_ms,
+        "first_over_again": ratio(first_ms, again_ms),
     }
 
 
@@ -196,10 +205,11 @@ def table(report: Mapping[str, Any]) -> str:
 
 def _startup_rows(report: Mapping[str, Any]) -> list[str]:
     rows = [
-        "start (* = ready by /healthz: no /readyz), first question after ready vs the next 9, first ingest;",
+        "start (* = ready by /healthz: no /readyz), first question after ready vs the next 9 and vs itself",
+        "asked again after them, first ingest;",
         "threads: ingest processes x torch threads each / the query worker's torch threads",
         f"{'config':<7} {'threads':>7} {'gate':>4} {'nice':>4} {'ready s':>8} {'1st answer s':>12} "
-        f"{'1st q ms':>8} {'next med':>8} {'1st ingest ms':>13}",
+        f"{'1st q ms':>8} {'next med':>8} {'again ms':>8} {'1st ingest ms':>13}",
     ]
     for name, res in report["configs"].items():
         s, st = res["settings"], res.get("startup", {})
@@ -208,6 +218,7 @@ def _startup_rows(report: Mapping[str, Any]) -> list[str]:
             f"{name:<7} {_threads(s):>7} {_on(s['question_gate']):>4} {s['ingest_nice']:>4} "
             f"{_f(st.get('ready_s'), 1):>7}{mark} {_f(st.get('first_answer_s'), 1):>12} "
             f"{_f(st.get('first_question_ms')):>8} {_f(st.get('next_median_ms')):>8} "
+            f"{_f(st.get('first_again_ms')):>8} "
             f"{_f(st.get('first_ingest_ms')):>13}"
         )
     return rows

@@ -94,6 +94,8 @@ def test_startup_compares_the_first_question_with_the_median_of_the_next() -> No
     assert result["next_median_ms"] == 150.0 and result["first_over_next"] == 2.0
     assert result["next_questions"] == 3 and result["ready_endpoint"] == "/readyz"
     assert startup(1.0, "/healthz", 2.0, 50.0, [])["first_over_next"] is None
+    again = startup(1.0, "/readyz", 2.0, 300.0, [100.0, 150.0, 200.0], again_ms=250.0)
+    assert again["first_again_ms"] == 250.0 and again["first_over_again"] == 1.2
 
 
 def _config(chunks_per_s: float, idle_p50: float, under_p50: float, chunks: int = 100) -> dict[str, Any]:
