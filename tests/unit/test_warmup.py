@@ -15,7 +15,7 @@ from celery.concurrency.prefork import TaskPool
 from celery.concurrency.thread import TaskPool as ThreadPool
 
 from workers.batcher import MicroBatcher
-from workers.warmup import WARM_COLLECTION, WARM_RERANKS, WarmChildren, is_prefork, warm
+from workers.warmup import WARM_COLLECTION, WARM_RERANKS, WARM_SHAPE_GROUPS, WarmChildren, is_prefork, warm
 
 
 class FakeEmbedder:
@@ -61,6 +61,7 @@ class FakeRuntime:
             list, max_batch=4, max_wait_s=0, name="ask-batcher"
         )
         self._store_fails, self._load_fails = store_fails, load_fails
+        self.stored = 100  # chunks of each collection
 
     def _seen(self, what: str) -> None:
         self.calls.append((what, threading.current_thread().name))
@@ -91,7 +92,11 @@ class FakeRuntime:
             self._seen(f"search {collection}")
             return [[]]
 
-        return SimpleNamespace(search=search)
+        def sample_texts(collection: str, limit: int) -> list[str]:
+            self._seen(f"sample {collection}")
+            return [f"chunk {i} of {collection}" for i in range(min(limit, self.stored))]
+
+        return SimpleNamespace(search=search, sample_texts=sample_texts)
 
     @property
     def retriever(self) -> Any:
@@ -105,9 +110,23 @@ def test_questions_warm_every_model_in_the_batcher_thread() -> None:
     names = [what for what, _ in rt.calls]
     assert names[:4] == ["load", "documents", "spans", "queries"]
     assert {"reranker maxsim", "rerank", "retriever", f"search {WARM_COLLECTION}"} <= set(names)
-    assert rt.reranked == [30] * WARM_RERANKS  # a real question's worth of candidates, more than once
+    # A question's worth of candidates, more than once; then the stored chunks of the first registered
+    # collection, a question's worth at a time (100 stored: 30, 30, 30, 10).
+    assert rt.reranked == [30] * WARM_RERANKS + [30, 30, 30, 10]
+    assert [what for what in names if what.startswith("sample")] == ["sample a"]
     assert {thread for _, thread in rt.calls} == {"ask-batcher"}
     assert [what for what in names if what.startswith("idf")] == ["idf a", "idf b"]  # RERANK_IDF_WARM=2
+
+
+def test_stored_chunks_are_reranked_in_question_sized_groups_up_to_the_limit() -> None:
+    rt = FakeRuntime()
+    rt.stored = 1_000
+    assert warm(rt, {"query"})  # type: ignore[arg-type]
+    assert rt.reranked[WARM_RERANKS:] == [30] * WARM_SHAPE_GROUPS
+    empty = FakeRuntime()
+    empty.registered = set()  # nothing stored yet: nothing more to rerank
+    assert warm(empty, {"query"})  # type: ignore[arg-type]
+    assert empty.reranked == [30] * WARM_RERANKS
 
 
 def test_the_token_idf_is_not_built_when_the_reranker_does_not_weigh_by_it() -> None:
