@@ -19,6 +19,7 @@ from typing import Any
 
 import redis
 
+from common.errors import QuarryError
 from common.redis_client import redis_errors
 from common.transitions import StateGuard
 
@@ -121,6 +122,11 @@ def _celery_failure(meta_raw: bytes | None) -> str | None:
     if isinstance(message, list):
         message = " ".join(str(part) for part in message)
     kind = result.get("exc_type", "Error") if isinstance(result, dict) else "Error"
+    if message and isinstance(result, dict) and result.get("exc_module") == QuarryError.__module__:
+        # A domain error in its own words, as the task records it (`common.isolation.describe`): Celery
+        # stores its failure before the task's `on_failure` writes the record, and a poll in between must
+        # not read another text than the one the job ends with.
+        return str(message)
     return f"{kind}: {message}" if message else str(kind)
 
 

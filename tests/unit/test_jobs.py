@@ -4,6 +4,8 @@ import json
 
 import pytest
 
+from common.errors import InvalidRequest
+from common.isolation import describe
 from common.jobs import JobRecord, JobState, _celery_failure, _decode, _encode, state_from_celery
 
 
@@ -52,3 +54,12 @@ def test_worker_lost_failure_recorded_by_celery_is_noticed() -> None:
     assert reason == "WorkerLostError: Worker exited prematurely: signal 9 (SIGKILL)."
     assert _celery_failure(json.dumps({"status": "STARTED"}).encode()) is None
     assert _celery_failure(None) is None
+
+
+def test_a_domain_failure_recorded_by_celery_reads_as_the_task_records_it() -> None:
+    """Celery stores a failure before the task's own `on_failure` writes the record: a poll in between
+    must read the text the job ends with (a domain error's own words), not another."""
+    detail = "quarry.delete: malformed task payload (doc_ids: Input should be a valid list)"
+    meta = {"status": "FAILURE", "result": {"exc_type": "InvalidRequest", "exc_module": "common.errors"}}
+    meta["result"]["exc_message"] = [detail]  # type: ignore[index]
+    assert _celery_failure(json.dumps(meta).encode()) == detail == describe(InvalidRequest(detail))
