@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bench.metrics import percentile
-from common.settings import CPU_INGEST_PROCESSES
+from common.settings import Settings
 
 # The settings each configuration decides; every other one is the environment's, as for `make run`.
 CONTROLLED = ("TORCH_THREADS", "INGEST_CONCURRENCY", "QUESTION_GATE", "INGEST_NICE")
@@ -73,12 +73,16 @@ def stack_env(base: Mapping[str, str], overrides: Mapping[str, str]) -> dict[str
 
 def effective(overrides: Mapping[str, str], cores: int, gpu: bool = False) -> dict[str, Any]:
     """What a configuration amounts to on this machine (for the report), as Settings resolves it."""
-    threads = overrides.get("TORCH_THREADS")
-    processes = int(overrides.get("INGEST_CONCURRENCY") or (1 if gpu else CPU_INGEST_PROCESSES))
+    threads, concurrency = overrides.get("TORCH_THREADS"), overrides.get("INGEST_CONCURRENCY")
+    settings = Settings(  # only what decides the threads: the rest of the environment is not the stack's
+        torch_threads=int(threads) if threads else None,
+        ingest_concurrency=int(concurrency) if concurrency else None,
+    )
+    processes = settings.ingest_processes(gpu)
     return {
-        "torch_threads": int(threads or cores),
+        "torch_threads": settings.threads_per_process(1, cores),
         "ingest_processes": processes,
-        "ingest_threads": int(threads or max(1, cores // processes)),
+        "ingest_threads": settings.threads_per_process(processes, cores),
         "question_gate": overrides.get("QUESTION_GATE", "true").lower() in ("1", "true", "yes", "on"),
         "ingest_nice": int(overrides.get("INGEST_NICE", "10")),
     }

@@ -395,10 +395,11 @@ class Settings(BaseSettings):
         gate and the ingest workers' niceness give questions the cores (workers/gate.py)."""
         return self.threads_per_process(1)
 
-    def threads_per_process(self, processes: int) -> int:
+    def threads_per_process(self, processes: int, cores: int | None = None) -> int:
         """Torch threads of each of a worker's `processes` pool processes: TORCH_THREADS when set, else the
-        cores shared between them (the ingest worker's children; a query worker is one process)."""
-        return self.torch_threads or max(1, (os.cpu_count() or 1) // max(1, processes))
+        cores (this machine's unless given) shared between them (the ingest worker's children; a query
+        worker is one process)."""
+        return self.torch_threads or max(1, (cores or os.cpu_count() or 1) // max(1, processes))
 
     def ingest_processes(self, gpu: bool) -> int:
         """The ingest worker's pool size: INGEST_CONCURRENCY, else one model copy on a GPU and

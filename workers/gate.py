@@ -195,9 +195,14 @@ def core_sharers() -> int:
     return _sharers
 
 
+def pool_size(worker: Any) -> int | None:
+    """A starting worker's `-c N`; None while Celery has not resolved `auto` (it does after `worker_init`)."""
+    size = worker.concurrency
+    return size if isinstance(size, int) else None
+
+
 @worker_init.connect  # type: ignore[untyped-decorator]
 def _share_device(sender: Any, **_: Any) -> None:
     consumes = set(sender.app.amqp.queues.consume_from)
     renice(get_settings(), consumes)
-    size = sender.concurrency  # `-c N`; "auto" (resolved after this signal): assume a process per core
-    share_cores(consumes, size if isinstance(size, int) else os.cpu_count() or 1)
+    share_cores(consumes, pool_size(sender) or os.cpu_count() or 1)  # `auto`: a process per core

@@ -44,6 +44,7 @@ from celery.signals import (
 from common.contracts import INGEST_QUEUE, QUERY_QUEUE, StageOptions
 from common.readiness import Announcer, ReadyWorkers
 from common.redis_client import connect_redis
+from workers.gate import pool_size
 from workers.retrieval import search_options
 from workers.runtime import Runtime, runtime
 
@@ -115,41 +116,47 @@ def exercise(rt: Runtime, *, questions: bool) -> dict[str, float]:
                 reranker.rerank_batch([(WARM_QUESTION, warm_candidates(rt.settings.rerank_candidates))])
     with _timed(timings, "milvus"):
         _connect(rt, vectors)
+    names = _registered(rt) if questions and backend != "none" else []
     if questions and backend == "maxsim" and rt.settings.rerank_idf:
         with _timed(timings, "idf"):
-            _warm_idf(rt)
-    if questions and backend != "none":
+            _warm_idf(rt, names[: rt.settings.rerank_idf_warm])
+    if names:
         with _timed(timings, "shapes"):
-            _warm_shapes(rt, backend)
+            _warm_shapes(rt, backend, names[0])
     return timings
 
 
-def _warm_idf(rt: Runtime) -> None:
+def _registered(rt: Runtime) -> list[str]:
+    """The registered collections, in name order (what the warm-ups read); none when Redis is away."""
+    try:
+        return sorted(rt.collection_names.names())
+    except Exception as exc:  # Redis away: the first question of each collection builds what it needs
+        log.warning("warm-up: registered collections not read (%s); token IDF not built", exc)
+        return []
+
+
+def _warm_idf(rt: Runtime, names: list[str]) -> None:
     """Build the token IDF of up to `rerank_idf_warm` registered collections: the first reranked question
     of a collection would otherwise read and tokenize a sample of its chunks (measured: +0.6 s)."""
     try:
-        names = sorted(rt.collection_names.names())[: rt.settings.rerank_idf_warm]
         for name in names:
             rt.collection_idf.table(name)
-    except Exception as exc:  # Redis or Milvus away: the first question of each collection builds it
+    except Exception as exc:  # Milvus away: the first question of each collection builds it
         log.warning("warm-up: token IDF not built (%s); the first question of a collection builds it", exc)
 
 
-def _warm_shapes(rt: Runtime, backend: str) -> None:
+def _warm_shapes(rt: Runtime, backend: str, collection: str) -> None:
     """Rerank `WARM_SHAPE_GROUPS` questions' worth of a registered collection's real chunks: oneDNN builds a
     kernel for each new input shape on first use, and the warm-up's own passages do not have a question's
     shapes (measured on a bf16 CPU: 30 new chunks took 152-195 ms the first time, 144-161 ms again; the first
     question after ready took 386 ms, 197 ms when asked again)."""
     try:
-        names = sorted(rt.collection_names.names())
-        if not names:
-            return
         size = rt.settings.rerank_candidates
-        texts = rt.store.sample_texts(names[0], WARM_SHAPE_GROUPS * size)
+        texts = rt.store.sample_texts(collection, WARM_SHAPE_GROUPS * size)
         reranker = rt.reranker(backend)
         for start in range(0, len(texts), size):
             reranker.rerank_batch([(WARM_QUESTION, texts[start : start + size])])
-    except Exception as exc:  # Redis or Milvus away: a question's first shapes build their kernels
+    except Exception as exc:  # Milvus away: a question's first shapes build their kernels
         log.warning("warm-up: no stored passages reranked (%s); first questions build their kernels", exc)
 
 
@@ -235,8 +242,7 @@ def _warm_worker(sender: str, instance: Any, **_: Any) -> None:
     _plan.queues = frozenset(instance.app.amqp.queues.consume_from)
     _plan.prefork = is_prefork(instance.pool_cls)
     if _plan.prefork:
-        size = instance.concurrency  # `-c N`; "auto" is resolved later: then each child counts alone
-        _plan.children = WarmChildren(size if isinstance(size, int) else 1)
+        _plan.children = WarmChildren(pool_size(instance) or 1)  # `auto`: each child counts alone
     else:
         _plan.warmed = warm(runtime(), _plan.queues)
 

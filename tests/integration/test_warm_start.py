@@ -53,11 +53,16 @@ def test_readyz_is_200_with_every_queue_ready(stack: Stack) -> None:
     assert all(body["checks"]["workers"]["queues"][queue] >= 1 for queue in READY_QUEUES), body
 
 
+def ingest_pool() -> int:
+    """The session stack's ingest worker's pool (its `-c`), as `start_service` started it."""
+    argv = dict(service_workers(Settings()))["ingest-worker"]
+    return int(argv[argv.index("-c") + 1])
+
+
 def test_an_ingest_pool_is_ready_only_once_every_child_is_warm(stack: Stack) -> None:
     """`make run` on a CPU starts two ingest processes that share the cores; while one still loads its model
     the other must not make /readyz say ready, or the first question runs beside that load."""
-    argv = dict(service_workers(Settings()))["ingest-worker"]
-    children = int(argv[argv.index("-c") + 1])  # its pool, as the session stack started it
+    children = ingest_pool()
     assert children >= 2, "the session stack runs an ingest pool of one: nothing to check"
     lines = log_lines(stack.logs, "ingest-worker")
     ready = first_index(lines, r"ready for ingest as ")
@@ -68,8 +73,7 @@ def test_an_ingest_pool_is_ready_only_once_every_child_is_warm(stack: Stack) -> 
 def test_the_ingest_pool_yields_to_questions_and_splits_the_cores(stack: Stack) -> None:
     """`make run`'s ingest worker is reniced (its children inherit it) and each child takes its share of the
     cores as torch threads; two children on every core ran 5x slower (oversubscribed)."""
-    argv = dict(service_workers(Settings()))["ingest-worker"]
-    children = int(argv[argv.index("-c") + 1])
+    children = ingest_pool()
     share, nice = Settings().threads_per_process(children), Settings().ingest_nice
     split = f"torch intra-op threads set to {share} ({children} process(es) share the cores; nice {nice})"
     lines = log_lines(stack.logs, "ingest-worker")
