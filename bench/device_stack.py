@@ -22,7 +22,7 @@ import redis
 import requests
 
 from bench.device_report import stack_env
-from common.jobs import BEAT_FIELD, KEY_PREFIX
+from common.job_schema import BEAT_PREFIX, JobKeys
 from devstack.private import private_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,8 +72,8 @@ class Stack:
         client = redis.Redis.from_url(self.redis_url, socket_timeout=2, decode_responses=True)
         try:
             for job_id in job_ids:
-                fields: list[str] = client.hkeys(KEY_PREFIX + job_id)  # type: ignore[assignment]
-                if any(f.startswith(BEAT_FIELD) and f != BEAT_FIELD + job_id for f in fields):
+                fields: list[str] = client.hkeys(JobKeys(job_id).record)  # type: ignore[assignment]
+                if any(f.startswith(BEAT_PREFIX) and f != BEAT_PREFIX + job_id for f in fields):
                     return True
             return False
         finally:

@@ -20,20 +20,11 @@ from typing import Any
 import redis
 
 from common.errors import QuarryError
+from common.job_schema import BEAT_PREFIX, QUEUED_INDEX, Field, JobKeys, declared
 from common.redis_client import redis_errors
 from common.transitions import StateGuard
 
 log = logging.getLogger(__name__)
-
-KEY_PREFIX = "quarry:job:"
-CELERY_META_PREFIX = "celery-task-meta-"
-BEAT_FIELD = "beat:"  # + task id: the running task's last heartbeat, removed when the task ends
-# Keys beside a record (KEY_PREFIX + job id + suffix) and the index of queued jobs (`workers.reconciler`):
-DELIVERIES_SUFFIX = ":deliveries"  # hash: deliveries per task attempt (`common.liveness`)
-BATCHES_SUFFIX = ":batches"  # set: indexes of the batches counted (`common.ledger`)
-LEASE_SUFFIX = ":lease:"  # + batch index, string: the delivery running that batch (`common.locks.take`)
-QUEUED_INDEX = "quarry:jobs:queued"  # sorted set: record keys of queued jobs, by when their message was sent
-FANNED_INDEX = "quarry:jobs:fanned"  # sorted set: record keys of ingest jobs whose batches were all sent
 
 
 class JobState(StrEnum):
@@ -103,7 +94,11 @@ def _encode(fields: dict[str, Any]) -> dict[str, str]:
 
 
 def _decode(job_id: str, raw: dict[bytes, bytes]) -> JobRecord:
+    """The client's view of a stored record; a field the schema does not declare is a bug, logged."""
     values = {key.decode(): json.loads(value) for key, value in raw.items()}
+    unknown = sorted(name for name in values if not declared(name))
+    if unknown:
+        log.warning("job %s: fields %s are not declared in common.job_schema", job_id, unknown)
     values["job_id"] = job_id
     values["state"] = JobState(values.get("state", "queued"))
     known = JobRecord.__dataclass_fields__
@@ -153,11 +148,11 @@ class JobStore:
 
     @staticmethod
     def key(job_id: str) -> str:
-        return KEY_PREFIX + job_id
+        return JobKeys(job_id).record
 
     @staticmethod
     def channel(job_id: str) -> str:
-        return KEY_PREFIX + job_id + ":events"
+        return JobKeys(job_id).events
 
     def create(
         self,
@@ -176,22 +171,22 @@ class JobStore:
             record.callback = {"url": callback_url, "state": "pending", "attempts": 0, "last_status": None}
         fields = record.to_json()
         fields.pop("job_id")
-        self.write(job_id, {**fields, "request": request}, index=QUEUED_INDEX)
+        self.write(job_id, {**fields, Field.REQUEST: request}, index=QUEUED_INDEX)
         return record
 
     def request(self, job_id: str) -> dict[str, Any] | None:
         with redis_errors():
-            raw = self.client.hget(self.key(job_id), "request")
+            raw = self.client.hget(self.key(job_id), Field.REQUEST)
         return json.loads(raw) if raw else None
 
     def cancel(self, job_id: str) -> None:
         """Ask for cancellation; a job not yet started ends now, a running one at its next checkpoint."""
-        self.write(job_id, {"cancel_requested": True})
+        self.write(job_id, {Field.CANCEL_REQUESTED: True})
         self._finish(job_id, CANCELLED, allowed=(JobState.QUEUED,))  # a started job stops at a checkpoint
 
     def cancel_requested(self, job_id: str) -> bool:
         with redis_errors():
-            return bool(self.client.hget(self.key(job_id), "cancel_requested") == b"true")
+            return bool(self.client.hget(self.key(job_id), Field.CANCEL_REQUESTED) == b"true")
 
     def check_cancelled(self, job_id: str) -> None:
         """Called by tasks between units of work."""
@@ -212,7 +207,7 @@ class JobStore:
         with redis_errors():
             pipe = self.client.pipeline(transaction=False)
             pipe.hgetall(self.key(job_id))
-            pipe.get(CELERY_META_PREFIX + job_id)
+            pipe.get(JobKeys(job_id).celery_meta)
             raw, meta = pipe.execute()
         if not raw:
             return None
@@ -323,9 +318,9 @@ def lost_worker(
     child process died and whose message went back to the queue has no beat until it runs again. A beat
     written before Redis came up at `up_since` gets a whole timeout (`every`) from then to be renewed.
     """
-    names = None if tasks is None else {(BEAT_FIELD + task).encode() for task in tasks}
+    names = None if tasks is None else {(BEAT_PREFIX + task).encode() for task in tasks}
     for name, value in raw.items():
-        if not name.startswith(BEAT_FIELD.encode()) or (names is not None and name not in names):
+        if not name.startswith(BEAT_PREFIX.encode()) or (names is not None and name not in names):
             continue
         beat = json.loads(value)
         if max(beat["until"], up_since + beat.get("timeout", 0)) < now:

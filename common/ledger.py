@@ -13,29 +13,30 @@ from __future__ import annotations
 
 from typing import Any
 
-from common.jobs import BATCHES_SUFFIX, FANNED_INDEX, JobStore
+from common.job_schema import FANNED_INDEX, Field, JobKeys, lua
+from common.jobs import JobStore
 from common.redis_client import redis_errors
 
-_FINISH = """
+_FINISH = lua("""
 if redis.call('exists', KEYS[1]) == 0 then return -1 end
 if redis.call('sadd', KEYS[2], ARGV[1]) == 0 then
-  local done = tonumber(redis.call('hget', KEYS[1], 'batches_done'))
-  if done == tonumber(redis.call('hget', KEYS[1], 'batches_total')) then return 1 end
+  local done = tonumber(redis.call('hget', KEYS[1], '$batches_done'))
+  if done == tonumber(redis.call('hget', KEYS[1], '$batches_total')) then return 1 end
   return -1
 end
 redis.call('expire', KEYS[2], ARGV[6])
-local p = cjson.decode(redis.call('hget', KEYS[1], 'progress'))
+local p = cjson.decode(redis.call('hget', KEYS[1], '$progress'))
 p.succeeded = (p.succeeded or 0) + tonumber(ARGV[2])
 p.failed = (p.failed or 0) + tonumber(ARGV[3])
 p.skipped = (p.skipped or 0) + tonumber(ARGV[4])
 p.chunks = (p.chunks or 0) + tonumber(ARGV[5])
 p.done = p.succeeded + p.failed + p.skipped
-redis.call('hset', KEYS[1], 'progress', cjson.encode(p))
-local done = redis.call('hincrby', KEYS[1], 'batches_done', 1)
-local total = tonumber(redis.call('hget', KEYS[1], 'batches_total'))
+redis.call('hset', KEYS[1], '$progress', cjson.encode(p))
+local done = redis.call('hincrby', KEYS[1], '$batches_done', 1)
+local total = tonumber(redis.call('hget', KEYS[1], '$batches_total'))
 if done == total then return 1 end
 return 0
-"""
+""")
 
 
 class BatchLedger:
@@ -45,10 +46,12 @@ class BatchLedger:
 
     def start(self, job_id: str, batches: int, total: int) -> None:
         """Once per job: a redelivered coordinator must not reset the counts of batches already done."""
-        if self.jobs.client.hexists(self.jobs.key(job_id), "batches_total"):
+        if self.jobs.client.hexists(self.jobs.key(job_id), Field.BATCHES_TOTAL):
             return
         progress = {"done": 0, "total": total, "succeeded": 0, "failed": 0, "skipped": 0, "chunks": 0}
-        self.jobs.write(job_id, {"batches_total": batches, "batches_done": 0, "progress": progress})
+        self.jobs.write(
+            job_id, {Field.BATCHES_TOTAL: batches, Field.BATCHES_DONE: 0, Field.PROGRESS: progress}
+        )
 
     def planned(self, job_id: str) -> tuple[int | None, bool]:
         """How many batches the job's split wrote (None: it never finished), and whether all are queued.
@@ -58,21 +61,22 @@ class BatchLedger:
         """
         with redis_errors():
             total, enqueued = self.jobs.client.hmget(
-                self.jobs.key(job_id), ["batches_total", "batches_enqueued"]
+                self.jobs.key(job_id), [Field.BATCHES_TOTAL, Field.BATCHES_ENQUEUED]
             )
         return (None if total is None else int(total)), enqueued is not None
 
     def enqueued(self, job_id: str) -> None:
-        self.jobs.write(job_id, {"batches_enqueued": True}, index=FANNED_INDEX)  # see workers.lost_batches
+        # listed for workers.lost_batches
+        self.jobs.write(job_id, {Field.BATCHES_ENQUEUED: True}, index=FANNED_INDEX)
 
     def counted(self, job_id: str, index: int) -> bool:
         """Whether a delivery of this batch already ended it (its counts are in the job's totals)."""
         with redis_errors():
-            return bool(self.jobs.client.sismember(self.jobs.key(job_id) + BATCHES_SUFFIX, str(index)))
+            return bool(self.jobs.client.sismember(JobKeys(job_id).batches, str(index)))
 
     def finish_batch(self, job_id: str, index: int, counts: dict[str, int]) -> bool:
         """Add a batch's counts once; True when every batch of the job is counted (the job may end)."""
-        keys = [self.jobs.key(job_id), self.jobs.key(job_id) + BATCHES_SUFFIX]
+        keys = [JobKeys(job_id).record, JobKeys(job_id).batches]
         args: list[Any] = [index] + [counts.get(k, 0) for k in ("succeeded", "failed", "skipped", "chunks")]
         with redis_errors():
             return int(self._finish(keys=keys, args=[*args, self.jobs.ttl_s])) == 1

@@ -12,7 +12,8 @@ import uuid
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from common.jobs import BEAT_FIELD, DELIVERIES_SUFFIX, JobStore, now_iso
+from common.job_schema import BEAT_PREFIX, Field, JobKeys
+from common.jobs import JobStore, now_iso
 from common.redis_client import redis_errors
 
 # Only jobs that still exist: a beat must never recreate an expired record without its TTL.
@@ -51,16 +52,16 @@ class Liveness:
         with redis_errors():
             pipe = self.jobs.client.pipeline(transaction=False)
             for job_id, task_ids in running.items():
-                args: list[str] = ["heartbeat_at", json.dumps(at)]
+                args: list[str] = [Field.HEARTBEAT_AT, json.dumps(at)]
                 for task_id in task_ids:
-                    args += [BEAT_FIELD + task_id, value]
+                    args += [BEAT_PREFIX + task_id, value]
                 self._beat(keys=[self.jobs.key(job_id)], args=args, client=pipe)
             pipe.execute()
 
     def end(self, job_id: str, task_id: str) -> None:
         """The task ended (succeeded, failed or will retry): its silence from now on means nothing."""
         with redis_errors():
-            self.jobs.client.hdel(self.jobs.key(job_id), BEAT_FIELD + task_id)
+            self.jobs.client.hdel(self.jobs.key(job_id), BEAT_PREFIX + task_id)
 
     def count_delivery(self, job_id: str, task_id: str, attempt: int) -> int:
         """How many times this attempt of the task has been delivered, this one included.
@@ -68,10 +69,10 @@ class Liveness:
         A redelivered message (its worker died) keeps its attempt number; a Celery retry is a new attempt.
         Kept beside the record, not in it: a job of many batches must not make every status read heavy.
         """
-        key = self.jobs.key(job_id) + DELIVERIES_SUFFIX
+        keys = JobKeys(job_id)
         args: list[str | int] = [f"{task_id}:{attempt}", uuid.uuid4().hex, self.jobs.ttl_s]
         with redis_errors():
-            return int(self._count(keys=[key, key + ":tokens"], args=args))
+            return int(self._count(keys=[keys.deliveries, keys.delivery_tokens], args=args))
 
     def delivered_before(self, job_id: str, task_id: str, attempt: int) -> bool:
         """Whether this attempt of the task was delivered already (read before this delivery counts).
@@ -80,9 +81,7 @@ class Liveness:
         attempt) whose predecessor could not remove its beat because Redis was away.
         """
         with redis_errors():
-            return bool(
-                self.jobs.client.hexists(self.jobs.key(job_id) + DELIVERIES_SUFFIX, f"{task_id}:{attempt}")
-            )
+            return bool(self.jobs.client.hexists(JobKeys(job_id).deliveries, f"{task_id}:{attempt}"))
 
     def requeued(self, job_id: str, task_id: str, reason: str) -> None:
         """The task's child process died and its message is back in the queue: waiting, not lost."""

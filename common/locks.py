@@ -54,6 +54,10 @@ class DocumentLocks:
         self.wait_s = wait_s
         self._held: dict[str, tuple[list[str], str]] = {}  # per hold: its keys and token
         self._held_lock = threading.Lock()
+        # Sent by hash in a pipeline (a pipeline loads a script Redis lacks before it runs)
+        self._acquire_one = client.register_script(_ACQUIRE)
+        self._release_one = client.register_script(_RELEASE)
+        self._extend_one = client.register_script(_EXTEND)
 
     @staticmethod
     def key(collection: str, doc_id: str) -> str:
@@ -99,7 +103,7 @@ class DocumentLocks:
             pipe = self.client.pipeline(transaction=False)
             for keys, token in held:
                 for key in keys:
-                    pipe.eval(_EXTEND, 1, key, token, self.ttl_ms)
+                    self._extend_one(keys=[key], args=[token, self.ttl_ms], client=pipe)
             with redis_errors():
                 pipe.execute()
 
@@ -110,7 +114,7 @@ class DocumentLocks:
         while True:
             pipe = self.client.pipeline(transaction=False)
             for key in keys:
-                pipe.eval(_ACQUIRE, 1, key, token, self.ttl_ms)
+                self._acquire_one(keys=[key], args=[token, self.ttl_ms], client=pipe)
             with redis_errors():
                 acquired = pipe.execute()
             if all(acquired):
@@ -124,7 +128,7 @@ class DocumentLocks:
         if keys:
             pipe = self.client.pipeline(transaction=False)
             for key in keys:
-                pipe.eval(_RELEASE, 1, key, token)
+                self._release_one(keys=[key], args=[token], client=pipe)
             with redis_errors():
                 pipe.execute()
 

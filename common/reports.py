@@ -9,7 +9,7 @@ from typing import Any, Literal, cast
 import redis
 
 from common.fields import printable
-from common.jobs import KEY_PREFIX
+from common.job_schema import JobKeys
 from common.redis_client import redis_errors
 
 Status = Literal["succeeded", "failed", "skipped"]
@@ -64,12 +64,11 @@ class DocumentReports:
 
     @staticmethod
     def _keys(job_id: str) -> list[str]:
-        base = KEY_PREFIX + job_id
-        return [base + ":docs", base + ":order", *(f"{base}:order:{status}" for status in STATUSES)]
+        keys = JobKeys(job_id)
+        return [keys.docs, keys.order(), *(keys.order(status) for status in STATUSES)]
 
     def _list(self, job_id: str, status: str | None) -> str:
-        keys = self._keys(job_id)
-        return keys[1] if status is None else keys[2 + STATUSES.index(status)]
+        return JobKeys(job_id).order(status)
 
     def record(self, job_id: str, outcomes: list[Outcome]) -> None:
         if not outcomes:

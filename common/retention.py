@@ -18,7 +18,7 @@ from typing import Any, cast
 
 import redis
 
-from common.jobs import JobStore
+from common.job_schema import Field, JobKeys
 from common.redis_client import redis_errors
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class UploadRetention:
         """On a job's end: schedule what an ingest job used. Never raises (the end is recorded already)."""
         try:
             with redis_errors():
-                kind, raw = self.client.hmget(JobStore.key(job_id), ["kind", "request"])
+                kind, raw = self.client.hmget(JobKeys(job_id).record, [Field.KIND, Field.REQUEST])
             if kind is None or json.loads(kind) != "ingest" or raw is None:
                 return
             self.schedule(upload_dirs(job_id, json.loads(raw)))

@@ -10,9 +10,9 @@ command again when its reply was lost (`common.redis_client.connect_redis_patien
 the state it wrote itself, no longer an allowed one, and without the token would answer "not moved", so
 its caller would skip the job's end event and webhook. With it, the repeat recognises its own write.
 
-The same step takes a job that leaves `queued` out of the index of queued jobs (`common.jobs.QUEUED_INDEX`,
-read by `workers.reconciler`), so the index never lists a job that started or ended (ZREM is idempotent
-under a repeat too).
+The same step takes a job that leaves `queued` out of the index of queued jobs
+(`common.job_schema.QUEUED_INDEX`, read by `workers.reconciler`), so the index never lists a job that
+started or ended (ZREM is idempotent under a repeat too).
 """
 
 from __future__ import annotations
@@ -24,24 +24,24 @@ from itertools import chain
 
 import redis
 
-MOVE_FIELD = "last_move"  # the token of the latest move written (JSON, like every field of the record)
+from common.job_schema import Field, lua
 
-_MOVE = """
+_MOVE = lua("""
 if redis.call('hget', KEYS[1], ARGV[2]) == ARGV[3] then return 1 end
-local state = redis.call('hget', KEYS[1], 'state')
+local state = redis.call('hget', KEYS[1], '$state')
 local n = tonumber(ARGV[4])
 for i = 5, n + 4 do
   if state == ARGV[i] then
     redis.call('hset', KEYS[1], ARGV[2], ARGV[3], unpack(ARGV, n + 5))
     redis.call('expire', KEYS[1], ARGV[1])
-    if KEYS[2] and redis.call('hget', KEYS[1], 'state') ~= '"queued"' then
+    if KEYS[2] and redis.call('hget', KEYS[1], '$state') ~= '"queued"' then
       redis.call('zrem', KEYS[2], KEYS[1])
     end
     return 1
   end
 end
 return 0
-"""
+""")
 
 
 class StateGuard:
@@ -58,7 +58,7 @@ class StateGuard:
         token = json.dumps(uuid.uuid4().hex)
         args: list[str | int] = [
             ttl_s,
-            MOVE_FIELD,
+            Field.LAST_MOVE,  # the token of the latest move written (JSON, like every field)
             token,
             len(states),
             *states,

@@ -24,14 +24,13 @@ import redis
 from common.callback_urls import CallbackRefused, Resolver, Unresolved, check_target
 from common.contracts import WEBHOOK, Webhook
 from common.errors import InvalidRequest
-from common.jobs import JobRecord, JobStore, now_iso
+from common.job_schema import Field, JobKeys
+from common.jobs import JobRecord, now_iso
 from common.settings import Settings
 
 log = logging.getLogger(__name__)
 
 SUBMIT_RESOLVE_TIMEOUT_S = 2.0  # the API waits this long for the resolver at most (a request is held)
-CALLBACK_FIELD = "callback"  # {"url", "state", "attempts", "last_status", "last_error", ...}
-EVENT_FIELD = "callback_event"  # the job's one event id, claimed once with HSETNX
 SIGNATURE_HEADER = "X-Quarry-Signature"
 USER_AGENT = "Quarry-Webhook/1"
 Verdict = Literal["delivered", "retry", "give_up"]
@@ -86,7 +85,7 @@ def event_name(record: JobRecord) -> str:
 def payload(record: JobRecord, event_id: str) -> bytes:
     """The body: the job as GET /api/v1/jobs/<id> shows it (without its own delivery state), the event."""
     job = record.to_json()
-    job.pop(CALLBACK_FIELD, None)
+    job.pop(Field.CALLBACK, None)
     body = {"event": event_name(record), "event_id": event_id, "sent_at": now_iso(), "job": job}
     return json.dumps(body, separators=(",", ":")).encode()
 
@@ -112,16 +111,16 @@ class WebhookTrigger:
         self.send = send  # (task name, kwargs) -> enqueue by name
 
     def __call__(self, job_id: str) -> None:
-        key = JobStore.key(job_id)
+        key = JobKeys(job_id).record
         try:
-            raw = self.client.hget(key, CALLBACK_FIELD)
+            raw = self.client.hget(key, Field.CALLBACK)
             callback = json.loads(raw) if raw else None
             if not callback or not callback.get("url"):
                 return
             event_id = uuid.uuid4().hex
-            claimed = self.client.hsetnx(key, EVENT_FIELD, json.dumps(event_id))
+            claimed = self.client.hsetnx(key, Field.CALLBACK_EVENT, json.dumps(event_id))
             # A repeat of an HSETNX whose reply was lost (the workers' client sends it again) finds our id.
-            if not claimed and self.client.hget(key, EVENT_FIELD) != json.dumps(event_id).encode():
+            if not claimed and self.client.hget(key, Field.CALLBACK_EVENT) != json.dumps(event_id).encode():
                 return  # this job's event was claimed already: a second end (redelivery, race) sends nothing
             self.send(WEBHOOK.name, WEBHOOK.kwargs(Webhook(job_id=job_id, event_id=event_id)))
         except Exception as exc:  # the job's own end is recorded; only its notification is lost
@@ -130,9 +129,9 @@ class WebhookTrigger:
 
     def _record_unqueued(self, key: str, exc: Exception) -> None:
         try:
-            raw = self.client.hget(key, CALLBACK_FIELD)
+            raw = self.client.hget(key, Field.CALLBACK)
             if raw:
                 callback = {**json.loads(raw), "state": "failed", "last_error": f"could not be queued: {exc}"}
-                self.client.hset(key, CALLBACK_FIELD, json.dumps(callback))
+                self.client.hset(key, Field.CALLBACK, json.dumps(callback))
         except Exception as error:  # Redis itself is away: nothing more to do
             log.warning("webhook state not recorded: %s", error)

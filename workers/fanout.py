@@ -18,7 +18,7 @@ from common import metrics
 from common.contracts import INGEST, INGEST_BATCH, IngestBatch, IngestJob
 from common.errors import InvalidRequest
 from common.faultpoints import fault_point
-from common.jobs import KEY_PREFIX, LEASE_SUFFIX
+from common.job_schema import JobKeys
 from common.reports import Outcome
 from common.types import Document, OnDuplicate
 from ingestion.batches import read_batch_file, split_into_batches, write_batch_file
@@ -35,7 +35,7 @@ def batch_path(job_id: str, index: int) -> str:
 
 def lease_key(job_id: str, index: int) -> str:
     """The batch's lease: held by the one delivery running it (`workers.tasks.BatchTask`)."""
-    return KEY_PREFIX + job_id + LEASE_SUFFIX + str(index)
+    return JobKeys(job_id).lease(index)
 
 
 def discard_batches(rt: Runtime, job_id: str) -> None:

@@ -29,7 +29,7 @@ from kombu.transport.redis import Channel
 
 from common.contracts import INGEST_BATCH_TASK, INGEST_QUEUE
 from common.errors import InvalidRequest
-from common.jobs import BATCHES_SUFFIX, BEAT_FIELD, FANNED_INDEX, KEY_PREFIX
+from common.job_schema import BEAT_PREFIX, FANNED_INDEX, Field, JobKeys
 from workers.fanout import batch_kwargs
 from workers.reconciler import CLAIM, SCAN_LIMIT, Send, loads_or_none, queue_lists
 
@@ -48,7 +48,7 @@ class FannedJob:
 
     @property
     def job_id(self) -> str:
-        return self.key.removeprefix(KEY_PREFIX)
+        return JobKeys.of_record(self.key).job_id
 
 
 def queued_batches(messages: Iterable[Any]) -> set[tuple[str, int]]:
@@ -105,7 +105,7 @@ class LostBatches:
         requests = {job.job_id: job.request or {} for job in jobs}
         sent = {}
         for job_id, indexes in confirmed.items():
-            claim: list[str | float] = [KEY_PREFIX + job_id, cutoff, now]
+            claim: list[str | float] = [JobKeys(job_id).record, cutoff, now]
             if not indexes or int(self._claim(keys=[FANNED_INDEX], args=claim)) != 1:
                 continue
             try:
@@ -125,7 +125,7 @@ class LostBatches:
         pipe = self.jobs.pipeline(transaction=False)
         for key in keys:
             pipe.hgetall(key)
-            pipe.smembers(key + BATCHES_SUFFIX)
+            pipe.smembers(JobKeys.of_record(key).batches)
         replies = pipe.execute() if keys else []
         return [
             _fanned(key, raw, counted, now)
@@ -144,12 +144,12 @@ class LostBatches:
 
 
 def _fanned(key: str, raw: dict[bytes, bytes], counted: set[bytes], now: float) -> FannedJob:
-    beats = [json.loads(value) for name, value in raw.items() if name.startswith(BEAT_FIELD.encode())]
-    request = raw.get(b"request")
+    beats = [json.loads(value) for name, value in raw.items() if name.startswith(BEAT_PREFIX.encode())]
+    request = raw.get(Field.REQUEST.encode())
     return FannedJob(
         key=key,
-        state=raw.get(b"state"),
-        total=int(raw.get(b"batches_total") or 0),
+        state=raw.get(Field.STATE.encode()),
+        total=int(raw.get(Field.BATCHES_TOTAL.encode()) or 0),
         counted={int(index) for index in counted},
         beating=any(float(beat.get("until", 0)) >= now for beat in beats),
         request=json.loads(request) if request else None,

@@ -41,7 +41,7 @@ import redis
 from kombu.transport.redis import PRIORITY_STEPS, Channel
 
 from common.contracts import JOB_TASKS, TASK_QUEUES
-from common.jobs import DELIVERIES_SUFFIX, KEY_PREFIX, QUEUED_INDEX
+from common.job_schema import QUEUED_INDEX, Field, JobKeys
 from common.redis_client import connect_redis
 from common.settings import Settings
 
@@ -76,7 +76,7 @@ class Candidate:
 
     @property
     def job_id(self) -> str:
-        return self.key.removeprefix(KEY_PREFIX)
+        return JobKeys.of_record(self.key).job_id
 
 
 @dataclass(frozen=True)
@@ -183,8 +183,8 @@ class Reconciler:
     def _read(self, keys: list[str]) -> list[Candidate]:
         pipe = self.jobs.pipeline(transaction=False)
         for key in keys:
-            pipe.hmget(key, ["state", "kind", "request"])
-            pipe.exists(key + DELIVERIES_SUFFIX)
+            pipe.hmget(key, [Field.STATE, Field.KIND, Field.REQUEST])
+            pipe.exists(JobKeys.of_record(key).deliveries)
         replies = pipe.execute() if keys else []
         candidates = []
         for key, (state, kind, request), delivered in zip(keys, replies[::2], replies[1::2], strict=True):

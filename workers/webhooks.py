@@ -17,9 +17,10 @@ from typing import Any
 from celery import Task
 
 from common.contracts import WEBHOOK
+from common.job_schema import Field
 from common.jobs import JobStore, now_iso
 from common.settings import Settings
-from common.webhooks import CALLBACK_FIELD, Verdict, backoff_s, headers, payload
+from common.webhooks import Verdict, backoff_s, headers, payload
 from workers.app import app
 from workers.delivery import Outcome, deliver
 from workers.runtime import runtime
@@ -52,7 +53,7 @@ def attempt_delivery(
     state = {"delivered": "delivered", "retry": "pending", "give_up": "failed"}[verdict]
     outcome = {"state": state, "attempts": attempt, "last_status": status, "last_error": error}
     jobs.write(
-        job_id, {CALLBACK_FIELD: {**callback, **outcome, "event_id": event_id, "last_attempt_at": now_iso()}}
+        job_id, {Field.CALLBACK: {**callback, **outcome, "event_id": event_id, "last_attempt_at": now_iso()}}
     )
     if verdict != "delivered":
         log.warning("webhook of job %s, attempt %d: %s (%s)", job_id, attempt, error, state)

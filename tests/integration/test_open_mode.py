@@ -22,7 +22,7 @@ import redis
 import requests
 from playwright.sync_api import BrowserContext, Page, expect
 
-from common.jobs import KEY_PREFIX
+from common.job_schema import KEY_PREFIX
 from devstack.processes import Supervisor, api_argv, free_port, wait_until
 from tests.integration.chromium import chromium
 from tests.integration.conftest import TEST_REDIS_DB, Stack

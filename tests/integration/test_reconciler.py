@@ -21,7 +21,8 @@ from kombu import Connection
 
 from celeryconfig import make_celery
 from common.contracts import ASK_TASK, QUERY_QUEUE
-from common.jobs import QUEUED_INDEX, JobStore
+from common.job_schema import QUEUED_INDEX
+from common.jobs import JobStore
 from common.settings import Settings
 from devstack.private import private_redis
 from workers.reconciler import Reconciler, message_ids

@@ -22,13 +22,14 @@ from typing import Any
 import pytest
 import redis
 
+from common.job_schema import Field
 from common.jobs import JobState, JobStore
 from common.ledger import _FINISH, BatchLedger
 from common.liveness import _COUNT, Liveness
 from common.redis_client import connect_redis_patient
 from common.reports import DocumentReports, Outcome
 from common.transitions import _MOVE
-from common.webhooks import EVENT_FIELD, WebhookTrigger
+from common.webhooks import WebhookTrigger
 from devstack.private import private_redis
 from devstack.processes import celery_argv, start_redis
 from store.milvus import chunk_pk
@@ -148,7 +149,8 @@ def test_a_retried_webhook_claim_still_queues_the_webhook(server: str, proxy: Lo
     proxy.arm(b"HSETNX")
     jobs.mark_failed(job_id, "boom")
     assert len(proxy.dropped) == 1 and proxy.seen[b"HSETNX"] == 2
-    event_id = json.loads(redis.Redis.from_url(server).hget(JobStore.key(job_id), EVENT_FIELD) or b"null")
+    stored = redis.Redis.from_url(server).hget(JobStore.key(job_id), Field.CALLBACK_EVENT)
+    event_id = json.loads(stored or b"null")
     assert sent == [{"job_id": job_id, "event_id": event_id}]
     trigger(job_id)  # a second end of the same job claims nothing and sends nothing
     assert len(sent) == 1

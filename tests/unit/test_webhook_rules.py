@@ -13,10 +13,10 @@ import pytest
 from api import create_app
 from client import verify_signature
 from common.callback_urls import check_callback_url, host_allowed
-from common.jobs import BEAT_FIELD, JobState, JobStore
+from common.job_schema import BEAT_PREFIX, Field
+from common.jobs import JobState, JobStore
 from common.settings import Settings
 from common.webhooks import (
-    EVENT_FIELD,
     WebhookTrigger,
     backoff_s,
     classify,
@@ -245,7 +245,8 @@ def test_every_end_of_a_job_sends_one_event(jobs: JobStore, sent: list[Any]) -> 
     jobs.mark_failed("j", "late failure")  # a redelivery
     assert [name for name, _ in sent] == ["quarry.webhook"]
     assert sent[0][1]["job_id"] == "j"
-    assert json.loads(jobs.client.hget(jobs.key("j"), EVENT_FIELD) or "null") == sent[0][1]["event_id"]
+    stored = jobs.client.hget(jobs.key("j"), Field.CALLBACK_EVENT)
+    assert json.loads(stored or "null") == sent[0][1]["event_id"]
 
 
 def test_a_trigger_that_cannot_queue_records_it_and_never_raises() -> None:
@@ -267,7 +268,7 @@ def test_a_lost_worker_is_settled_once_and_notified(jobs: JobStore, sent: list[A
     jobs.create("j", "ask", 1, {}, callback_url=URL)
     jobs.mark_running("j")
     beat = {"at": "2026-01-01T00:00:00.000Z", "until": 1.0, "host": "h", "pid": 1}
-    jobs.client.hset(jobs.key("j"), BEAT_FIELD + "t", json.dumps(beat))
+    jobs.client.hset(jobs.key("j"), BEAT_PREFIX + "t", json.dumps(beat))
     record = jobs.get("j")
     assert record is not None and record.state is JobState.FAILED  # derived at read time
     jobs.settle(record)
