@@ -225,7 +225,15 @@ def _startup_rows(report: Mapping[str, Any]) -> list[str]:
             f"{_f(st.get('first_again_ms')):>8} "
             f"{_f(st.get('first_ingest_ms')):>13}"
         )
+    rows.extend(_stage_line(name, res.get("startup", {})) for name, res in report["configs"].items())
     return rows
+
+
+def _stage_line(name: str, st: Mapping[str, Any]) -> str:
+    """The worker's stages of the first question and of it asked again: where a cold start shows."""
+    first, again = st.get("first_stages_ms") or {}, st.get("again_stages_ms") or {}
+    cells = [f"{k.removesuffix('_ms')} {_f(first.get(k))}/{_f(again.get(k))}" for k in first]
+    return f"{name:<7} worker stages of the 1st question / again, ms: " + (", ".join(cells) or "-")
 
 
 def _threads(s: Mapping[str, Any]) -> str:

@@ -104,7 +104,8 @@ def _config(chunks_per_s: float, idle_p50: float, under_p50: float, chunks: int 
 
     return {
         "settings": effective({}, 2),
-        "startup": startup(3.0, "/readyz", 4.0, 120.0, [100.0] * 9),
+        "startup": startup(3.0, "/readyz", 4.0, 120.0, [100.0] * 9)
+        | {"first_stages_ms": {"embed_ms": 9.0, "rerank_ms": 442.0}, "again_stages_ms": {"embed_ms": 10.0}},
         "ingest": {
             "documents": 10,
             "seconds": chunks / chunks_per_s,
@@ -145,6 +146,8 @@ def test_report_is_strict_json_and_prints_every_part() -> None:
     text = table(report)
     for needle in ("80.0 chunks/s", "split: FAILED", "0.75x", "1.30x", "target >= 1.4", "target <= 1.5"):
         assert needle in text
+    assert "device  worker stages of the 1st question / again, ms: embed 9/10, rerank 442/-" in text
+    assert "split   worker stages of the 1st question / again, ms: -" in text
     assert "bare model: not run" in table(build(machine, {}, None, {}))
 
 
