@@ -96,6 +96,13 @@ class Tokenizer(Protocol):
 
     def token_spans(self, text: str) -> list[tuple[int, int]]: ...
 
+    @property
+    def splits_at_word_edges(self) -> bool:
+        """True when no token crosses whitespace or punctuation (BERT's pre-tokenizer, every BGE model's):
+        a text cut there tokenises on either side as it did whole, so chunking need not check each window
+        by tokenising it again (`ingestion.chunking._fit`)."""
+        ...
+
 
 class Embedder(Protocol):
     model_name: str
@@ -109,6 +116,9 @@ class Embedder(Protocol):
     def token_vectors(self, texts: Sequence[str], *, query: bool) -> list[npt.NDArray[np.float32]]: ...
 
     def token_spans(self, text: str) -> list[tuple[int, int]]: ...
+
+    @property
+    def splits_at_word_edges(self) -> bool: ...
 
     def token_ids(self, texts: Sequence[str], *, query: bool) -> list[list[int]]:
         """The ids `token_vectors` embeds, special tokens included."""

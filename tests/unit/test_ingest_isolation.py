@@ -24,6 +24,7 @@ from ingestion.validation import checked, document_problem
 
 class FakeEmbedder:
     model_name, dimension, max_tokens = "fake", 2, 512
+    splits_at_word_edges = False
 
     def __init__(self, poison: str = "") -> None:
         self.poison, self.calls = poison, 0

@@ -33,6 +33,8 @@ class FakeEmbedder:
         self._seen("queries")
         return np.ones((len(texts), 4), dtype=np.float32)
 
+    splits_at_word_edges = False
+
     def token_spans(self, text: str) -> list[tuple[int, int]]:
         self._seen("spans")
         return [(0, len(text))]
