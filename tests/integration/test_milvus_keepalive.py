@@ -16,8 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pymilvus import DataType
+from pymilvus.client import entity_helper
+from pymilvus.exceptions import MilvusException
 
 from devstack.processes import Supervisor, free_port, start_milvus
+from store.connection import connect
 
 GOAWAY = 'Received a GOAWAY with error code ENHANCE_YOUR_CALM and debug data equal to "too_many_pings"'
 PYMILVUS_POLICY = {"grpc.keepalive_time_ms": 10_000, "grpc.keepalive_permit_without_calls": 1}
@@ -95,3 +99,24 @@ def test_quarry_clients_answer_through_goaways_and_draw_none_themselves(
         assert proc.returncode == 0, log.read_text()[-3000:]
         assert json.loads(out) == list(range(1, ROUNDS + 1))
         assert (GOAWAY in log.read_text()) is goaway
+
+
+def test_without_pymilvus_row_string_walk_the_server_still_refuses_an_over_long_value(
+    milvus_uri: str,
+) -> None:
+    """`connect` turns off pymilvus's per-character walk of row strings (`skip_row_string_walk`): a value
+    over its field's max_length is still refused, by the server, and one within it is stored whole."""
+    client = connect(milvus_uri)
+    assert entity_helper.CHECK_STR_ARRAY is False
+    schema = client.create_schema(auto_id=False)
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("text", DataType.VARCHAR, max_length=10)
+    schema.add_field("v", DataType.FLOAT_VECTOR, dim=2)
+    index = client.prepare_index_params()
+    index.add_index("v", index_type="FLAT", metric_type="L2")
+    client.create_collection("row_strings", schema=schema, index_params=index)
+    with pytest.raises(MilvusException, match="max_length"):
+        client.upsert("row_strings", [{"id": 1, "text": "x" * 11, "v": [0.1, 0.2]}])
+    client.upsert("row_strings", [{"id": 2, "text": "y" * 10, "v": [0.1, 0.2]}])
+    rows = client.query("row_strings", filter="id >= 0", output_fields=["text"], consistency_level="Strong")
+    assert [row["text"] for row in rows] == ["y" * 10]
