@@ -27,6 +27,7 @@ from common.jobs import JobStore, each
 from common.redis_client import connect_redis
 from common.reports import DocumentReports
 from common.retention import UploadRetention
+from common.retries import PUBLISH_RETRY
 from common.settings import Settings
 from common.webhooks import WebhookTrigger
 from store.catalog import Catalog
@@ -80,7 +81,7 @@ class Services:
                 kwargs=kwargs,
                 task_id=job_id,
                 retry=True,
-                retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_max": 1},
+                retry_policy=PUBLISH_RETRY,
             )
         except BROKER_ERRORS as exc:
             self.jobs.mark_failed(job_id, f"could not be queued: {exc}")

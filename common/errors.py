@@ -84,7 +84,3 @@ class DocumentError(QuarryError):
     """One document could not be parsed or ingested; not retriable."""
 
     title = "Document failed"
-
-
-RETRIABLE_ERRORS: tuple[type[Exception], ...] = (ServiceUnavailable, ConnectionError, TimeoutError)
-"""What a task may retry: transient infrastructure failures, never bad input."""

@@ -15,7 +15,8 @@ from typing import TypeVar
 
 from billiard.exceptions import SoftTimeLimitExceeded
 
-from common.errors import RETRIABLE_ERRORS, QuarryError
+from common.errors import QuarryError
+from common.retries import RETRIABLE_ERRORS
 
 log = logging.getLogger(__name__)
 

@@ -27,6 +27,7 @@ import redis
 
 from common.errors import ServiceUnavailable
 from common.redis_client import redis_errors
+from common.retries import LOCK_POLL_S, WRITE_POLL_S
 
 _ACQUIRE = """
 local holder = redis.call('get', KEYS[1])
@@ -39,10 +40,6 @@ _EXTEND = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
 return 0
 """
-
-
-POLL_S = (0.05, 0.3)  # a document lock is held for a whole batch: ask again now and then
-WRITE_POLL_S = (0.002, 0.02)  # a write request takes milliseconds: ask again soon
 
 
 class DocumentLocks:
@@ -80,7 +77,7 @@ class DocumentLocks:
                 self._held.pop(handle, None)
             self._release(keys, token)
 
-    def take(self, key: str, token: str, wait_s: float, poll_s: tuple[float, float] = POLL_S) -> bool:
+    def take(self, key: str, token: str, wait_s: float, poll_s: tuple[float, float] = LOCK_POLL_S) -> bool:
         """Hold `key` for `token` until `give_back` (refreshed like the locks); False when another token
         kept it for `wait_s`, asking again every `poll_s` (jittered). Taking a key one holds succeeds."""
         if not self._acquire([key], token, wait_s, poll_s):
@@ -108,7 +105,7 @@ class DocumentLocks:
                 pipe.execute()
 
     def _acquire(
-        self, keys: list[str], token: str, wait_s: float, poll_s: tuple[float, float] = POLL_S
+        self, keys: list[str], token: str, wait_s: float, poll_s: tuple[float, float] = LOCK_POLL_S
     ) -> bool:
         deadline = time.monotonic() + wait_s
         while True:

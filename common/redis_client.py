@@ -11,6 +11,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from common.errors import ServiceUnavailable
+from common.retries import REDIS_BACKOFF_BASE_S, REDIS_BACKOFF_CAP_S, redis_tries
 
 
 @contextmanager
@@ -39,9 +40,9 @@ def connect_redis_patient(url: str, outage_s: float) -> redis.Redis:
     The API keeps `connect_redis` and answers 503 at once; a worker in the middle of a batch would
     otherwise lose work it already did (embedded, written to Milvus) to a short outage.
     """
-    retries = int(outage_s) + 4  # backoff reaches its 1 s cap after ~4 tries
+    backoff = ExponentialBackoff(cap=REDIS_BACKOFF_CAP_S, base=REDIS_BACKOFF_BASE_S)
     return connect_redis(
         url,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries),
+        retry=Retry(backoff, redis_tries(outage_s)),  # the policy: common.retries
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
     )

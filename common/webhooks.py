@@ -14,7 +14,6 @@ import hashlib
 import hmac
 import json
 import logging
-import random
 import uuid
 from collections.abc import Callable
 from typing import Any, Literal
@@ -70,12 +69,6 @@ def classify(status: int | None) -> Verdict:
     if status is None or status == 429 or status >= 500:
         return "retry"
     return "delivered" if 200 <= status < 300 else "give_up"
-
-
-def backoff_s(attempt: int, base_s: float, max_s: float, rand: Callable[[], float] = random.random) -> float:
-    """Delay before the retry that follows attempt `attempt` (1-based): doubling, capped, half jittered."""
-    delay = min(max_s, base_s * 2.0 ** (attempt - 1))
-    return delay / 2 + rand() * delay / 2
 
 
 def event_name(record: JobRecord) -> str:

@@ -16,6 +16,7 @@ from pymilvus.exceptions import MilvusException
 from common.errors import ServiceUnavailable
 from common.faultpoints import fault_point
 from common.filters import literal, render_filter
+from common.retries import milvus_unavailable
 from common.settings import Settings
 from common.types import BM25Analysis, Chunk, Hit, SearchOptions, embedding_text
 from store import schema
@@ -27,7 +28,6 @@ OUTPUT_FIELDS = ["doc_id", "chunk_index", "title", "text", "metadata", "dense"]
 QUERY_LIMIT = 16_384  # Milvus caps offset + limit of one query at 16,384
 T = TypeVar("T")
 WriteTurn = Callable[[], AbstractContextManager[object]]  # held around each write request (common.locks)
-_UNAVAILABLE_HINTS = ("connect", "unavailable", "deadline", "timeout", "timed out", "not ready", "released")
 
 
 def chunk_pk(collection: str, doc_id: str, index: int, version: str) -> str:
@@ -38,17 +38,17 @@ def chunk_pk(collection: str, doc_id: str, index: int, version: str) -> str:
 
 @contextmanager
 def milvus_errors(action: str) -> Iterator[None]:
-    """Map pymilvus failures to domain errors; only unreachability is retriable."""
+    """Map pymilvus failures to domain errors; only unreachability is retriable (`common.retries`)."""
     try:
         yield
     except MilvusException as exc:
         message = str(exc)
-        if any(hint in message.lower() for hint in _UNAVAILABLE_HINTS):
+        if milvus_unavailable(message):
             raise ServiceUnavailable(f"Milvus unavailable during {action}: {message}") from exc
         raise
     except grpc.RpcError as exc:  # pymilvus passes some codes on raw, a missed deadline among them
         code = exc.code() if isinstance(exc, grpc.Call) else None
-        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        if code is not None and milvus_unavailable(str(exc), code.name):
             raise ServiceUnavailable(f"Milvus unavailable during {action}: {code}") from exc
         raise
     except (ConnectionError, TimeoutError) as exc:

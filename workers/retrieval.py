@@ -19,8 +19,8 @@ import numpy.typing as npt
 
 from common import metrics
 from common.contracts import StageOptions
-from common.errors import RETRIABLE_ERRORS
 from common.isolation import isolate
+from common.retries import RETRIABLE_ERRORS
 from common.settings import Settings
 from common.types import Chunk, Embedder, Hit, Ranked, Reranker, SearchOptions, VectorStore, embedding_text
 from workers.documents import best_per_document, grouped

@@ -14,10 +14,10 @@ from celery import Task
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
 from common.contracts import ASK, DELETE, INGEST, INGEST_BATCH, SETTLE, Settle
-from common.errors import RETRIABLE_ERRORS
 from common.faultpoints import fault_point
 from common.isolation import describe
 from common.jobs import JobCancelled, JobRecord
+from common.retries import RETRIABLE_ERRORS, TASK_RETRY_JITTER
 from common.settings import get_settings
 from ingestion.pipeline import count
 from workers.app import app
@@ -53,13 +53,14 @@ def failure_reason(exc: BaseException) -> str:
 
 
 class RetryPolicy(Task):  # type: ignore[misc]
-    """Retry only retriable errors (infrastructure unreachable), with exponential backoff and jitter."""
+    """Retry only retriable errors (infrastructure unreachable), with exponential backoff and jitter
+    (the policy: `common.retries`)."""
 
     autoretry_for = RETRIABLE_ERRORS
     max_retries = _settings.task_max_retries
     retry_backoff = _settings.task_retry_backoff_s
     retry_backoff_max = _settings.task_retry_backoff_max_s
-    retry_jitter = True
+    retry_jitter = TASK_RETRY_JITTER
 
 
 class RetriableTask(RetryPolicy):

@@ -19,8 +19,9 @@ from celery import Task
 from common.contracts import WEBHOOK
 from common.job_schema import Field
 from common.jobs import JobStore, now_iso
+from common.retries import webhook_backoff_s
 from common.settings import Settings
-from common.webhooks import Verdict, backoff_s, headers, payload
+from common.webhooks import Verdict, headers, payload
 from workers.app import app
 from workers.delivery import Outcome, deliver
 from workers.runtime import runtime
@@ -66,6 +67,6 @@ def deliver_webhook(self: Task, **kwargs: Any) -> str | None:
     rt, tries, job = runtime(), int(self.request.retries), WEBHOOK.parse(kwargs)
     verdict = attempt_delivery(rt.jobs, rt.settings, job.job_id, job.event_id)
     if verdict == "retry":
-        delay = backoff_s(tries + 1, rt.settings.webhook_backoff_s, rt.settings.webhook_backoff_max_s)
+        delay = webhook_backoff_s(tries + 1, rt.settings.webhook_backoff_s, rt.settings.webhook_backoff_max_s)
         raise self.retry(countdown=delay, max_retries=None)
     return verdict

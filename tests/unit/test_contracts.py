@@ -11,7 +11,8 @@ from api.schemas import AskRequest
 from celeryconfig import from_settings
 from common import contracts
 from common.contracts import ASK, CONTRACTS, DELETE, INGEST, INGEST_BATCH, SETTLE, WEBHOOK, StageOptions
-from common.errors import RETRIABLE_ERRORS, InvalidRequest
+from common.errors import InvalidRequest
+from common.retries import RETRIABLE_ERRORS
 from common.settings import Settings
 from workers.app import app
 

@@ -15,10 +15,10 @@ from client import verify_signature
 from common.callback_urls import check_callback_url, host_allowed
 from common.job_schema import BEAT_PREFIX, Field
 from common.jobs import JobState, JobStore
+from common.retries import webhook_backoff_s
 from common.settings import Settings
 from common.webhooks import (
     WebhookTrigger,
-    backoff_s,
     classify,
     headers,
     payload,
@@ -222,8 +222,8 @@ def test_retry_classification(status: int | None, verdict: str) -> None:
 
 
 def test_backoff_doubles_is_capped_and_jittered() -> None:
-    low = [backoff_s(n, 2.0, 60.0, rand=lambda: 0.0) for n in range(1, 8)]
-    high = [backoff_s(n, 2.0, 60.0, rand=lambda: 1.0) for n in range(1, 8)]
+    low = [webhook_backoff_s(n, 2.0, 60.0, rand=lambda: 0.0) for n in range(1, 8)]
+    high = [webhook_backoff_s(n, 2.0, 60.0, rand=lambda: 1.0) for n in range(1, 8)]
     assert high == [2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
     assert low == [h / 2 for h in high]
 
