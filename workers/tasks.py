@@ -13,7 +13,8 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
-from common.contracts import ASK, DELETE, INGEST, INGEST_BATCH, SETTLE, Settle
+from common.contracts import ASK, DELETE, INGEST, INGEST_BATCH, SETTLE, IngestBatch, Settle
+from common.errors import InvalidRequest
 from common.faultpoints import fault_point
 from common.isolation import describe
 from common.jobs import JobCancelled, JobRecord
@@ -167,22 +168,35 @@ class BatchTask(RetriableTask):
     batch while the other still writes it.
     """
 
+    @staticmethod
+    def batch(kwargs: dict[str, Any]) -> IngestBatch | None:
+        """The batch a message names, checked like the task body checks it; None for a malformed payload,
+        which the body then fails by name: its hooks have no batch to lease, count or fail."""
+        try:
+            return INGEST_BATCH.parse(kwargs)
+        except InvalidRequest:
+            return None
+
     def job_of(self, task_id: str, kwargs: dict[str, Any]) -> str:
-        return str(kwargs["job_id"])
+        batch = self.batch(kwargs)
+        return task_id if batch is None else batch.job_id
 
     @staticmethod
-    def lease(task_id: str, kwargs: dict[str, Any], pid: int | None = None) -> tuple[str, str]:
-        return lease_key(kwargs["job_id"], kwargs["index"]), delivery_token(task_id, pid)
+    def lease(task_id: str, batch: IngestBatch, pid: int | None = None) -> tuple[str, str]:
+        return lease_key(batch.job_id, batch.index), delivery_token(task_id, pid)
 
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
-        rt, (key, token) = runtime(), self.lease(task_id, kwargs)
+        batch = self.batch(kwargs)
+        if batch is None:
+            return  # the body fails it by name
+        rt, (key, token) = runtime(), self.lease(task_id, batch)
         if not rt.locks.take(key, token, rt.locks.wait_s):
-            log.warning("batch %s of job %s: run by another delivery", kwargs["index"], kwargs["job_id"])
+            log.warning("batch %s of job %s: run by another delivery", batch.index, batch.job_id)
             raise Ignore()  # that one ends the batch (should it die, workers.lost_batches sends it again)
         try:
-            if self.unless_ended(kwargs["job_id"], task_id) is None:
+            if self.unless_ended(batch.job_id, task_id) is None:
                 raise Ignore()  # the job's record expired: a late batch has nothing to add to
-            if self.counted(kwargs):
+            if self.counted(batch):
                 raise Ignore()  # an earlier delivery ended the batch: no work, and not a delivery of it
         except Ignore:
             rt.locks.give_back(key, token)
@@ -190,39 +204,49 @@ class BatchTask(RetriableTask):
         self.start_running(task_id, kwargs)
 
     @staticmethod
-    def counted(kwargs: dict[str, Any]) -> bool:
+    def counted(batch: IngestBatch) -> bool:
         """Whether a delivery already ended this batch; if so, the job ends now should every batch have
         ended (that delivery may have died between counting the batch and ending the job)."""
-        rt, job_id = runtime(), kwargs["job_id"]
-        if not rt.ledger.counted(job_id, kwargs["index"]):
+        rt = runtime()
+        if not rt.ledger.counted(batch.job_id, batch.index):
             return False
-        finish_batch(rt, job_id, kwargs["index"], [], kwargs["collection"])
+        finish_batch(rt, batch.job_id, batch.index, [], batch.collection)
         return True
 
     def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         super().on_retry(exc, task_id, args, kwargs, einfo)
-        runtime().locks.give_back(*self.lease(task_id, kwargs))
-        runtime().jobs.note_retry(kwargs["job_id"], f"batch {kwargs['index']}: {failure_reason(exc)}")
+        batch = self.batch(kwargs)
+        if batch is not None:
+            runtime().locks.give_back(*self.lease(task_id, batch))
+            runtime().jobs.note_retry(batch.job_id, f"batch {batch.index}: {failure_reason(exc)}")
 
     def after_return(  # noqa: PLR0917 - Celery's signature
         self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
         super().after_return(status, retval, task_id, args, kwargs, einfo)
-        runtime().locks.give_back(*self.lease(task_id, kwargs))
+        batch = self.batch(kwargs)
+        if batch is not None:
+            runtime().locks.give_back(*self.lease(task_id, batch))
 
     def on_child_lost(self, task_id: str, kwargs: dict[str, Any], pid: int) -> None:
-        runtime().locks.give_back(*self.lease(task_id, kwargs, pid))
+        batch = self.batch(kwargs)
+        if batch is not None:
+            runtime().locks.give_back(*self.lease(task_id, batch, pid))
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        rt, reason = runtime(), failure_reason(exc)
-        log.warning("batch %s of job %s failed: %s", kwargs["index"], kwargs["job_id"], reason)
-        if self.counted(kwargs):
+        batch, reason = self.batch(kwargs), failure_reason(exc)
+        if batch is None:  # no job, batch file or collection to fail it in: the reason names the fault
+            log.warning("batch message %s refused: %s", task_id, reason)
+            return
+        log.warning("batch %s of job %s failed: %s", batch.index, batch.job_id, reason)
+        if self.counted(batch):
             return  # a delivery ended it already: its outcomes stand
-        outcomes = fail_batch(rt, kwargs["job_id"], kwargs["path"], reason)
-        unsettled = abandon_batch(rt, kwargs["path"], kwargs["collection"])
+        rt = runtime()
+        outcomes = fail_batch(rt, batch.job_id, batch.path, reason)
+        unsettled = abandon_batch(rt, batch.path, batch.collection)
         if unsettled:
-            send_settle(kwargs["collection"], unsettled, kwargs["path"])
-        finish_batch(rt, kwargs["job_id"], kwargs["index"], outcomes, kwargs["collection"])
+            send_settle(batch.collection, unsettled, batch.path)
+        finish_batch(rt, batch.job_id, batch.index, outcomes, batch.collection)
 
 
 @app.task(name=INGEST_BATCH.name, base=BatchTask, bind=True)

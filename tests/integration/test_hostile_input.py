@@ -16,7 +16,8 @@ import pytest
 import redis
 
 from celeryconfig import make_celery
-from common.contracts import ASK_TASK, DELETE_TASK
+from common.contracts import ASK_TASK, DELETE_TASK, INGEST_BATCH_TASK
+from common.job_schema import KEY_PREFIX
 from common.jobs import JobStore
 from common.retention import DUE_KEY
 from common.settings import Settings
@@ -165,6 +166,27 @@ def test_a_message_of_the_wrong_shape_fails_its_job_by_name_and_is_not_retried(s
         job = stack.wait_job(ids[task])
         assert job["state"] == "failed", job
         assert job["error"].startswith(f"{task}: malformed task payload ({field}"), job  # no retry
+
+
+def test_a_batch_message_of_the_wrong_shape_is_refused_by_name_and_holds_nothing(stack: Stack) -> None:
+    """A batch's hooks read its payload as its contract does: a malformed one is refused by name (before,
+    its hooks took a lease named after the bad index and the batch was dropped without a word)."""
+    celery, client = make_celery(Settings(redis_url=stack.redis_url)), redis.Redis.from_url(stack.redis_url)
+    job_id, task_id = uuid.uuid4().hex, uuid.uuid4().hex
+    kwargs = {"job_id": job_id, "index": "first", "path": "/nowhere/batch.jsonl", "collection": "hostile"}
+    celery.send_task(INGEST_BATCH_TASK, kwargs=kwargs, task_id=task_id)
+    log = stack.logs / "ingest-worker.log"
+    deadline = time.monotonic() + 60
+    while f"batch message {task_id} refused" not in log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, "the malformed batch was not refused"
+        time.sleep(0.1)
+    line = next(x for x in log.read_text(errors="replace").splitlines() if f"message {task_id} refused" in x)
+    assert "malformed task payload (index" in line, line
+    assert list(client.scan_iter(match=f"{KEY_PREFIX}{job_id}*")) == []  # no lease, no record made up
+    ok = stack.run(
+        "/api/v1/documents", json={"collection": "hostile", "documents": [{"id": "after", "text": "x"}]}
+    )
+    assert ok["state"] == "succeeded", ok
 
 
 def test_an_upload_over_the_document_limit_fails_before_anything_is_written(stack: Stack) -> None:
