@@ -76,7 +76,8 @@ class BatchLedger:
 
     def finish_batch(self, job_id: str, index: int, counts: dict[str, int]) -> bool:
         """Add a batch's counts once; True when every batch of the job is counted (the job may end)."""
-        keys = [JobKeys(job_id).record, JobKeys(job_id).batches]
+        job = JobKeys(job_id)
+        keys = [job.record, job.batches]
         args: list[Any] = [index] + [counts.get(k, 0) for k in ("succeeded", "failed", "skipped", "chunks")]
         with redis_errors():
             return int(self._finish(keys=keys, args=[*args, self.jobs.ttl_s])) == 1

@@ -15,7 +15,8 @@ DOCS = [
 
 
 def _allowed(keys: JobKeys) -> set[str]:
-    beside = {keys.events, keys.deliveries, keys.delivery_tokens, keys.batches, keys.docs, keys.order()}
+    # `events` is a pub/sub channel, never a key
+    beside = {keys.deliveries, keys.delivery_tokens, keys.batches, keys.docs, keys.order()}
     return {keys.record, *beside, *(keys.order(s) for s in STATUSES), *(keys.lease(i) for i in range(64))}
 
 
