@@ -28,7 +28,7 @@ from typing import cast
 import redis
 
 from common.errors import ServiceUnavailable
-from common.redis_client import redis_errors
+from common.redis_client import queue_script, redis_errors
 
 SEQ_KEY = "quarry:seq"
 # The highest number wins: a tombstone written late by a retried delete never lowers a newer one.
@@ -100,7 +100,7 @@ class Fences:
         with redis_errors():
             pipe = self.client.pipeline(transaction=False)
             for key in keys:
-                self._tomb(keys=[key], args=[seq, self.ttl_s], client=pipe)
+                queue_script(pipe, self._tomb, [key], [seq, self.ttl_s])
             pipe.execute()
 
     def floors(self, collection: str, doc_ids: Sequence[str]) -> dict[str, int]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from common.job_schema import BEAT_PREFIX, Field, JobKeys
 from common.jobs import JobStore, now_iso
-from common.redis_client import redis_errors
+from common.redis_client import queue_script, redis_errors
 
 # Only jobs that still exist: a beat must never recreate an expired record without its TTL.
 _BEAT = """
@@ -55,7 +55,7 @@ class Liveness:
                 args: list[str] = [Field.HEARTBEAT_AT, json.dumps(at)]
                 for task_id in task_ids:
                     args += [BEAT_PREFIX + task_id, value]
-                self._beat(keys=[self.jobs.key(job_id)], args=args, client=pipe)
+                queue_script(pipe, self._beat, [self.jobs.key(job_id)], args)
             pipe.execute()
 
     def end(self, job_id: str, task_id: str) -> None:

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 import redis
 
 from common.errors import ServiceUnavailable
-from common.redis_client import redis_errors
+from common.redis_client import queue_script, redis_errors
 from common.retries import LOCK_POLL_S, WRITE_POLL_S
 
 _ACQUIRE = """
@@ -51,7 +51,7 @@ class DocumentLocks:
         self.wait_s = wait_s
         self._held: dict[str, tuple[list[str], str]] = {}  # per hold: its keys and token
         self._held_lock = threading.Lock()
-        # Sent by hash in a pipeline (a pipeline loads a script Redis lacks before it runs)
+        # Queued in pipelines by source (`queue_script`): a Redis restarted mid-send has no cached scripts
         self._acquire_one = client.register_script(_ACQUIRE)
         self._release_one = client.register_script(_RELEASE)
         self._extend_one = client.register_script(_EXTEND)
@@ -100,7 +100,7 @@ class DocumentLocks:
             pipe = self.client.pipeline(transaction=False)
             for keys, token in held:
                 for key in keys:
-                    self._extend_one(keys=[key], args=[token, self.ttl_ms], client=pipe)
+                    queue_script(pipe, self._extend_one, [key], [token, self.ttl_ms])
             with redis_errors():
                 pipe.execute()
 
@@ -111,7 +111,7 @@ class DocumentLocks:
         while True:
             pipe = self.client.pipeline(transaction=False)
             for key in keys:
-                self._acquire_one(keys=[key], args=[token, self.ttl_ms], client=pipe)
+                queue_script(pipe, self._acquire_one, [key], [token, self.ttl_ms])
             with redis_errors():
                 acquired = pipe.execute()
             if all(acquired):
@@ -125,7 +125,7 @@ class DocumentLocks:
         if keys:
             pipe = self.client.pipeline(transaction=False)
             for key in keys:
-                self._release_one(keys=[key], args=[token], client=pipe)
+                queue_script(pipe, self._release_one, [key], [token])
             with redis_errors():
                 pipe.execute()
 

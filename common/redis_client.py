@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import redis
 from redis.backoff import ExponentialBackoff
+from redis.client import Pipeline
+from redis.commands.core import Script
 from redis.retry import Retry
 
 from common.errors import ServiceUnavailable
@@ -46,3 +48,14 @@ def connect_redis_patient(url: str, outage_s: float) -> redis.Redis:
         retry=Retry(backoff, redis_tries(outage_s)),  # the policy: common.retries
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
     )
+
+
+def queue_script(pipe: Pipeline, script: Script, keys: Sequence[str], args: Sequence[Any]) -> None:
+    """Queue a registered script in a pipeline by its source (EVAL), never by its hash (EVALSHA).
+
+    redis-py loads a pipeline's scripts once, before sending it. When Redis restarts during the send, the
+    patient client's retry replays the pipeline against an empty script cache, and EVALSHA fails with
+    NOSCRIPT, which no retry mends: a SIGKILLed Redis failed a batch's first heartbeat that way. A script
+    called alone (`script(keys=..., args=...)`) reloads itself on NOSCRIPT and needs none of this.
+    """
+    pipe.eval(cast(str, script.script), len(keys), *keys, *args)  # our sources are str
