@@ -51,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common = connection_options(top_level=False)
     sub = parser.add_subparsers(dest="command", required=True)
-    ingest = sub.add_parser("ingest", help="upload files or directories (the bulk loader)", add_help=False)
-    ingest.add_argument("rest", nargs=argparse.REMAINDER)
+    # Everything after `ingest` is the bulk loader's (main passes it on), `--help` included
+    sub.add_parser("ingest", help="upload files or directories (the bulk loader)", add_help=False)
     ask = sub.add_parser("ask", help="ask a question and print the ranked passages", parents=[common])
     ask.add_argument("question")
     ask.add_argument("--top-k", type=int)
@@ -132,12 +132,15 @@ def run_collections(client: QuarryClient, args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
     if args.command == "ingest":
         extra = ["--api-key", args.api_key] if args.api_key else []
         # The loader waits unless --no-wait, and calls the URL --api; options given here come last and win.
-        rest = ["--api" if arg == "--url" else arg for arg in args.rest if arg != "--wait"]
+        rest = ["--api" if arg == "--url" else arg for arg in unknown if arg != "--wait"]
         return bulk_load(["--api", args.url, *extra, *(["--json"] if args.json else []), *rest])
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     client = QuarryClient(args.url, api_key=args.api_key)
     commands = {"ask": run_ask, "jobs": run_jobs, "collections": run_collections}
     try:

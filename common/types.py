@@ -53,7 +53,7 @@ SearchMode = Literal["dense", "bm25", "hybrid"]
 RerankerBackend = Literal["maxsim", "cross-encoder"]
 OnDuplicate = Literal["skip", "replace", "error"]
 BM25Analysis = Literal["english", "standard"]  # how BM25 reads text (store.analysis)
-"""What an ingest does with a document id already stored (see the README's duplicates section)."""
+"""What an ingest does with a document id already stored (docs/api.md, duplicates)."""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ releases when its holder dies however it dies:
   `question_gate_max_wait_s` at a time, so a hung peer can only slow ingestion), and carries on.
   A question so waits at most for the multiply in progress, never for a whole batch.
 On a CPU the ingest worker also runs at a lower priority (`ingest_nice`), so even that multiply yields the
-cores. The alternatives measured against this (bench/device.py) are in the README's "Device use".
+cores. The alternatives measured against this (bench/device.py) are in docs/benchmarks.md, "Device use".
 """
 
 from __future__ import annotations

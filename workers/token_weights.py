@@ -3,7 +3,7 @@
 MaxSim averages, over the question's tokens, each token's best match in a passage; unweighted, "the", "of"
 and the special tokens count as much as the one rare term the question is about. Weighted by the IDF of the
 collection's chunks (log((n+1)/(df+1)), over the embedding model's own token ids) it gained 0.56 nDCG@10 on
-scifact-train, replayed on the same candidates (README, "Retrieval quality"); the IDF of the passages being
+scifact-train, replayed on the same candidates (docs/quality.md); the IDF of the passages being
 reranked (local) gained nothing, so the statistics come from the collection. A sample serves: IDF from
 1,000 of the 5,183 documents scored within 0.15 of IDF from all of them. A table is reused for `ttl_s`, so
 only the first question of a collection in that time reads its sample (one Milvus query, one tokenizer

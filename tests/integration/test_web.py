@@ -163,7 +163,7 @@ def test_upload_follow_ask_and_screenshots(page: Page, stack: Stack, tmp_path: P
     page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=shots / "web.png")
     _assert_rendered(shots / "web.png", VIEWPORT["width"], VIEWPORT["height"])
-    if target := os.environ.get("QUARRY_WEB_SCREENSHOT"):  # refreshes README's docs/web.png
+    if target := os.environ.get("QUARRY_WEB_SCREENSHOT"):  # refreshes docs/web.png
         shutil.copyfile(shots / "web.png", target)
 
 

@@ -23,3 +23,17 @@ def test_defaults_without_options(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_an_unreachable_service_is_an_error_not_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["collections", "--url", "http://127.0.0.1:1"]) == 2
     assert "cannot reach http://127.0.0.1:1" in capsys.readouterr().err
+
+
+def test_ingest_passes_everything_after_it_to_the_bulk_loader(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["ingest", "--help"])  # was refused as an unrecognised argument
+    assert exit_info.value.code == 0
+    assert "--on-duplicate" in capsys.readouterr().out
+
+
+def test_an_unknown_option_of_another_command_is_still_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["collections", "--bogus"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""The README's configuration table is generated from Settings; these tests keep the two from drifting."""
+"""docs/configuration.md's table is generated from Settings; these tests keep the two from drifting."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from common import settings_doc
 from common.settings import Settings
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+CONFIGURATION = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
 
 def test_every_setting_says_what_it_means() -> None:
@@ -17,10 +17,10 @@ def test_every_setting_says_what_it_means() -> None:
     assert not missing, f"add description= to these fields in common/settings.py: {missing}"
 
 
-def test_readme_table_is_the_generated_one() -> None:
-    written = settings_doc.current_table(README.read_text(encoding="utf-8"))
+def test_the_documented_table_is_the_generated_one() -> None:
+    written = settings_doc.current_table(CONFIGURATION.read_text(encoding="utf-8"))
     assert written == settings_doc.table(), (
-        f"README.md's configuration table differs from common/settings.py; run: {settings_doc.COMMAND}"
+        f"docs/configuration.md's table differs from common/settings.py; run: {settings_doc.COMMAND}"
     )
 
 
