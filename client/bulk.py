@@ -89,7 +89,7 @@ def check_unique_names(files: Sequence[Path]) -> None:
         )
 
 
-def plan_batches(files: Sequence[Path], *, max_files: int, max_bytes: int) -> list[list[Path]]:
+def plan_uploads(files: Sequence[Path], *, max_files: int, max_bytes: int) -> list[list[Path]]:
     """Group files, in order, into uploads of at most `max_files` files and `max_bytes` bytes.
 
     A file larger than `max_bytes` (a big .jsonl, .zip or .csv) goes alone: the server enforces its own limit.
@@ -282,7 +282,7 @@ def run(args: argparse.Namespace) -> int:
     if not files:
         raise LoaderError("no files found (hidden files and directories are skipped)")
     check_unique_names(files)
-    batches = plan_batches(files, max_files=args.batch_files, max_bytes=int(args.batch_mb * MIB))
+    batches = plan_uploads(files, max_files=args.batch_files, max_bytes=int(args.batch_mb * MIB))
     client = QuarryClient(args.api, api_key=args.api_key)
     job_ids = upload_batches(client, batches, args)
     if args.no_wait:

@@ -96,7 +96,7 @@ def print_job(job: Job) -> None:
         print(f"error: {job.error}")
 
 
-def emit(as_json: bool, data: Any, human: Callable[[], None]) -> None:
+def output(as_json: bool, data: Any, human: Callable[[], None]) -> None:
     """`--json` prints the data for scripts; otherwise the human rendering."""
     if as_json:
         print(json.dumps(data, indent=2))
@@ -109,14 +109,14 @@ def run_ask(client: QuarryClient, args: argparse.Namespace) -> int:
     job_id = client.ask(args.question, top_k=args.top_k, collection=args.collection, rerank=rerank)
     job = wait_with_progress(client, job_id, args.timeout, show=not args.json and sys.stderr.isatty())
     human = print_answer if job.state == "succeeded" else print_job
-    emit(args.json, dataclasses.asdict(job), lambda: human(job))
+    output(args.json, dataclasses.asdict(job), lambda: human(job))
     return EXIT_OK if job.state == "succeeded" else EXIT_FAILED
 
 
 def run_jobs(client: QuarryClient, args: argparse.Namespace) -> int:
     show = not args.json and sys.stderr.isatty()
     job = wait_with_progress(client, args.job_id, 3600.0, show) if args.wait else client.job(args.job_id)
-    emit(args.json, dataclasses.asdict(job), lambda: print_job(job))
+    output(args.json, dataclasses.asdict(job), lambda: print_job(job))
     return EXIT_FAILED if job.state == "failed" else EXIT_OK
 
 
@@ -127,7 +127,7 @@ def run_collections(client: QuarryClient, args: argparse.Namespace) -> int:
         for item in items:
             print(f"{item['name']:<32} {item['documents']:>8} documents {item['chunks']:>9} chunks")
 
-    emit(args.json, {"items": items}, human)
+    output(args.json, {"items": items}, human)
     return EXIT_OK
 
 

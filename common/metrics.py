@@ -51,7 +51,7 @@ SIZE_BUCKETS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.
 
 
 @dataclass(frozen=True)
-class Spec:
+class MetricSpec:
     """One fleet metric: what writers add to and what the collector exposes."""
 
     name: str  # exposition name; a counter's ends in _total
@@ -65,13 +65,13 @@ class Spec:
         return KEY_PREFIX + self.name
 
 
-TASKS = Spec(
+TASKS = MetricSpec(
     "quarry_tasks_total", "counter", "Celery tasks that ended, by kind and outcome", ("kind", "outcome")
 )
-TASK_SECONDS = Spec(
+TASK_SECONDS = MetricSpec(
     "quarry_task_duration_seconds", "histogram", "Run time of a task, by kind", ("kind",), DURATION_BUCKETS
 )
-STAGE_SECONDS = Spec(
+STAGE_SECONDS = MetricSpec(
     "quarry_stage_duration_seconds",
     "histogram",
     "Time of one pipeline stage over one batch (ingest: parse, chunk, embed, write, flush, and gave_way: "
@@ -79,7 +79,7 @@ STAGE_SECONDS = Spec(
     ("pipeline", "stage"),
     STAGE_BUCKETS,
 )
-BATCH_SIZE = Spec(
+BATCH_SIZE = MetricSpec(
     "quarry_batch_size",
     "histogram",
     "Items per batch: questions per ask micro-batch, documents per ingest batch, chunks per embed call",
@@ -93,7 +93,7 @@ FLEET = (TASKS, TASK_SECONDS, STAGE_SECONDS, BATCH_SIZE)
 class Observation:
     """A counter increment (`value` = amount) or one histogram observation."""
 
-    spec: Spec
+    spec: MetricSpec
     labels: tuple[str, ...]
     value: float = 1.0
 
@@ -106,7 +106,7 @@ def _field(labels: Sequence[str], part: str) -> str:
     return json.dumps([*labels, part])
 
 
-def _bound(spec: Spec, value: float) -> str:
+def _bound(spec: MetricSpec, value: float) -> str:
     """The bucket an observation falls in (non-cumulative; the collector adds them up)."""
     index = bisect_left(spec.buckets, value)
     return floatToGoString(spec.buckets[index]) if index < len(spec.buckets) else "+Inf"
@@ -148,7 +148,7 @@ class RedisMetrics:
         pipe.hincrby(spec.key, _field(obs.labels, "count"), 1)
         pipe.hincrbyfloat(spec.key, _field(obs.labels, "sum"), obs.value)
 
-    def read(self, specs: Sequence[Spec] = FLEET) -> list[Metric]:
+    def read(self, specs: Sequence[MetricSpec] = FLEET) -> list[Metric]:
         """Every fleet metric as a Prometheus family (one round trip); raises on a Redis error."""
         pipe = self.client.pipeline(transaction=False)
         for spec in specs:
@@ -165,7 +165,7 @@ def _series(raw: Mapping[bytes, bytes]) -> dict[tuple[str, ...], dict[str, float
     return series
 
 
-def family(spec: Spec, raw: Mapping[bytes, bytes]) -> Metric:
+def family(spec: MetricSpec, raw: Mapping[bytes, bytes]) -> Metric:
     """One metric's hash as a Prometheus family; histogram buckets are made cumulative here."""
     series = sorted(_series(raw).items())
     if spec.type == "counter":

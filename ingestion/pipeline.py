@@ -191,7 +191,7 @@ def newest(versions: Versions) -> str:
     return max(versions, key=lambda digest: versions[digest])
 
 
-def ingest_batch(
+def ingest_documents(
     items: list[Item],
     *,
     collection: str,

@@ -35,7 +35,7 @@ ERROR_CHARS = 500
 SEND_ERRORS = (OSError, http.client.HTTPException, HTTPError, ValueError)  # ssl.CertificateError: ValueError
 
 
-class Outcome(NamedTuple):
+class DeliveryResult(NamedTuple):
     """What one attempt came to: the answer's status (None: no answer), why it failed, what to do next."""
 
     status: int | None
@@ -191,7 +191,7 @@ def deliver(
     *,
     resolver: Resolver | None = None,
     ca_certs: str | None = None,
-) -> Outcome:
+) -> DeliveryResult:
     """POST `body` to `url` once, within `webhook_timeout_s` from lookup to answer.
 
     A callback the policy refuses (now; the settings may have changed since it was accepted) gives up;
@@ -202,11 +202,11 @@ def deliver(
             target = check_target(url, settings, deadline.remaining(), resolver)
             status, reason = _exchange(target, body, head, deadline, ca_certs)
         except CallbackRefused as exc:
-            return Outcome(None, str(exc)[:ERROR_CHARS], "give_up")
+            return DeliveryResult(None, str(exc)[:ERROR_CHARS], "give_up")
         except Unresolved as exc:
-            return Outcome(None, f"lookup failed: {exc}"[:ERROR_CHARS], "retry")
+            return DeliveryResult(None, f"lookup failed: {exc}"[:ERROR_CHARS], "retry")
         except SEND_ERRORS as exc:
             late = f"no answer within the {deadline.seconds:g} s deadline; " if deadline.expired else ""
-            return Outcome(None, f"{late}{type(exc).__name__}: {exc}"[:ERROR_CHARS], "retry")
+            return DeliveryResult(None, f"{late}{type(exc).__name__}: {exc}"[:ERROR_CHARS], "retry")
     error = None if 200 <= status < 300 else f"HTTP {status} {reason}".strip()
-    return Outcome(status, error, classify(status))
+    return DeliveryResult(status, error, classify(status))

@@ -87,7 +87,7 @@ def splits_at_word_edges(backend: Any) -> bool:
     )
 
 
-def plan_batches(lengths_desc: Sequence[int], token_budget: int, max_batch: int) -> list[tuple[int, int]]:
+def plan_passes(lengths_desc: Sequence[int], token_budget: int, max_batch: int) -> list[tuple[int, int]]:
     """Cut length-sorted (descending) items into [start, end) runs whose padded size fits the budget."""
     batches: list[tuple[int, int]] = []
     start = 0
@@ -196,7 +196,7 @@ class SentenceTransformerEmbedder:
             return []
         ids, types = self._encode(texts)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
-        spans = plan_batches([len(ids[i]) for i in order], self._device.token_budget, self._device.max_batch)
+        spans = plan_passes([len(ids[i]) for i in order], self._device.token_budget, self._device.max_batch)
         results: list[npt.NDArray[np.float32] | None] = [None] * len(ids)
 
         def forward(batch: Sequence[int]) -> list[npt.NDArray[np.float32]]:

@@ -23,7 +23,7 @@ from common.reports import Outcome
 from common.types import Document, OnDuplicate
 from ingestion.batches import read_batch_file, split_into_batches, write_batch_file
 from ingestion.parsing import item_id
-from ingestion.pipeline import Held, count, ingest_batch, load_documents, newest, stored_versions
+from ingestion.pipeline import Held, count, ingest_documents, load_documents, newest, stored_versions
 from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ def run_batch(  # noqa: PLR0917 - the batch task's own arguments
             )
 
     paused_before = rt.gate.waited_s
-    outcomes = ingest_batch(
+    outcomes = ingest_documents(
         items,
         collection=collection,
         on_duplicate=on_duplicate,

@@ -14,7 +14,7 @@ from common.errors import ModelUnavailable
 from common.settings import Settings
 from common.types import Embedder, Ranked, Reranker
 from workers.device import DeviceConfig, choose_device
-from workers.embedder import plan_batches, run_halving
+from workers.embedder import plan_passes, run_halving
 from workers.token_weights import Idf, token_weights
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ class CrossEncoderReranker:
         lengths = [len(ids) for ids in encoded["input_ids"]]
         order = sorted(range(len(pairs)), key=lambda i: lengths[i], reverse=True)
         budget, max_batch = self._device.token_budget, self._device.max_batch
-        for start, end in plan_batches([lengths[i] for i in order], budget, max_batch):
+        for start, end in plan_passes([lengths[i] for i in order], budget, max_batch):
             batch = order[start:end]
             scores[batch] = run_halving(batch, lambda b: self._predict(pairs, b))
         return scores

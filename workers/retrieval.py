@@ -55,7 +55,7 @@ class Question:
         return StageOptions.model_validate(self.options)
 
 
-Outcome = dict[str, Any] | Exception
+AnswerOrError = dict[str, Any] | Exception
 Vector = npt.NDArray[np.float32]
 R = TypeVar("R")
 
@@ -107,7 +107,7 @@ def reorder(hits: list[Hit], candidates: int, ranking: list[Ranked]) -> list[tup
 def _each(
     indices: Sequence[int],
     run: Callable[[Sequence[int]], Sequence[R]],
-    outcomes: dict[int, Outcome],
+    outcomes: dict[int, AnswerOrError],
     what: str,
 ) -> dict[int, R]:
     """`run` over the questions at `indices` as one call; the results of those that succeeded, by index.
@@ -155,9 +155,9 @@ class Retriever:
             raise outcome
         return outcome
 
-    def answer_batch(self, questions: Sequence[Question]) -> list[Outcome]:
+    def answer_batch(self, questions: Sequence[Question]) -> list[AnswerOrError]:
         """One result or one exception per question, in the order given."""
-        outcomes: dict[int, Outcome] = {}
+        outcomes: dict[int, AnswerOrError] = {}
         timings: dict[str, float] = {"batch_size": len(questions)}
         options = self._options(questions, outcomes)
         start = time.perf_counter()
@@ -204,7 +204,7 @@ class Retriever:
         return question.stages.candidates or self.settings.rerank_candidates
 
     def _options(
-        self, questions: Sequence[Question], outcomes: dict[int, Outcome]
+        self, questions: Sequence[Question], outcomes: dict[int, AnswerOrError]
     ) -> dict[int, SearchOptions]:
         """Each question's search options; malformed switches fail their own question only."""
         options = {}
@@ -216,7 +216,7 @@ class Retriever:
         return options
 
     def _embed(
-        self, questions: Sequence[Question], indices: list[int], outcomes: dict[int, Outcome]
+        self, questions: Sequence[Question], indices: list[int], outcomes: dict[int, AnswerOrError]
     ) -> dict[int, Vector]:
         """One forward pass for the batch; a question the tokenizer or model refuses fails alone."""
 
@@ -230,7 +230,7 @@ class Retriever:
         questions: Sequence[Question],
         options: dict[int, SearchOptions],
         vectors: dict[int, Vector],
-        outcomes: dict[int, Outcome],
+        outcomes: dict[int, AnswerOrError],
     ) -> dict[int, list[Hit]]:
         """One store call per group of questions that share collection, filters and search options; a
         failure is narrowed down to the questions that caused it."""
@@ -256,7 +256,7 @@ class Retriever:
         return hits
 
     def _rerank(
-        self, questions: Sequence[Question], hits: dict[int, list[Hit]], outcomes: dict[int, Outcome]
+        self, questions: Sequence[Question], hits: dict[int, list[Hit]], outcomes: dict[int, AnswerOrError]
     ) -> dict[int, list[tuple[Hit, Ranked | None]]]:
         """One reranker call per backend over the candidate heads of all its questions."""
         ranked: dict[int, list[tuple[Hit, Ranked | None]]] = {

@@ -23,12 +23,12 @@ from common.retries import webhook_backoff_s
 from common.settings import Settings
 from common.webhooks import Verdict, headers, payload
 from workers.app import app
-from workers.delivery import Outcome, deliver
+from workers.delivery import DeliveryResult, deliver
 from workers.runtime import runtime
 
 log = logging.getLogger(__name__)
 FINAL_STATES = frozenset({"delivered", "failed"})
-Post = Callable[[str, bytes, dict[str, str], Settings], Outcome]  # (url, body, headers, settings)
+Post = Callable[[str, bytes, dict[str, str], Settings], DeliveryResult]  # (url, body, headers, settings)
 
 
 def attempt_delivery(

@@ -269,7 +269,7 @@ def make_files(root: Path, sizes: dict[str, int]) -> list[Path]:
 
 def test_batches_split_by_count_and_bytes(tmp_path: Path) -> None:
     a, b, c, big, e, f = make_files(tmp_path, {"a": 10, "b": 10, "c": 10, "big.jsonl": 200, "e": 50, "f": 60})
-    batches = loader.plan_batches([a, b, c, big, e, f], max_files=2, max_bytes=100)
+    batches = loader.plan_uploads([a, b, c, big, e, f], max_files=2, max_bytes=100)
     assert batches == [[a, b], [c], [big], [e], [f]]
 
 

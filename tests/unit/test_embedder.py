@@ -19,7 +19,7 @@ from workers.embedder import (
     SentenceTransformerEmbedder,
     build_model,
     load_embedder,
-    plan_batches,
+    plan_passes,
     query_instruction,
     resolve_model_path,
     run_halving,
@@ -62,9 +62,9 @@ def test_query_instruction(
 
 
 def test_plan_batches_respects_budget_and_max_batch() -> None:
-    assert plan_batches([100, 50, 50, 10, 10, 10], token_budget=200, max_batch=3) == [(0, 2), (2, 5), (5, 6)]
-    assert plan_batches([500, 1], token_budget=100, max_batch=8) == [(0, 1), (1, 2)]  # oversize goes alone
-    assert plan_batches([], token_budget=100, max_batch=8) == []
+    assert plan_passes([100, 50, 50, 10, 10, 10], token_budget=200, max_batch=3) == [(0, 2), (2, 5), (5, 6)]
+    assert plan_passes([500, 1], token_budget=100, max_batch=8) == [(0, 1), (1, 2)]  # oversize goes alone
+    assert plan_passes([], token_budget=100, max_batch=8) == []
 
 
 def test_document_embeddings_are_normalised_float32(embedder: SentenceTransformerEmbedder) -> None:

@@ -18,7 +18,7 @@ from common.reports import Outcome
 from common.settings import Settings
 from common.types import Chunk, Document
 from ingestion.formats.common import Failure, item_id
-from ingestion.pipeline import ingest_batch
+from ingestion.pipeline import ingest_documents
 from ingestion.validation import checked, document_problem
 
 
@@ -77,7 +77,7 @@ class FakeStore:
 
 
 def run(items: list[Document | Failure], embedder: FakeEmbedder, store: FakeStore) -> dict[str, Outcome]:
-    outcomes = ingest_batch(
+    outcomes = ingest_documents(
         items,
         collection="c",
         on_duplicate="skip",

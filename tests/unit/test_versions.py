@@ -14,7 +14,7 @@ import pytest
 
 from common.settings import Settings
 from common.types import Chunk, Document
-from ingestion.pipeline import DELETED, SUPERSEDED, Held, content_hash, ingest_batch
+from ingestion.pipeline import DELETED, SUPERSEDED, Held, content_hash, ingest_documents
 from tests.unit.test_ingest_isolation import FakeEmbedder, FakeStore
 
 Key = tuple[str, int, str]  # doc id, chunk index, version
@@ -62,7 +62,7 @@ def ingest(
         yield Held(floors or {}, store.marks & set(ids), store.marks.update, store.marks.difference_update)
 
     settings = Settings(chunk_tokens=17, chunk_overlap_tokens=0)  # several chunks per document
-    return ingest_batch(
+    return ingest_documents(
         list(docs),
         collection="c",
         on_duplicate="replace",

@@ -24,7 +24,7 @@ from common.webhooks import (
     payload,
     sign,
 )
-from workers.delivery import Outcome, deliver
+from workers.delivery import DeliveryResult, deliver
 from workers.webhooks import attempt_delivery
 
 URL = "http://127.0.0.1:9/hook"
@@ -281,15 +281,15 @@ def test_a_lost_worker_is_settled_once_and_notified(jobs: JobStore, sent: list[A
 # --- one delivery attempt ---
 
 
-def _poster(outcome: int | None, seen: list[dict[str, Any]]) -> Callable[..., Outcome]:
+def _poster(outcome: int | None, seen: list[dict[str, Any]]) -> Callable[..., DeliveryResult]:
     """A transport that answers `outcome` (None: no answer), as `workers.delivery.deliver` would."""
 
-    def post(url: str, body: bytes, head: dict[str, str], settings: Settings) -> Outcome:
+    def post(url: str, body: bytes, head: dict[str, str], settings: Settings) -> DeliveryResult:
         seen.append({"url": url, "data": body, "headers": head})
         if outcome is None:
-            return Outcome(None, "ConnectionRefusedError: refused", "retry")
+            return DeliveryResult(None, "ConnectionRefusedError: refused", "retry")
         error = None if 200 <= outcome < 300 else f"HTTP {outcome}"
-        return Outcome(outcome, error, classify(outcome))
+        return DeliveryResult(outcome, error, classify(outcome))
 
     return post
 
@@ -362,7 +362,7 @@ def test_a_callback_refused_at_delivery_fails_without_a_request(
         looked_up.append(host)
         return ["127.0.0.1"]
 
-    def post(url: str, body: bytes, head: dict[str, str], settings: Settings) -> Outcome:
+    def post(url: str, body: bytes, head: dict[str, str], settings: Settings) -> DeliveryResult:
         return deliver(url, body, head, settings, resolver=resolver)
 
     assert attempt_delivery(jobs, settings, "j", "ev", post=post) == "give_up"
