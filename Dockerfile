@@ -1,7 +1,7 @@
 # One image for the API and the workers; the command chooses the role (see docker-compose.yml).
 #
 # torch: requirements.txt pins torch==2.13.0. From PyPI on Linux x86_64 that wheel depends on NVIDIA's CUDA
-# runtime wheels (several GB), which the GPU query worker needs: the host provides only the driver (NVIDIA
+# runtime wheels (several GB), which the GPU ask worker needs: the host provides only the driver (NVIDIA
 # Container Toolkit). For a CPU-only image, install torch from PyTorch's CPU wheel index first:
 #   docker build --build-arg TORCH_INDEX_URL=<that index URL> .
 # (its `2.13.0+cpu` satisfies the pin, so the requirements step keeps it).

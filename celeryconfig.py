@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 
 from celery import Celery
 
-from common.contracts import QUERY_QUEUE, TASK_QUEUES
+from common.contracts import ASK_QUEUE, TASK_QUEUES
 from common.settings import Settings
 
 WARM_START_S = 600.0  # how long a prefork child may take to load and warm its models (workers/warmup.py)
@@ -34,7 +34,7 @@ def from_settings(settings: Settings) -> dict[str, Any]:
         "accept_content": ["json"],
         "result_accept_content": ["json"],
         "task_routes": {task: {"queue": queue} for task, queue in TASK_QUEUES.items()},
-        "task_default_queue": QUERY_QUEUE,
+        "task_default_queue": ASK_QUEUE,
         "task_create_missing_queues": True,
         # At-least-once: ack after the task ran, one message in flight per process. A child process that
         # dies mid-task (SIGKILL, OOM) puts its message back in the queue; tasks count deliveries and

@@ -14,10 +14,10 @@ from api.spec import PUBLIC, Health, JobAccepted, responses, spec, validated
 from api.uploads import save_json_documents, save_uploaded_files
 from common.contracts import (
     ASK,
+    ASK_QUEUE,
     INGEST,
     INGEST_QUEUE,
     PARSE_QUEUE,
-    QUERY_QUEUE,
     WEBHOOK_QUEUE,
     Ask,
     IngestJob,
@@ -29,7 +29,7 @@ from common.webhooks import require_allowed_host
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 health_bp = Blueprint("health", __name__)
-READY_QUEUES = (PARSE_QUEUE, INGEST_QUEUE, QUERY_QUEUE, WEBHOOK_QUEUE)  # each needs a ready worker
+READY_QUEUES = (PARSE_QUEUE, INGEST_QUEUE, ASK_QUEUE, WEBHOOK_QUEUE)  # each needs a ready worker
 
 
 @bp.post("/documents")
@@ -95,12 +95,12 @@ def post_ask() -> Response:
 
 
 def admit_question() -> None:
-    """Backpressure: past `max_query_queue` waiting questions, say when to come back instead of queueing."""
+    """Backpressure: past `max_ask_queue` waiting questions, say when to come back instead of queueing."""
     settings = services().settings
-    depth = services().queue_depth(QUERY_QUEUE)
-    if depth >= settings.max_query_queue:
+    depth = services().queue_depth(ASK_QUEUE)
+    if depth >= settings.max_ask_queue:
         raise TooManyRequests(
-            f"{depth} questions are waiting (limit {settings.max_query_queue}); retry later",
+            f"{depth} questions are waiting (limit {settings.max_ask_queue}); retry later",
             retry_after_s=settings.retry_after_s,
         )
 

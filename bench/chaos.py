@@ -3,7 +3,7 @@
 `python -m bench.chaos --seconds 300 --seed 1` starts a stack of its own (loopback only: private
 redis-server and milvus-lite on free ports, two ingest worker processes, the fault tests' shrunk settings),
 drives it for `--seconds` (or `--max-requests`), SIGKILLs ingest worker children and whole workers, the
-query worker, milvus-lite and redis-server meanwhile (`bench.chaos_faults`), then stops the faults and waits
+ask worker, milvus-lite and redis-server meanwhile (`bench.chaos_faults`), then stops the faults and waits
 (bounded) for every accepted job to end. The verdict (`bench.chaos_check`): no job stuck or lost, and
 Milvus holding, per document, exactly one whole version the job outcomes allow; no duplicate, no orphan.
 Exit code 0 when it holds. Logs and data stay in the printed directory.

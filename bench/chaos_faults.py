@@ -25,7 +25,7 @@ INGEST_WORKERS = sorted(name for name in WORKERS if name.startswith("ingest"))
 KINDS = {  # copies in the bag: its weight
     "kill_ingest_child": 2,
     "kill_ingest_worker": 1,
-    "kill_query_worker": 1,
+    "kill_ask_worker": 1,
     "restart_milvus": 1,
     "restart_redis": 1,
     "kill_at_point": 3,  # SIGKILL a process paused at a write-path point (common.faultpoints)
@@ -155,11 +155,11 @@ class Injector:
         self.fs.start(name)
         return f"{name} pid {pid}"
 
-    def kill_query_worker(self) -> str:
-        pid = self._kill_group("query-worker")
+    def kill_ask_worker(self) -> str:
+        pid = self._kill_group("ask-worker")
         self._pause()
-        self.fs.start("query-worker")
-        return f"query-worker pid {pid}"
+        self.fs.start("ask-worker")
+        return f"ask-worker pid {pid}"
 
     def restart_milvus(self) -> str:
         pid = self._kill_group("milvus")

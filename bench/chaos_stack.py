@@ -57,7 +57,7 @@ WORKERS = {
     "parse-worker": celery_argv("parse", 1, name="parse"),
     "ingest-worker-1": celery_argv("ingest", 1, name="ingest1"),
     "ingest-worker-2": celery_argv("ingest", 1, name="ingest2"),
-    "query-worker": celery_argv("query", 4, threads=True, name="query"),
+    "ask-worker": celery_argv("ask", 4, threads=True, name="ask"),
 }
 
 
@@ -128,7 +128,7 @@ class ChaosStack:
 
 @contextmanager
 def chaos_stack(tmp: Path) -> Iterator[ChaosStack]:
-    """Redis, Milvus, two ingest workers, a query worker, the webhook worker and the API; stopped on exit."""
+    """Redis, Milvus, two ingest workers, an ask worker, the webhook worker and the API; stopped on exit."""
     pausing = {"TEST_PAUSE_AT": json.dumps(PAUSE_POINTS), "TEST_PAUSE_S": "10"}
     env = private_env(tmp, MILVUS_COLLECTION, {**SETTINGS, **pausing})
     api_port = int(env["API_PORT"])

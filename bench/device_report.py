@@ -33,7 +33,7 @@ TARGETS = {"service_over_bare": 0.85, "device_over_split": 1.4, "p50_under_inges
 def configs(cores: int) -> dict[str, dict[str, str]]:
     """Every configuration by name: the settings (environment variables) it sets.
 
-    `device` is `make run`'s defaults (TORCH_THREADS unset: every core for the query worker, shared by the
+    `device` is `make run`'s defaults (TORCH_THREADS unset: every core for the ask worker, shared by the
     ingest worker's processes); `split` the previous design (one ingest process, half the cores each, no
     turn-taking); `none`, `nice` and `gate` the question-priority options alone, on all cores.
     """
@@ -211,7 +211,7 @@ def _startup_rows(report: Mapping[str, Any]) -> list[str]:
     rows = [
         "start (* = ready by /healthz: no /readyz), first question after ready vs the next 9 and vs itself",
         "asked again after them, first ingest;",
-        "threads: ingest processes x torch threads each / the query worker's torch threads",
+        "threads: ingest processes x torch threads each / the ask worker's torch threads",
         f"{'config':<7} {'threads':>7} {'gate':>4} {'nice':>4} {'ready s':>8} {'1st answer s':>12} "
         f"{'1st q ms':>8} {'next med':>8} {'again ms':>8} {'1st ingest ms':>13}",
     ]

@@ -2,7 +2,7 @@
 
 Each client submits a question and long-polls its job, as a real client does, then asks the next.
 The in-process figure runs the same embed + search + rerank (the worker's own `Retriever`) on the same
-questions in this process, with the query worker's thread count: the ratio is what the service adds.
+questions in this process, with the ask worker's thread count: the ratio is what the service adds.
 """
 
 from __future__ import annotations

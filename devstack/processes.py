@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 import redis
 
-from common.contracts import INGEST_QUEUE, PARSE_QUEUE, QUERY_QUEUE, WEBHOOK_QUEUE
+from common.contracts import ASK_QUEUE, INGEST_QUEUE, PARSE_QUEUE, WEBHOOK_QUEUE
 from common.settings import Settings
 
 
@@ -166,7 +166,7 @@ def _milvus_ready(uri: str) -> bool:
 
 
 def celery_argv(queue: str, concurrency: int, *, threads: bool = False, name: str | None = None) -> list[str]:
-    """A worker for one queue; `threads=True` for the query worker, whose tasks feed one micro-batcher."""
+    """A worker for one queue; `threads=True` for the ask worker, whose tasks feed one micro-batcher."""
     pool = ["-P", "threads"] if threads else []
     return [
         sys.executable,
@@ -189,12 +189,12 @@ def celery_argv(queue: str, concurrency: int, *, threads: bool = False, name: st
     ]
 
 
-def query_workers(settings: Settings) -> list[tuple[str, list[str]]]:
-    """One process per `query_concurrency` (each holds its models), `query_batch_size` task threads each."""
-    size = settings.query_batch_size
+def ask_workers(settings: Settings) -> list[tuple[str, list[str]]]:
+    """One process per `ask_concurrency` (each holds its models), `ask_batch_size` task threads each."""
+    size = settings.ask_batch_size
     return [
-        (f"query-worker-{i}", celery_argv(QUERY_QUEUE, size, threads=True, name=f"query{i}"))
-        for i in range(settings.query_concurrency)
+        (f"ask-worker-{i}", celery_argv(ASK_QUEUE, size, threads=True, name=f"ask{i}"))
+        for i in range(settings.ask_concurrency)
     ]
 
 
@@ -208,14 +208,14 @@ def gpu_expected(settings: Settings, nvidia: Path = Path("/proc/driver/nvidia/gp
 
 
 def service_workers(
-    settings: Settings, *, query_threads: int | None = None, webhooks: int | None = None
+    settings: Settings, *, ask_threads: int | None = None, webhooks: int | None = None
 ) -> list[tuple[str, list[str]]]:
     """Every worker of one host with one device, as `make run` starts them (tests start the same set):
     parsing on the CPU without a model; ingest batches and questions on the device, taking turns
     (workers/gate.py); webhook deliveries apart."""
-    query = query_workers(settings)
-    if query_threads is not None:  # tests: one query worker named as they address it
-        query = [("query-worker", celery_argv(QUERY_QUEUE, query_threads, threads=True, name="query"))]
+    query = ask_workers(settings)
+    if ask_threads is not None:  # tests: one ask worker named as they address it
+        query = [("ask-worker", celery_argv(ASK_QUEUE, ask_threads, threads=True, name="ask"))]
     return [
         ("parse-worker", celery_argv(PARSE_QUEUE, settings.parse_concurrency)),
         ("ingest-worker", celery_argv(INGEST_QUEUE, settings.ingest_processes(gpu_expected(settings)))),

@@ -1,4 +1,4 @@
-"""The Celery app of the workers: `celery -A workers.app worker -Q ingest` (or `-Q query`)."""
+"""The Celery app of the workers: `celery -A workers.app worker -Q ingest` (or `-Q ask`)."""
 
 from __future__ import annotations
 

@@ -2,12 +2,12 @@
 
 One device (a GPU, or a CPU host's cores) serves two kinds of model work from two worker processes: the
 ingest worker (a prefork pool, so a killed or stuck batch is redelivered or hard-killed as Celery promises)
-embeds bulk uploads, the query worker (a threads pool feeding one micro-batcher) answers questions. Each
+embeds bulk uploads, the ask worker (a threads pool feeding one micro-batcher) answers questions. Each
 gets the whole device when it is alone. When both run, a question must not wait for a bulk batch.
 
 The turn-taking is a lock file per device (`Settings.gate_path`), locked with flock(2), which the kernel
 releases when its holder dies however it dies:
-- a query worker holds it *shared* while it answers a batch of questions (embed, search, rerank);
+- an ask worker holds it *shared* while it answers a batch of questions (embed, search, rerank);
 - an ingest worker, before each matrix multiply of a transformer layer (forward pre-hooks, `check_points`;
   before each forward pass for a model without layers), tries to take it *exclusive* without blocking;
   when a question holds it, the ingest worker waits until no question does (polling, at most
@@ -31,7 +31,7 @@ from typing import Any
 
 from celery.signals import worker_init
 
-from common.contracts import INGEST_QUEUE, QUERY_QUEUE
+from common.contracts import ASK_QUEUE, INGEST_QUEUE
 from common.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ def install_give_way(model: Any, gate: Gate) -> int:
 
 def ingest_only(consumes: set[str]) -> bool:
     """Whether a worker does bulk work only (its queues): the one that gives way to questions."""
-    return INGEST_QUEUE in consumes and QUERY_QUEUE not in consumes
+    return INGEST_QUEUE in consumes and ASK_QUEUE not in consumes
 
 
 def renice(settings: Settings, consumes: set[str]) -> bool:

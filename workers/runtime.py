@@ -171,8 +171,8 @@ class Runtime:
 
         return MicroBatcher(
             answer,
-            max_batch=s.query_batch_size,
-            max_wait_s=s.query_batch_wait_ms / 1000,
+            max_batch=s.ask_batch_size,
+            max_wait_s=s.ask_batch_wait_ms / 1000,
             name="ask-batcher",
         )
 

@@ -43,7 +43,7 @@ def token_weights(table: Idf, ids: list[int], special: frozenset[int]) -> npt.ND
 
 class CollectionIdf:
     """Token IDF tables per collection, built from a sample of its chunks, reused for `ttl_s`, at most
-    `keep` collections (least recently used go). One per query worker process; used from its one model
+    `keep` collections (least recently used go). One per ask worker process; used from its one model
     thread (the micro-batcher), so it needs no lock."""
 
     def __init__(

@@ -4,7 +4,7 @@ The warm-up runs where the tasks will run, before the worker takes any:
 - **prefork pools** (the ingest worker): in each child process at `worker_process_init`. The parent hands a
   child no task before the child reports it is up, which it does right after this signal; Celery kills a
   child that takes longer than `worker_proc_alive_timeout` (raised in celeryconfig for a model load).
-- **threads and solo pools** (the query worker): in the worker process at `celeryd_after_setup` (logging
+- **threads and solo pools** (the ask worker): in the worker process at `celeryd_after_setup` (logging
   is set up, the consumer not started yet: no question is taken before the models are warm), the models
   built and exercised in the micro-batcher's thread (`MicroBatcher.run_alone`), the one thread that uses them.
 - **no model queue** (parse, webhooks): nothing to load; ready once consuming (`worker_ready`).
@@ -41,7 +41,7 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from common.contracts import INGEST_QUEUE, QUERY_QUEUE, StageOptions
+from common.contracts import ASK_QUEUE, INGEST_QUEUE, StageOptions
 from common.readiness import Announcer, ReadyWorkers
 from common.redis_client import connect_redis
 from workers.gate import pool_size
@@ -50,7 +50,7 @@ from workers.runtime import Runtime, runtime
 
 log = logging.getLogger(__name__)
 
-MODEL_QUEUES = frozenset({INGEST_QUEUE, QUERY_QUEUE})
+MODEL_QUEUES = frozenset({INGEST_QUEUE, ASK_QUEUE})
 WARM_QUESTION = "When do the workers load their models?"
 WARM_PASSAGE = "Workers load and warm their models when they start, so the first question runs at full speed."
 WARM_COLLECTION = "__warm-up__"  # outside the API's collection names: the warm search reads nothing
@@ -191,7 +191,7 @@ def warm(rt: Runtime, queues: Collection[str]) -> bool:
         return True
     start = time.perf_counter()
     try:
-        if QUERY_QUEUE in queues:  # models are built and used in the micro-batcher's thread only
+        if ASK_QUEUE in queues:  # models are built and used in the micro-batcher's thread only
             timings = rt.questions.run_alone(lambda: exercise(rt, questions=True)).result()
         else:
             timings = exercise(rt, questions=False)

@@ -154,19 +154,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     try:
         env["REDIS_URL"] = _redis_url(sup, tmp)
         start_milvus(sup, env["MILVUS_URI"], tmp / "milvus")
-        url = start_service(sup, api_port, query_threads=8)
+        url = start_service(sup, api_port, ask_threads=8)
         yield Stack(url=url, redis_url=env["REDIS_URL"], logs=tmp / "logs", env=env)
     finally:
         sup.stop()
 
 
 def start_service(
-    sup: Supervisor, api_port: int, *, query_threads: int, ingest_processes: int | None = None
+    sup: Supervisor, api_port: int, *, ask_threads: int, ingest_processes: int | None = None
 ) -> str:
     """The workers and the API (Redis and Milvus already up), as `make run` starts them; returns the URL.
     `ingest_processes`: the ingest worker's pool, where a test must know which process holds a batch."""
     settings = Settings() if ingest_processes is None else Settings(ingest_concurrency=ingest_processes)
-    for name, argv in service_workers(settings, query_threads=query_threads, webhooks=4):
+    for name, argv in service_workers(settings, ask_threads=ask_threads, webhooks=4):
         sup.start(name, argv)
     api = sup.start("api", api_argv("127.0.0.1", api_port))
     url = f"http://127.0.0.1:{api_port}"

@@ -144,7 +144,7 @@ def fault_stack(tmp: Path, extra: dict[str, str] | None = None) -> Iterator[Faul
     try:
         start_redis(sup, env["REDIS_URL"], tmp / "redis")
         start_milvus(sup, env["MILVUS_URI"], tmp / "milvus")
-        url = start_service(sup, api_port, query_threads=4, ingest_processes=1)
+        url = start_service(sup, api_port, ask_threads=4, ingest_processes=1)
         logs, uri = tmp / "logs", env["MILVUS_URI"]
         yield FaultStack(url=url, redis_url=env["REDIS_URL"], logs=logs, sup=sup, tmp=tmp, milvus_uri=uri)
     finally:

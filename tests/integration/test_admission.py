@@ -32,7 +32,7 @@ def settings(tmp_path: Path) -> Iterator[Settings]:
         milvus_uri=f"http://127.0.0.1:{free_port()}",  # nothing listens: /healthz is 503, predictably
         data_dir=tmp_path,
         api_keys=KEYS,
-        max_query_queue=3,
+        max_ask_queue=3,
         queue_depth_cache_s=0,
         retry_after_s=7,
         rate_limit="4/minute",
@@ -52,7 +52,7 @@ def test_ask_answers_429_with_retry_after_when_the_query_queue_is_full(settings:
         assert response.status_code == 202, response.json
     services = app.extensions["quarry"]
     services.celery.send_task(ASK_TASK, kwargs={}, task_id="x" * 32)  # a third waiting message
-    assert services.queue_depth("query") == 3
+    assert services.queue_depth("ask") == 3
     response = client.post("/api/v1/ask", json={"question": "q"}, headers=_as("qk_one"))
     assert response.status_code == 429
     assert response.mimetype == "application/problem+json"

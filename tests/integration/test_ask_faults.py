@@ -1,7 +1,7 @@
-"""The query worker killed in the middle of a question: the job ends, with a reason, never stays `running`.
+"""The ask worker killed in the middle of a question: the job ends, with a reason, never stays `running`.
 
 A stack of its own (`faultstack`). The question pauses at the `ask` fault point, inside the task, once
-its record reads `running` and its heartbeat beats; the test SIGKILLs the whole query worker there (a
+its record reads `running` and its heartbeat beats; the test SIGKILLs the whole ask worker there (a
 threads pool: one process, so nothing in it is left to requeue the message) and starts a new one, as a
 supervisor would.
 """
@@ -56,7 +56,7 @@ def answering(fs: FaultStack, job_id: str) -> dict[str, Any] | None:
     return json.loads(marker(fs).read_text())  # type: ignore[no-any-return]
 
 
-def test_a_query_worker_killed_mid_question_ends_the_job_never_leaves_it_running(asks: FaultStack) -> None:
+def test_a_ask_worker_killed_mid_question_ends_the_job_never_leaves_it_running(asks: FaultStack) -> None:
     seeded = asks.run("/api/v1/documents", json={"collection": "ask", "documents": documents("q", 3)})
     assert seeded["state"] == "succeeded", seeded
     question = {"collection": "ask", "question": "How do glaciers change over time?"}
@@ -65,12 +65,12 @@ def test_a_query_worker_killed_mid_question_ends_the_job_never_leaves_it_running
     job_id = response.json()["job_id"]
 
     paused = wait_for(lambda: answering(asks, job_id), 120, "the question to be answered")
-    assert paused["pid"] == asks.proc("query-worker").pid  # the worker itself runs the task (threads)
-    asks.stop("query-worker", signal.SIGKILL)
+    assert paused["pid"] == asks.proc("ask-worker").pid  # the worker itself runs the task (threads)
+    asks.stop("ask-worker", signal.SIGKILL)
     killed_at = time.monotonic()
     at_kill = stored(asks, job_id)
     assert at_kill["state"] == "running" and at_kill.get("result") is None  # killed before it answered
-    asks.sup.start("query-worker", celery_argv("query", 4, threads=True, name="query"))
+    asks.sup.start("ask-worker", celery_argv("ask", 4, threads=True, name="ask"))
 
     read = wait_for(lambda: _ended(asks, job_id), READ_ENDED_WITHIN_S, "the job to read as ended")
     read_after_s = time.monotonic() - killed_at
@@ -84,7 +84,7 @@ def test_a_query_worker_killed_mid_question_ends_the_job_never_leaves_it_running
     final = asks.get(f"/api/v1/jobs/{job_id}").json()
     assert record["state"] == final["state"] and _clear_end(final), (record, final)
     client = asks.redis()
-    drained = lambda: not client.hlen("unacked") and not client.llen("query")  # noqa: E731
+    drained = lambda: not client.hlen("unacked") and not client.llen("ask")  # noqa: E731
     wait_for(drained, DRAINED_WITHIN_S, "the late message to be handed out again and dropped")
     assert asks.deliveries(job_id) == [1]  # the late message found the job ended and did not run it again
     assert asks.get(f"/api/v1/jobs/{job_id}").json() == final  # the first end a client read stays the end

@@ -1,7 +1,7 @@
 """Redis (also the Celery broker) SIGKILLed and restarted under workers holding messages: the workers live on.
 
 The window that used to kill them (common/broker.py): a worker holding an unacknowledged message and also
-waiting for the next one (a free pool slot, so a BRPOP is pending) loses its broker. The query worker (a
+waiting for the next one (a free pool slot, so a BRPOP is pending) loses its broker. The ask worker (a
 threads pool, one question paused mid-task at the `ask` point, three threads idle) and an ingest worker with
 two prefork children (one paused at `before_batch`, one idle) are each caught there: the test SIGKILLs Redis,
 restarts it on the same port and data, and asserts that the worker process is still the same running one,
@@ -82,22 +82,22 @@ def _ask_paused(fs: FaultStack, job_id: str) -> dict[str, Any] | None:
     return json.loads(marker.read_text()) if marker.exists() and state == '"running"' else None  # type: ignore[no-any-return]
 
 
-def test_the_query_worker_survives_a_redis_restart_mid_question(stack: FaultStack) -> None:
+def test_the_ask_worker_survives_a_redis_restart_mid_question(stack: FaultStack) -> None:
     arm(stack, "ask")
     response = stack.post("/api/v1/ask", json=QUESTION)
     assert response.status_code == 202, response.text
     job_id = response.json()["job_id"]
     pause = wait_for(lambda: _ask_paused(stack, job_id), 120, "the question to pause mid-task")
-    assert pause["pid"] == stack.proc("query-worker").pid  # a threads pool: the worker process itself
+    assert pause["pid"] == stack.proc("ask-worker").pid  # a threads pool: the worker process itself
 
-    restart_redis_under(stack, "query-worker")
+    restart_redis_under(stack, "ask-worker")
     release(stack, "ask")
     job = stack.wait_job(job_id)
     assert job["state"] == "succeeded" and job["result"]["passages"], job
 
     after = stack.run("/api/v1/ask", json=QUESTION)  # it consumes again after the reconnect
     assert after["state"] == "succeeded" and after["result"]["passages"], after
-    assert stack.proc("query-worker").poll() is None
+    assert stack.proc("ask-worker").poll() is None
 
 
 def test_an_ingest_worker_survives_a_redis_restart_mid_batch(stack: FaultStack) -> None:

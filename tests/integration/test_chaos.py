@@ -13,7 +13,7 @@ pytestmark = pytest.mark.integration
 BASIC_FAULTS = {
     "kill_ingest_child",
     "kill_ingest_worker",
-    "kill_query_worker",
+    "kill_ask_worker",
     "restart_milvus",
     "restart_redis",
 }

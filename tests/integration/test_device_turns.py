@@ -1,6 +1,6 @@
 """Questions first on the real stack: the ingest worker's embedding waits while a question holds the device.
 
-The test process plays the question: it holds the stack's device gate (workers/gate.py) as a query worker
+The test process plays the question: it holds the stack's device gate (workers/gate.py) as an ask worker
 does while it answers a batch. An upload's batch starts (its documents' locks are taken), cannot embed
 while the question lasts, and completes, whole, once the question ends; the pause is in /metrics.
 """

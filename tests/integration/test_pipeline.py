@@ -215,7 +215,7 @@ def test_questions_sent_together_are_batched_and_each_gets_its_own_answer(
     stack: Stack, ingested: dict[str, Any]
 ) -> None:
     job_ids = {}
-    for question in list(QUESTIONS) * 2:  # queued back to back; the query worker has 8 task threads
+    for question in list(QUESTIONS) * 2:  # queued back to back; the ask worker has 8 task threads
         response = stack.post("/api/v1/ask", json={"question": question, "collection": "science", "top_k": 1})
         assert response.status_code == 202, response.text
         job_ids[response.json()["job_id"]] = question

@@ -140,7 +140,7 @@ def queue_depths(samples: Samples) -> dict[str, float]:
 
 
 def test_queue_depths_of_every_queue(samples: Samples) -> None:
-    assert queue_depths(samples).keys() == {"parse", "ingest", "query", "webhooks"}
+    assert queue_depths(samples).keys() == {"parse", "ingest", "ask", "webhooks"}
 
 
 def test_queue_depths_count_the_messages_waiting(tmp_path: Path) -> None:
@@ -160,6 +160,6 @@ def test_queue_depths_count_the_messages_waiting(tmp_path: Path) -> None:
             for family in text_string_to_metric_families(response.get_data(as_text=True))
             for s in family.samples
         }
-        assert queue_depths(parsed) == {"query": 3, "parse": 2, "ingest": 1, "webhooks": 0}
+        assert queue_depths(parsed) == {"ask": 3, "parse": 2, "ingest": 1, "webhooks": 0}
     finally:
         client.flushdb()

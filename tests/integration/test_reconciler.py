@@ -20,7 +20,7 @@ import redis
 from kombu import Connection
 
 from celeryconfig import make_celery
-from common.contracts import ASK_TASK, QUERY_QUEUE
+from common.contracts import ASK_QUEUE, ASK_TASK
 from common.job_schema import QUEUED_INDEX
 from common.jobs import JobStore
 from common.settings import Settings
@@ -71,7 +71,7 @@ def _submit(jobs: JobStore, sent: Sent, *, queued_at: float) -> str:
 def _lose(client: redis.Redis) -> dict[str, Any]:
     """Kombu's first half of taking a message: RPOP from the queue list. The second half (HSET unacked)
     never happens: the message is now in no Redis structure."""
-    raw = client.rpop(QUERY_QUEUE)
+    raw = client.rpop(ASK_QUEUE)
     assert raw is not None
     return dict(json.loads(raw))
 
@@ -100,8 +100,8 @@ def test_a_lost_message_is_sent_again_once_with_the_same_task_id(env: Any) -> No
     assert reconciler.sweep(now) == []  # first look: maybe only between BRPOP and HSET
     assert reconciler.sweep(now + 1) == [lost]  # still missing: sent again
     assert sent.ids == [lost]
-    assert message_ids(client.lrange(QUERY_QUEUE, 0, -1)) == {lost, waiting}  # back in its queue
-    message = json.loads(client.lindex(QUERY_QUEUE, 0))
+    assert message_ids(client.lrange(ASK_QUEUE, 0, -1)) == {lost, waiting}  # back in its queue
+    message = json.loads(client.lindex(ASK_QUEUE, 0))
     assert message["headers"]["task"] == ASK_TASK
     assert json.loads(jobs.client.hget(jobs.key(lost), "request")) == REQUEST
     assert reconciler.sweep(now + 2) == [] and reconciler.sweep(now + 3) == []  # not twice
@@ -113,7 +113,7 @@ def test_a_message_taken_by_a_worker_and_not_yet_acknowledged_is_not_sent_again(
     client, jobs, sent = env
     job_id = _submit(jobs, sent, queued_at=time.time() - 600)
     with Connection(url) as conn:
-        queue = conn.SimpleQueue(QUERY_QUEUE)
+        queue = conn.SimpleQueue(ASK_QUEUE)
         message = queue.get(timeout=5)
         assert message.headers["id"] == job_id and client.hlen("unacked") == 1
         reconciler = Reconciler(client, client, sent, requeue_after_s=300)
@@ -129,7 +129,7 @@ def test_a_delivered_or_recent_job_is_not_sent_again(env: Any) -> None:
         _submit(jobs, sent, queued_at=time.time() - 600),
         _submit(jobs, sent, queued_at=time.time()),
     )
-    client.delete(QUERY_QUEUE)  # both messages lost
+    client.delete(ASK_QUEUE)  # both messages lost
     client.hset(jobs.key(delivered) + ":deliveries", f"{delivered}:0", 1)
     reconciler = Reconciler(client, client, sent, requeue_after_s=300)
     assert reconciler.sweep(time.time()) == [] and reconciler.sweep(time.time()) == []
@@ -152,7 +152,7 @@ def test_two_sweepers_send_a_lost_message_once(env: Any) -> None:
     for thread in threads:
         thread.join()
     assert sorted(map(len, results)) == [0, 0, 0, 1] and sent.ids == [lost]
-    assert client.llen(QUERY_QUEUE) == 1
+    assert client.llen(ASK_QUEUE) == 1
 
 
 def test_an_expired_record_leaves_the_index(env: Any) -> None:

@@ -305,7 +305,7 @@ def test_a_queued_jobs_lost_message_is_sent_again_and_the_job_ends_once(faults: 
     """The gap the SIGKILL test above found, made exactly: a job recorded as queued whose message was
     popped from its queue list (kombu's BRPOP) and never recorded in `unacked` (the taker died) is in no
     broker structure. The parse workers' sweeper (workers.reconciler) sends it again; it runs once."""
-    for worker in ("query-worker", "parse-worker", "ingest-worker"):
+    for worker in ("ask-worker", "parse-worker", "ingest-worker"):
         faults.stop(worker)  # graceful: nothing of theirs stays unacknowledged
     broker = faults.redis()
     docs = documents("lost", 6)
@@ -314,14 +314,14 @@ def test_a_queued_jobs_lost_message_is_sent_again_and_the_job_ends_once(faults: 
     assert ask.status_code == 202, ask.text
     ask_id = ask.json()["job_id"]
     try:
-        for queue, job_id in (("parse", ingest_id), ("query", ask_id)):
+        for queue, job_id in (("parse", ingest_id), ("ask", ask_id)):
             popped = json.loads(broker.rpop(queue) or "{}")  # taken, then lost with its taker
             assert popped["headers"]["id"] == job_id and broker.llen(queue) == 0
         assert not unacked_ids(broker.hvals("unacked")) & {ingest_id, ask_id}  # in no broker structure
     finally:
         faults.sup.start("parse-worker", celery_argv("parse", 1))
         faults.start_ingest_worker()
-        faults.sup.start("query-worker", celery_argv("query", 4, threads=True, name="query"))
+        faults.sup.start("ask-worker", celery_argv("ask", 4, threads=True, name="ask"))
 
     job = faults.wait_job(ingest_id, timeout_s=120)  # today: queued forever
     assert job["state"] == "succeeded" and job["result"]["succeeded"] == 6, job

@@ -111,7 +111,7 @@ def test_the_first_question_after_ready_finds_the_models_warm(fresh: FaultStack)
     answers = [ask(fresh, question) for question in ["why does the sea rise?"] * 10]
     assert answers[0]["result"]["passages"][0]["doc_id"] == "tides"
     assert answers[0]["result"]["reranker"] == "maxsim"  # the default reranker, warmed at start
-    assert_warm_before_first_task(fresh.logs, "query-worker", "quarry.ask")
+    assert_warm_before_first_task(fresh.logs, "ask-worker", "quarry.ask")
     assert_warm_before_first_task(fresh.logs, "ingest-worker", "quarry.ingest_batch")
     for n in (0, 9):  # measured, not asserted: the worker's stage timings of the first and the tenth
         print(f"question {n + 1}: {answers[n]['result']['timings']}")

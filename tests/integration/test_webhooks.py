@@ -287,7 +287,7 @@ def test_a_bad_callback_url_is_refused(stack: Stack, callback_url: str) -> None:
 # --- deliveries have their own pool ---
 
 WEBHOOK_THREADS = 4  # the stack's webhook-worker pool (conftest: webhook_worker(4))
-QUERY_THREADS = 8  # the stack's query-worker threads (conftest: query_threads=8)
+ASK_THREADS = 8  # the stack's ask-worker threads (conftest: ask_threads=8)
 WEBHOOK_TIMEOUT_S = float(WEBHOOK_ENV["WEBHOOK_TIMEOUT_S"])
 
 
@@ -332,8 +332,8 @@ class HoldingReceiver:
 def test_a_slow_receiver_never_holds_a_thread_questions_need(
     stack: Stack, ingest_job: tuple[str, str]
 ) -> None:
-    """More held deliveries than the query worker has threads: a plain question still gets answered while
-    the receiver holds every webhook thread. Were deliveries on the query worker's threads, they would
+    """More held deliveries than the ask worker has threads: a plain question still gets answered while
+    the receiver holds every webhook thread. Were deliveries on the ask worker's threads, they would
     hold all 8 (in-flight would read 8, not 4), and the question would wait for a delivery's deadline (a
     retry or the next delivery would arrive, changing in-flight)."""
     delivery(stack, ingest_job[0])  # the collection exists, its webhook is done: the pool is idle
@@ -345,7 +345,7 @@ def test_a_slow_receiver_never_holds_a_thread_questions_need(
         callback = {"collection": COLLECTION, "callback_url": slow.url}
         asks += [
             submit(stack, "/api/v1/ask", {"question": f"what pulls the tides? {i}", **callback})
-            for i in range(QUERY_THREADS + 2)
+            for i in range(ASK_THREADS + 2)
         ]
         assert slow.wait_for_held(WEBHOOK_THREADS, 120), f"{slow.in_flight} deliveries arrived"
         held, held_since = slow.in_flight, slow.arrivals[0]

@@ -36,7 +36,7 @@ def events(log: Path) -> list[str]:
 
 
 def _hold_questions(path: Path, log: Path, orders: Connection, held: ProcessEvent) -> None:
-    """The query worker's part: hold the device for questions from the order "take" to "release".
+    """The ask worker's part: hold the device for questions from the order "take" to "release".
 
     Orders come by pipe, not by an Event: a process SIGKILLed while it waits on a multiprocessing
     Event leaves the Event's condition waiting for it, and the next set() hangs."""

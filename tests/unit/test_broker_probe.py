@@ -33,7 +33,7 @@ def test_a_down_broker_is_remembered_for_the_depth_cache_time(monkeypatch: pytes
     svc, pool = _services(monkeypatch, cache_s=60)
     for _ in range(3):
         with pytest.raises(ServiceUnavailable, match="broker"):
-            svc.queue_depth("query")
+            svc.queue_depth("ask")
     assert pool.acquired == 1
 
 
@@ -41,7 +41,7 @@ def test_without_a_cache_every_read_asks_the_broker(monkeypatch: pytest.MonkeyPa
     svc, pool = _services(monkeypatch, cache_s=0)
     for _ in range(2):
         with pytest.raises(ServiceUnavailable):
-            svc.queue_depth("query")
+            svc.queue_depth("ask")
     assert pool.acquired == 2
 
 

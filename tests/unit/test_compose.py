@@ -146,18 +146,18 @@ def _gate_volume(service: dict[str, Any]) -> str:
     return next(v.split(":")[0] for v in service["volumes"] if v.endswith(f":{gate_dir}"))
 
 
-def test_query_worker_batches_on_threads_on_gpu_0() -> None:
-    worker = _services()["query-worker"]
+def test_ask_worker_batches_on_threads_on_gpu_0() -> None:
+    worker = _services()["ask-worker"]
     assert _gpus(worker) == GPU0 and _env(worker)["DEVICE"] == "cuda"
     command = worker["command"]
     # One process whose task threads feed its micro-batcher: never solo (one question at a time) or prefork.
     assert _flag(command, "-P") == "threads"
-    assert int(_flag(command, "-c")) == Settings().query_batch_size == int(_env(worker)["QUERY_BATCH_SIZE"])
+    assert int(_flag(command, "-c")) == Settings().ask_batch_size == int(_env(worker)["ASK_BATCH_SIZE"])
 
 
 def test_ingest_worker_embeds_on_the_same_gpu_in_a_prefork_pool(monkeypatch: pytest.MonkeyPatch) -> None:
     services = _services()
-    worker, query = services["ingest-worker"], services["query-worker"]
+    worker, query = services["ingest-worker"], services["ask-worker"]
     assert _gpus(worker) == GPU0 and _env(worker)["DEVICE"] == "cuda"
     assert "-P" not in worker["command"]  # prefork: hard time limits, a killed batch redelivered at once
     assert _flag(worker["command"], "-Q") == contracts.INGEST_QUEUE
@@ -171,7 +171,7 @@ def test_ingest_worker_embeds_on_the_same_gpu_in_a_prefork_pool(monkeypatch: pyt
 
 def test_each_further_gpu_is_the_same_pair_pinned_with_its_own_gate() -> None:
     services = _services()
-    for name in ("ingest-worker", "query-worker"):
+    for name in ("ingest-worker", "ask-worker"):
         first, second = services[name], services[f"{name}-gpu1"]
         assert second["profiles"] == ["gpu1"]
         assert second["command"] == first["command"] and second["environment"] == first["environment"]
@@ -237,7 +237,7 @@ def test_uploads_and_model_cache_are_shared_volumes() -> None:
     for name in ("api", *_workers()):
         service = compose["services"][name]
         env = _env(service)
-        if not name.startswith("query-worker"):  # questions never read an upload
+        if not name.startswith("ask-worker"):  # questions never read an upload
             assert f"uploads:{env['DATA_DIR']}" in service["volumes"], name
         assert f"models:{env['HF_HOME']}" in service["volumes"], name
 
@@ -260,7 +260,7 @@ def test_cpu_override_runs_two_ingest_processes_sharing_the_cores(monkeypatch: p
 
 def test_cpu_override_moves_both_model_workers_to_the_cpu() -> None:
     override = _load(CPU_OVERRIDE)["services"]
-    for name in ("ingest-worker", "query-worker"):
+    for name in ("ingest-worker", "ask-worker"):
         worker = override[name]
         assert worker["deploy"] is None, name  # `!reset`: no GPU reservation
         assert worker["environment"]["DEVICE"] == "cpu", name

@@ -101,7 +101,7 @@ def test_an_ingest_workers_children_split_the_cores(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(torch, "set_num_threads", calls.append)
     monkeypatch.setattr(device, "core_sharers", lambda: 2)  # what worker_init decided for `-Q ingest -c 2`
     configure_threads(Settings())
-    monkeypatch.setattr(device, "core_sharers", lambda: 1)  # a query worker
+    monkeypatch.setattr(device, "core_sharers", lambda: 1)  # an ask worker
     configure_threads(Settings())
     assert calls == [2, 4]
 

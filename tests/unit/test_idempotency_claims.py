@@ -23,7 +23,7 @@ from flask import Flask, Response
 from api import create_app
 from api.idempotency import IdempotencyKeys, request_fingerprint
 from api.services import services, submit
-from common.contracts import QUERY_QUEUE, Contract, Payload
+from common.contracts import ASK_QUEUE, Contract, Payload
 from common.errors import Conflict, InvalidRequest, ServiceUnavailable
 from common.settings import Settings
 
@@ -32,7 +32,7 @@ class Probe(Payload):
     q: int
 
 
-PROBE = Contract("quarry.test", QUERY_QUEUE, Probe)
+PROBE = Contract("quarry.test", ASK_QUEUE, Probe)
 
 REDIS_URL = f"redis://127.0.0.1:6379/{os.environ.get('QUARRY_TEST_REDIS_DB', '15')}"
 

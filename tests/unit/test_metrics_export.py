@@ -326,10 +326,10 @@ class FakeServices:
         self.depths = depths
         self.celery = type("App", (), {"conf": type("Conf", (), {})()})()
         self.celery.conf.task_routes = {
-            "quarry.ask": {"queue": "query"},
+            "quarry.ask": {"queue": "ask"},
             "quarry.ingest": {"queue": "ingest"},
         }
-        self.celery.conf.task_default_queue = "query"
+        self.celery.conf.task_default_queue = "ask"
 
     def queue_depth(self, queue: str) -> int:
         depth = self.depths[queue]
@@ -340,15 +340,15 @@ class FakeServices:
 
 def test_queue_depths_of_every_routed_queue() -> None:
     registry = CollectorRegistry()
-    registry.register(QueueCollector(FakeServices({"ingest": 7, "query": 0})))  # type: ignore[arg-type]
+    registry.register(QueueCollector(FakeServices({"ingest": 7, "ask": 0})))  # type: ignore[arg-type]
     got = samples(generate_latest(registry).decode())
     assert got == {
         ("quarry_queue_depth", (("queue", "ingest"),)): 7,
-        ("quarry_queue_depth", (("queue", "query"),)): 0,
+        ("quarry_queue_depth", (("queue", "ask"),)): 0,
     }
 
 
 def test_an_unreachable_broker_leaves_the_queue_depths_out() -> None:
     registry = CollectorRegistry()
-    registry.register(QueueCollector(FakeServices({"ingest": None, "query": 3})))  # type: ignore[arg-type]
+    registry.register(QueueCollector(FakeServices({"ask": None, "ingest": None})))  # type: ignore[arg-type]
     assert samples(generate_latest(registry).decode()) == {}

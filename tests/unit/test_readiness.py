@@ -71,7 +71,7 @@ class FakePipeline:
         return [getattr(self.redis, name)(*args, **kwargs) for name, args, kwargs in self.calls]
 
 
-QUEUES = ("parse", "ingest", "query", "webhooks")
+QUEUES = ("parse", "ingest", "ask", "webhooks")
 
 
 @pytest.fixture
@@ -84,9 +84,9 @@ def registry(redis: FakeRedis, ttl_s: float = 15) -> ReadyWorkers:
 
 
 def test_one_key_per_queue_scored_by_expiry_on_redis_clock(redis: FakeRedis) -> None:
-    registry(redis).mark(["query"], "query@box:42")
-    assert redis.sets == {KEY_PREFIX + "query": {"query@box:42": redis.now + 15}}
-    assert redis.ttls[KEY_PREFIX + "query"] >= 15  # a queue nobody refreshes loses its key too
+    registry(redis).mark(["ask"], "ask@box:42")
+    assert redis.sets == {KEY_PREFIX + "ask": {"ask@box:42": redis.now + 15}}
+    assert redis.ttls[KEY_PREFIX + "ask"] >= 15  # a queue nobody refreshes loses its key too
 
 
 def test_an_entry_holds_until_its_expiry_and_not_after(redis: FakeRedis) -> None:
@@ -102,7 +102,7 @@ def test_an_entry_holds_until_its_expiry_and_not_after(redis: FakeRedis) -> None
 def test_each_queue_needs_its_own_worker(redis: FakeRedis) -> None:
     workers = registry(redis)
     workers.mark(["parse", "webhooks"], "both@box:1")
-    workers.mark(["query"], "query@box:2")
+    workers.mark(["ask"], "ask@box:2")
     assert workers.missing(QUEUES) == ["ingest"]
     workers.mark(["ingest"], "ingest@box:3")
     assert workers.missing(QUEUES) == []
@@ -111,22 +111,22 @@ def test_each_queue_needs_its_own_worker(redis: FakeRedis) -> None:
 
 def test_one_worker_lapsing_leaves_the_others_ready(redis: FakeRedis) -> None:
     workers = registry(redis, ttl_s=15)
-    workers.mark(["query"], "query0@box:1")
+    workers.mark(["ask"], "ask0@box:1")
     redis.now += 10
-    workers.mark(["query"], "query1@box:2")
+    workers.mark(["ask"], "ask1@box:2")
     redis.now += 10  # the first lapsed, the second holds
-    assert workers.ready(["query"]) == {"query": ["query1@box:2"]}
+    assert workers.ready(["ask"]) == {"ask": ["ask1@box:2"]}
 
 
 def test_a_refresh_pushes_the_expiry_and_prunes_lapsed_entries(redis: FakeRedis) -> None:
     workers = registry(redis, ttl_s=15)
-    workers.mark(["query"], "gone@box:1")
-    workers.mark(["query"], "alive@box:2")
+    workers.mark(["ask"], "gone@box:1")
+    workers.mark(["ask"], "alive@box:2")
     for _ in range(5):  # 50 s, refreshed every 10 s
         redis.now += 10
-        workers.mark(["query"], "alive@box:2")
-    assert workers.ready(["query"]) == {"query": ["alive@box:2"]}
-    assert set(redis.sets[KEY_PREFIX + "query"]) == {"alive@box:2"}
+        workers.mark(["ask"], "alive@box:2")
+    assert workers.ready(["ask"]) == {"ask": ["alive@box:2"]}
+    assert set(redis.sets[KEY_PREFIX + "ask"]) == {"alive@box:2"}
 
 
 def test_unmark_withdraws_at_once(redis: FakeRedis) -> None:
@@ -144,16 +144,16 @@ def test_redis_away_is_service_unavailable(redis: FakeRedis) -> None:
 
 def test_the_announcer_marks_refreshes_and_withdraws(redis: FakeRedis) -> None:
     workers = registry(redis, ttl_s=15)
-    announcer = Announcer(workers, ["query"], "query@box:9", refresh_s=0.01)
+    announcer = Announcer(workers, ["ask"], "ask@box:9", refresh_s=0.01)
     announcer.start()
     try:
-        first = redis.sets[KEY_PREFIX + "query"]["query@box:9"]
+        first = redis.sets[KEY_PREFIX + "ask"]["ask@box:9"]
         redis.now += 100  # far past the first expiry: only a refresh keeps the entry
-        wait_for(lambda: workers.ready(["query"]) == {"query": ["query@box:9"]})
-        assert redis.sets[KEY_PREFIX + "query"]["query@box:9"] > first
+        wait_for(lambda: workers.ready(["ask"]) == {"ask": ["ask@box:9"]})
+        assert redis.sets[KEY_PREFIX + "ask"]["ask@box:9"] > first
     finally:
         announcer.stop()
-    assert workers.missing(["query"]) == ["query"]
+    assert workers.missing(["ask"]) == ["ask"]
 
 
 def test_the_announcer_marks_only_while_its_condition_holds(redis: FakeRedis) -> None:

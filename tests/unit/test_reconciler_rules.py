@@ -83,7 +83,7 @@ def test_a_job_without_a_task_or_request_is_not_sent() -> None:
 def test_every_job_kind_has_one_task_and_queue() -> None:
     assert route("ingest") == (INGEST_TASK, "parse")  # the coordinator; its batches go to `ingest`
     assert route("delete") == (DELETE_TASK, "ingest")
-    assert route("ask") == (ASK_TASK, "query")
+    assert route("ask") == (ASK_TASK, "ask")
     assert route(None) is None and route("webhook") is None
     routes = make_celery(Settings()).conf.task_routes  # Celery routes from the same table
     assert {task: route["queue"] for task, route in routes.items()} == TASK_QUEUES
@@ -100,7 +100,7 @@ def test_message_ids_read_the_task_id_from_the_headers_only() -> None:
 
 def test_unacked_ids_read_the_message_of_each_entry() -> None:
     entries = [
-        json.dumps([json.loads(kombu_message("4" * 32)), "", "query"]),
+        json.dumps([json.loads(kombu_message("4" * 32)), "", "ask"]),
         b"garbage",
         json.dumps({"not": "a list"}),
         "[]",
@@ -109,11 +109,11 @@ def test_unacked_ids_read_the_message_of_each_entry() -> None:
 
 
 def test_queue_lists_are_kombus_priority_lists() -> None:
-    assert queue_lists("query") == [
-        "query",
-        f"query{Channel.sep}3",
-        f"query{Channel.sep}6",
-        f"query{Channel.sep}9",
+    assert queue_lists("ask") == [
+        "ask",
+        f"ask{Channel.sep}3",
+        f"ask{Channel.sep}6",
+        f"ask{Channel.sep}9",
     ]
 
 

@@ -49,8 +49,8 @@ def test_a_worker_that_exits_is_restarted_after_a_growing_bounded_delay(
 ) -> None:
     clock = Clock()
     api = sup.start("api", SLEEPS)
-    restarter = Restarter(sup, {"query-worker"}, Backoff(first_s=1, max_s=4, stable_s=60), clock)
-    proc = sup.start("query-worker", EXITS)
+    restarter = Restarter(sup, {"ask-worker"}, Backoff(first_s=1, max_s=4, stable_s=60), clock)
+    proc = sup.start("ask-worker", EXITS)
     for delay in [1, 2, 4, 4]:  # a crash loop: each restart waits longer, never more than max_s
         assert restarter.check() is None
         exited(proc)
@@ -60,12 +60,12 @@ def test_a_worker_that_exits_is_restarted_after_a_growing_bounded_delay(
         clock.now += 0.1
         assert restarter.check() is None
         new = sup.procs[1][1]
-        assert new is not proc and sup.procs[1][0] == "query-worker" and sup.procs[0][1] is api  # in place
+        assert new is not proc and sup.procs[1][0] == "ask-worker" and sup.procs[0][1] is api  # in place
         proc = new
     err = capsys.readouterr().err
-    assert "query-worker exited with code 3 after 0 s; restarting it in 4 s (restart 4 in a row)" in err
-    assert err.count("quarry: query-worker restarted (pid ") == 4
-    assert (sup.log_dir / "query-worker.log").exists()  # type: ignore[operator]  # same log, appended
+    assert "ask-worker exited with code 3 after 0 s; restarting it in 4 s (restart 4 in a row)" in err
+    assert err.count("quarry: ask-worker restarted (pid ") == 4
+    assert (sup.log_dir / "ask-worker.log").exists()  # type: ignore[operator]  # same log, appended
 
 
 def test_a_worker_that_ran_a_while_is_restarted_at_once_again(sup: Supervisor) -> None:
@@ -89,8 +89,8 @@ def test_a_worker_that_ran_a_while_is_restarted_at_once_again(sup: Supervisor) -
 
 
 def test_redis_milvus_or_the_api_exiting_stops_everything(sup: Supervisor) -> None:
-    restarter = Restarter(sup, {"query-worker"}, Backoff(), Clock())
-    worker = sup.start("query-worker", SLEEPS)
+    restarter = Restarter(sup, {"ask-worker"}, Backoff(), Clock())
+    worker = sup.start("ask-worker", SLEEPS)
     redis = exited(sup.start("redis", EXITS))
     assert restarter.check() == ("redis", 3)
     assert worker.poll() is None and sup.procs[1][1] is redis  # not restarted; main() stops the rest

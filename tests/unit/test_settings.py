@@ -5,7 +5,7 @@ from pydantic import ValidationError
 
 import celeryconfig
 from common import contracts
-from common.settings import OFFLINE_EMBEDDING_MODEL, Settings
+from common.settings import OFFLINE_EMBEDDING_MODEL, RENAMED, Settings
 
 
 def test_defaults_run_offline_on_the_bundled_model() -> None:
@@ -42,9 +42,9 @@ def test_inconsistent_settings_are_refused(overrides: dict[str, object]) -> None
 
 
 def test_every_model_worker_gets_every_core_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Ingest and query workers take turns on the device (workers.gate), so each may use all of it."""
+    """Ingest and ask workers take turns on the device (workers.gate), so each may use all of it."""
     monkeypatch.setattr("os.cpu_count", lambda: 2)
-    assert Settings(ingest_concurrency=1, query_concurrency=3).threads_per_worker == 2
+    assert Settings(ingest_concurrency=1, ask_concurrency=3).threads_per_worker == 2
     assert Settings(torch_threads=1).threads_per_worker == 1  # the split of the earlier design
 
 
@@ -65,4 +65,26 @@ def test_celery_config_follows_settings() -> None:
     assert config["broker_transport_options"]["visibility_timeout"] > config["task_time_limit"] == 600
     assert config["task_routes"][contracts.INGEST_TASK]["queue"] == "parse"
     assert config["task_routes"][contracts.INGEST_BATCH_TASK]["queue"] == "ingest"
-    assert config["task_routes"][contracts.ASK_TASK]["queue"] == "query"
+    assert config["task_routes"][contracts.ASK_TASK]["queue"] == "ask"
+
+
+def test_a_renamed_setting_is_still_read_under_its_old_name_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("QUERY_BATCH_SIZE", "5")
+    monkeypatch.setenv("MAX_QUERY_QUEUE", "7")
+    with caplog.at_level("WARNING", logger="common.settings"):
+        settings = Settings(_env_file=None)
+    assert (settings.ask_batch_size, settings.max_ask_queue) == (5, 7)
+    assert "QUERY_BATCH_SIZE is deprecated: set ASK_BATCH_SIZE (read for now)" in caplog.text
+    monkeypatch.setenv("ASK_BATCH_SIZE", "9")  # the new name wins, and the warning says the old is ignored
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="common.settings"):
+        assert Settings(_env_file=None).ask_batch_size == 9
+    assert "QUERY_BATCH_SIZE is deprecated: set ASK_BATCH_SIZE (ignored: it is set too)" in caplog.text
+
+
+def test_every_renamed_setting_exists_under_its_new_name() -> None:
+    assert set(RENAMED) <= set(Settings.model_fields)
+    assert not set(RENAMED.values()) & set(Settings.model_fields)
+    assert Settings(ask_concurrency=3, _env_file=None).ask_concurrency == 3  # code and tests use the new name

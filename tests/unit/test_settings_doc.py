@@ -35,7 +35,7 @@ def test_defaults_are_written_as_the_environment_takes_them() -> None:
     assert settings_doc.default_text(fields["cpu_bf16"]) == "`true`"
     assert settings_doc.default_text(fields["api_keys"]) == "`[]`"
     assert settings_doc.default_text(fields["data_dir"]) == "`var`"
-    assert settings_doc.bounds_text(fields["max_query_queue"]) == "≥ 1"
+    assert settings_doc.bounds_text(fields["max_ask_queue"]) == "≥ 1"
     assert settings_doc.bounds_text(fields["max_wait_s"]) == "> 0"
 
 

@@ -108,7 +108,7 @@ class FakeRuntime:
 
 def test_questions_warm_every_model_in_the_batcher_thread() -> None:
     rt = FakeRuntime()
-    assert warm(rt, {"query"})  # type: ignore[arg-type]
+    assert warm(rt, {"ask"})  # type: ignore[arg-type]
     names = [what for what, _ in rt.calls]
     assert names[:4] == ["load", "documents", "spans", "queries"]
     assert {"reranker maxsim", "rerank", "retriever", f"search {WARM_COLLECTION}"} <= set(names)
@@ -123,18 +123,18 @@ def test_questions_warm_every_model_in_the_batcher_thread() -> None:
 def test_stored_chunks_are_reranked_in_question_sized_groups_up_to_the_limit() -> None:
     rt = FakeRuntime()
     rt.stored = 1_000
-    assert warm(rt, {"query"})  # type: ignore[arg-type]
+    assert warm(rt, {"ask"})  # type: ignore[arg-type]
     assert rt.reranked[WARM_RERANKS:] == [30] * WARM_SHAPE_GROUPS
     empty = FakeRuntime()
     empty.registered = set()  # nothing stored yet: nothing more to rerank
-    assert warm(empty, {"query"})  # type: ignore[arg-type]
+    assert warm(empty, {"ask"})  # type: ignore[arg-type]
     assert empty.reranked == [30] * WARM_RERANKS
 
 
 def test_the_token_idf_is_not_built_when_the_reranker_does_not_weigh_by_it() -> None:
     rt = FakeRuntime()
     rt.settings.rerank_idf = False
-    assert warm(rt, {"query"})  # type: ignore[arg-type]
+    assert warm(rt, {"ask"})  # type: ignore[arg-type]
     assert not [what for what, _ in rt.calls if what.startswith("idf")]
 
 
@@ -145,7 +145,7 @@ def test_a_registry_out_of_reach_leaves_the_worker_warm_and_ready(caplog: pytest
         raise ConnectionError("Redis unreachable")
 
     rt.collection_names = SimpleNamespace(names=down)
-    assert warm(rt, {"query"})  # type: ignore[arg-type]
+    assert warm(rt, {"ask"})  # type: ignore[arg-type]
     assert "token IDF not built" in caplog.text
 
 
@@ -159,7 +159,7 @@ def test_ingest_warms_the_embedder_and_milvus_in_the_calling_thread_without_ques
 
 def test_no_reranker_is_loaded_when_reranking_is_off() -> None:
     rt = FakeRuntime(backend="none")
-    assert warm(rt, {"query"})  # type: ignore[arg-type]
+    assert warm(rt, {"ask"})  # type: ignore[arg-type]
     assert not [what for what, _ in rt.calls if what.startswith("rerank")]
 
 
@@ -175,7 +175,7 @@ def test_milvus_unreachable_still_leaves_the_models_warm() -> None:
 
 
 def test_a_model_that_fails_to_load_leaves_the_worker_not_ready(caplog: pytest.LogCaptureFixture) -> None:
-    assert not warm(FakeRuntime(load_fails=True), {"query"})  # type: ignore[arg-type]
+    assert not warm(FakeRuntime(load_fails=True), {"ask"})  # type: ignore[arg-type]
     assert "warm-up failed" in caplog.text
 
 

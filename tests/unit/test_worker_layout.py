@@ -23,23 +23,23 @@ def test_every_routed_queue_has_a_worker_and_models_stay_off_the_parse_worker() 
     assert queues == {
         "parse-worker": contracts.PARSE_QUEUE,
         "ingest-worker": contracts.INGEST_QUEUE,
-        "query-worker-0": contracts.QUERY_QUEUE,
+        "ask-worker-0": contracts.ASK_QUEUE,
         "webhook-worker": contracts.WEBHOOK_QUEUE,
     }
     assert set(contracts.TASK_QUEUES.values()) == set(queues.values())
     # Prefork for the ingest worker (hard time limits, a killed batch redelivered at once), threads for
-    # the query worker (one model, one micro-batcher).
-    assert "-P" not in workers["ingest-worker"] and _flag(workers["query-worker-0"], "-P") == "threads"
+    # the ask worker (one model, one micro-batcher).
+    assert "-P" not in workers["ingest-worker"] and _flag(workers["ask-worker-0"], "-P") == "threads"
 
 
-def test_test_stacks_name_their_one_query_worker_as_they_address_it() -> None:
-    workers = dict(service_workers(Settings(), query_threads=8, webhooks=4))
-    assert _flag(workers["query-worker"], "-c") == "8" and _flag(workers["webhook-worker"], "-c") == "4"
+def test_test_stacks_name_their_one_ask_worker_as_they_address_it() -> None:
+    workers = dict(service_workers(Settings(), ask_threads=8, webhooks=4))
+    assert _flag(workers["ask-worker"], "-c") == "8" and _flag(workers["webhook-worker"], "-c") == "4"
 
 
 @pytest.mark.parametrize(
     ("consumes", "reniced"),
-    [({"ingest"}, True), ({"ingest", "query"}, False), ({"query"}, False), ({"parse"}, False)],
+    [({"ingest"}, True), ({"ingest", "ask"}, False), ({"ask"}, False), ({"parse"}, False)],
 )
 def test_only_an_ingest_only_worker_lowers_its_priority(
     monkeypatch: pytest.MonkeyPatch, consumes: set[str], reniced: bool
@@ -75,7 +75,7 @@ def test_auto_expects_a_gpu_where_the_nvidia_driver_lists_one(tmp_path: Path) ->
 
 
 @pytest.mark.parametrize(
-    ("consumes", "sharers"), [({"ingest"}, 2), ({"ingest", "query"}, 1), ({"query"}, 1), ({"parse"}, 1)]
+    ("consumes", "sharers"), [({"ingest"}, 2), ({"ingest", "ask"}, 1), ({"ask"}, 1), ({"parse"}, 1)]
 )
 def test_only_an_ingest_only_workers_children_share_the_cores(
     monkeypatch: pytest.MonkeyPatch, consumes: set[str], sharers: int
