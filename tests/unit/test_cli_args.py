@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from client.cli import build_parser, main
@@ -37,3 +40,12 @@ def test_an_unknown_option_of_another_command_is_still_refused(capsys: pytest.Ca
         main(["collections", "--bogus"])
     assert exit_info.value.code == 2
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_the_bulk_loaders_former_name_still_runs_it_and_says_it_moved() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "ingestion", "--help"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "deprecated: use python -m client ingest" in done.stderr
+    assert "--on-duplicate" in done.stdout
