@@ -6,15 +6,28 @@ import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from datetime import UTC
 from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
 from api.auth import principal
 from api.services import services, submit
-from api.spec import Job, JobAccepted, JobDocumentsQuery, Page, WaitQuery, responses, spec, validated
+from api.spec import (
+    Job,
+    JobAccepted,
+    JobDocumentsQuery,
+    JobList,
+    JobListQuery,
+    Page,
+    WaitQuery,
+    responses,
+    spec,
+    validated,
+)
 from common.contracts import INGEST
 from common.errors import Conflict, NotFound
+from common.job_list import Cursor, JobFilter, JobLister, listed
 from common.jobs import JobRecord, JobState
 from common.retention import source_paths, upload_dirs
 
@@ -27,6 +40,23 @@ def _job_or_404(job_id: str) -> JobRecord:
     if record is None or not principal().owns(record.owner):  # another tenant's job looks missing
         raise NotFound(f"no job {job_id!r} (never submitted, or expired)")
     return record
+
+
+@bp.get("")
+@spec.validate(query=JobListQuery, resp=responses(422, HTTP_200=JobList))
+def list_jobs() -> Response:
+    """The caller's jobs, newest first (the open API: every job), filtered by state, kind, collection and
+    creation time; pages of `limit`, each ending with a cursor to the next. Another key's jobs never show."""
+    query: JobListQuery = validated("query")
+    after = query.created_after
+    if after is not None and after.tzinfo is None:
+        after = after.replace(tzinfo=UTC)
+    flt = JobFilter(query.state, query.kind, query.collection, after.timestamp() * 1000 if after else None)
+    cursor = Cursor.decode(query.cursor) if query.cursor else None
+    svc = services()
+    page = JobLister(svc.jobs, svc.settings.job_list_scan).page(principal().name, flt, query.limit, cursor)
+    following = page.next_cursor.encode() if page.next_cursor else None
+    return jsonify({"items": [listed(record) for record in page.items], "next_cursor": following})
 
 
 @bp.get("/<job_id>")

@@ -50,7 +50,12 @@ class Services:
         # Cancelling a queued job ends it here: its webhook is enqueued by name, like every task.
         trigger = WebhookTrigger(self.redis, lambda name, kwargs: self.celery.send_task(name, kwargs=kwargs))
         self.retention = UploadRetention(self.redis, settings.upload_retention_s)
-        self.jobs = JobStore(self.redis, settings.job_ttl_s, on_finish=each(trigger, self.retention))
+        self.jobs = JobStore(
+            self.redis,
+            settings.job_ttl_s,
+            on_finish=each(trigger, self.retention),
+            list_cap=settings.job_list_cap,
+        )
         self.reports = DocumentReports(self.redis, settings.job_ttl_s)
         self.collections = CollectionNames(self.redis)
         self.fences = Fences(self.redis, settings.job_ttl_s, settings.job_heartbeat_timeout_s)  # numbers jobs

@@ -9,7 +9,8 @@ self-hosted service's docs must not depend on a CDN.
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal
 
 from flask import Flask, redirect, request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -172,6 +173,27 @@ class CollectionDocumentsQuery(BaseModel):
 
     offset: int = Field(0, ge=0, le=16_383, description="Milvus caps offset + limit at 16,384")
     limit: int = Field(100, ge=1, le=1000)
+
+
+class JobListQuery(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None
+    kind: Literal["ingest", "ask", "delete"] | None = None
+    collection: str | None = Field(None, min_length=1, max_length=255)
+    created_after: datetime | None = Field(
+        None, description="only jobs created after this time (UTC if naive)"
+    )
+    limit: int = Field(20, ge=1, le=100)
+    cursor: str | None = Field(None, max_length=200, description="next_cursor of the previous page")
+
+
+class JobList(BaseModel):
+    """A page of jobs, newest first, each as GET /api/v1/jobs/<id> shows it but without its result; ask
+    again with `cursor=next_cursor` until it is null."""
+
+    items: list[dict[str, Any]]
+    next_cursor: str | None
 
 
 def validated(part: str) -> Any:

@@ -3,6 +3,7 @@
     quarry ingest PATH... --collection C [--wait]      (bulk upload, waits, reports failures)
     quarry ask "question" --top-k 5 [--collection C]
     quarry jobs JOB_ID [--wait]
+    quarry jobs list [--state S] [--kind K] [--collection C] [--limit N]
     quarry collections
 
 Human output by default, `--json` for scripts. `QUARRY_URL` and `QUARRY_API_KEY` set the defaults.
@@ -59,9 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--collection")
     ask.add_argument("--no-rerank", action="store_true")
     ask.add_argument("--timeout", type=float, default=300.0)
-    jobs = sub.add_parser("jobs", help="show a job", parents=[common])
-    jobs.add_argument("job_id")
+    jobs = sub.add_parser("jobs", help="show a job, or `list` this key's jobs", parents=[common])
+    jobs.add_argument("job_id", help="a job id, or `list`")
     jobs.add_argument("--wait", action="store_true", help="wait until it ends")
+    jobs.add_argument("--state", choices=("queued", "running", "succeeded", "failed", "cancelled"))
+    jobs.add_argument("--kind", choices=("ingest", "ask", "delete"))
+    jobs.add_argument("--collection")
+    jobs.add_argument("--limit", type=int, default=20, help="jobs to list at most (20)")
     sub.add_parser("collections", help="list collections", parents=[common])
     return parser
 
@@ -114,10 +119,25 @@ def run_ask(client: QuarryClient, args: argparse.Namespace) -> int:
 
 
 def run_jobs(client: QuarryClient, args: argparse.Namespace) -> int:
+    if args.job_id == "list":
+        return run_job_list(client, args)
     show = not args.json and sys.stderr.isatty()
     job = wait_with_progress(client, args.job_id, 3600.0, show) if args.wait else client.job(args.job_id)
     output(args.json, dataclasses.asdict(job), lambda: print_job(job))
     return EXIT_FAILED if job.state == "failed" else EXIT_OK
+
+
+def run_job_list(client: QuarryClient, args: argparse.Namespace) -> int:
+    size = min(max(args.limit, 1), 100)  # the server's largest page
+    found = client.jobs(state=args.state, kind=args.kind, collection=args.collection, page_size=size)
+    listed = [job for job, _ in zip(found, range(max(args.limit, 0)), strict=False)]
+
+    def human() -> None:
+        for job in listed:
+            print(f"{job.job_id}  {job.kind:<7} {job.state:<10} {job.collection or '-':<24} {job.created_at}")
+
+    output(args.json, {"items": [dataclasses.asdict(job) for job in listed]}, human)
+    return EXIT_OK
 
 
 def run_collections(client: QuarryClient, args: argparse.Namespace) -> int:

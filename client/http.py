@@ -58,6 +58,7 @@ class Job:
     started_at: str | None = None
     finished_at: str | None = None
     callback: dict[str, Any] | None = None  # webhook delivery: {"url", "state", "attempts", ...}
+    collection: str | None = None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Job:
@@ -263,6 +264,27 @@ class QuarryClient:
             if next_offset is not None and next_offset <= offset:
                 raise QuarryError(200, "Invalid response", f"next_offset {next_offset} does not advance")
             offset = next_offset
+
+    def jobs(
+        self,
+        *,
+        state: str | None = None,
+        kind: str | None = None,
+        collection: str | None = None,
+        created_after: str | None = None,
+        page_size: int = 100,
+    ) -> Iterator[Job]:
+        """This key's jobs, newest first (without their results), following the server's cursor."""
+        cursor: str | None = None
+        while True:
+            params = _without_none(
+                state=state, kind=kind, collection=collection, created_after=created_after, cursor=cursor
+            )
+            page = self._request("GET", "/api/v1/jobs", params={**params, "limit": page_size})
+            yield from (Job.from_json(item) for item in page.get("items", []))
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
 
     def retry(self, job_id: str) -> str:
         """Ask the server to run a job again (POST .../retry); returns the new job's id."""

@@ -16,8 +16,11 @@ its names from here, Lua scripts included (`lua` fills `$field` in), so a name c
     celery-task-meta-<id>                 Celery's result meta of the job's (first) task
     quarry:jobs:queued, quarry:jobs:fanned   sorted sets of record keys (`workers.reconciler`,
                                              `workers.lost_batches`)
+    quarry:jobs:created                   sorted set: every job id by creation time (ms), the open API's list
+    quarry:jobs:owner:<key name>          sorted set: one API key's job ids alike (`common.job_list`)
 
-Every key of a job expires with its record (the job TTL).
+Every key of a job expires with its record (the job TTL); the two list indexes drop entries older than
+the TTL, and their oldest beyond a cap, each time a job is added.
 """
 
 from __future__ import annotations
@@ -30,11 +33,13 @@ KEY_PREFIX = "quarry:job:"
 CELERY_META_PREFIX = "celery-task-meta-"
 QUEUED_INDEX = "quarry:jobs:queued"  # sorted set: record keys of queued jobs, by when their message was sent
 FANNED_INDEX = "quarry:jobs:fanned"  # sorted set: record keys of ingest jobs whose batches were all sent
+CREATED_INDEX = "quarry:jobs:created"  # sorted set: every job id, scored by creation time in ms
+OWNER_INDEX_PREFIX = "quarry:jobs:owner:"  # + API key name: that key's job ids, scored alike
 BEAT_PREFIX = "beat:"  # + task id: a field of the record, the running task's last heartbeat
 
 
 class Field(StrEnum):
-    """The record's fields. The first eleven are what a client reads (`common.jobs.JobRecord`)."""
+    """The record's fields. The first twelve are what a client reads (`common.jobs.JobRecord`)."""
 
     KIND = "kind"
     STATE = "state"
@@ -42,6 +47,7 @@ class Field(StrEnum):
     RESULT = "result"
     ERROR = "error"
     OWNER = "owner"
+    COLLECTION = "collection"  # the collection a job works on (its request's), for filtering lists
     CREATED_AT = "created_at"
     STARTED_AT = "started_at"
     FINISHED_AT = "finished_at"
@@ -54,6 +60,11 @@ class Field(StrEnum):
     BATCHES_DONE = "batches_done"
     BATCHES_ENQUEUED = "batches_enqueued"  # its fan-out is done
     CALLBACK_EVENT = "callback_event"  # the webhook's one event id, claimed once
+
+
+def list_index(owner: str | None) -> str:
+    """The index a caller lists: its own jobs, or every job for the open API (no keys, owner None)."""
+    return CREATED_INDEX if owner is None else OWNER_INDEX_PREFIX + owner
 
 
 def declared(name: str) -> bool:

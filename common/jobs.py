@@ -20,7 +20,7 @@ from typing import Any
 import redis
 
 from common.errors import QuarryError
-from common.job_schema import BEAT_PREFIX, QUEUED_INDEX, Field, JobKeys, declared
+from common.job_schema import BEAT_PREFIX, CREATED_INDEX, QUEUED_INDEX, Field, JobKeys, declared, list_index
 from common.redis_client import redis_errors
 from common.transitions import StateGuard
 
@@ -77,6 +77,7 @@ class JobRecord:
     result: Any = None
     error: str | None = None
     owner: str | None = None  # the API key's name; None when the API is open
+    collection: str | None = None  # the collection it works on
     created_at: str = field(default_factory=now_iso)
     started_at: str | None = None
     finished_at: str | None = None
@@ -139,10 +140,16 @@ class JobStore:
     """All reads and writes of job records; every Redis failure surfaces as ServiceUnavailable."""
 
     def __init__(
-        self, client: redis.Redis, ttl_s: int, on_finish: Callable[[str], None] | None = None
+        self,
+        client: redis.Redis,
+        ttl_s: int,
+        on_finish: Callable[[str], None] | None = None,
+        *,
+        list_cap: int = 100_000,
     ) -> None:
         self.client = client
         self.ttl_s = ttl_s
+        self.list_cap = list_cap  # jobs each list index keeps at most (the oldest go first)
         self.on_finish = on_finish  # called with the job id after every terminal write (webhooks)
         self._guard = StateGuard(client, QUEUED_INDEX)  # a move out of `queued` leaves the index
 
@@ -166,12 +173,20 @@ class JobStore:
     ) -> JobRecord:
         """Record a job before it is queued; `request` (the task's kwargs) is kept for retries, and for
         `workers.reconciler`, which re-sends a queued job's lost message (listed in QUEUED_INDEX)."""
-        record = JobRecord(job_id=job_id, kind=kind, progress={"done": 0, "total": total}, owner=owner)
+        collection = request.get("collection")
+        record = JobRecord(
+            job_id=job_id,
+            kind=kind,
+            progress={"done": 0, "total": total},
+            owner=owner,
+            collection=collection if isinstance(collection, str) else None,
+        )
         if callback_url:
             record.callback = {"url": callback_url, "state": "pending", "attempts": 0, "last_status": None}
         fields = record.to_json()
         fields.pop("job_id")
-        self.write(job_id, {**fields, Field.REQUEST: request}, index=QUEUED_INDEX)
+        created_ms = datetime.fromisoformat(record.created_at).timestamp() * 1000  # created_after compares it
+        self.write(job_id, {**fields, Field.REQUEST: request}, index=QUEUED_INDEX, listed=(owner, created_ms))
         return record
 
     def request(self, job_id: str) -> dict[str, Any] | None:
@@ -209,6 +224,26 @@ class JobStore:
             pipe.hgetall(self.key(job_id))
             pipe.get(JobKeys(job_id).celery_meta)
             raw, meta = pipe.execute()
+        return self._reconciled(job_id, raw, meta, beats_of)
+
+    def get_many(self, job_ids: list[str]) -> list[JobRecord | None]:
+        """`get` for many jobs in one round trip (None: expired), in the order given."""
+        if not job_ids:
+            return []
+        with redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for job_id in job_ids:
+                pipe.hgetall(self.key(job_id))
+                pipe.get(JobKeys(job_id).celery_meta)
+            replies = pipe.execute()
+        return [
+            self._reconciled(job_id, raw, meta, None)
+            for job_id, raw, meta in zip(job_ids, replies[::2], replies[1::2], strict=True)
+        ]
+
+    def _reconciled(
+        self, job_id: str, raw: dict[bytes, bytes], meta: bytes | None, beats_of: Collection[str] | None
+    ) -> JobRecord | None:
         if not raw:
             return None
         record = _decode(job_id, raw)
@@ -299,14 +334,34 @@ class JobStore:
             fields = {"state": record.state.value, "error": record.error or "worker lost"}
             self._finish(record.job_id, fields, stamp=False)
 
-    def write(self, job_id: str, fields: dict[str, Any], *, index: str | None = None) -> None:
+    def write(
+        self,
+        job_id: str,
+        fields: dict[str, Any],
+        *,
+        index: str | None = None,
+        listed: tuple[str | None, float] | None = None,
+    ) -> None:
+        """`listed` (owner, None when open; creation in ms) also lists a new job (`common.job_list`)."""
         with redis_errors():
             pipe = self.client.pipeline(transaction=True)
             pipe.hset(self.key(job_id), mapping=_encode(fields))  # type: ignore[arg-type]
             pipe.expire(self.key(job_id), self.ttl_s)
             if index is not None:  # in the same transaction: never a job missing from its index
                 pipe.zadd(index, {self.key(job_id): time.time()})
+            if listed is not None:
+                owner, created_ms = listed
+                for listing in {CREATED_INDEX, list_index(owner)}:
+                    self._list(pipe, listing, job_id, created_ms)
             pipe.execute()
+
+    def _list(self, pipe: redis.client.Pipeline, listing: str, job_id: str, created_ms: float) -> None:
+        """Add a job to a list index, which stays bounded: entries older than the TTL (their records are
+        gone) and the oldest beyond `list_cap` leave it, and it expires a TTL after its newest job."""
+        pipe.zadd(listing, {job_id: created_ms})
+        pipe.zremrangebyscore(listing, "-inf", f"({created_ms - self.ttl_s * 1000}")
+        pipe.zremrangebyrank(listing, 0, -(self.list_cap + 1))
+        pipe.expire(listing, self.ttl_s)
 
 
 def lost_worker(

@@ -308,6 +308,17 @@ class Settings(BaseSettings):
     task_soft_time_limit_s: int = Field(1800, description="soft time limit of a task, in seconds (it fails)")
     task_time_limit_s: int = Field(1900, description="hard time limit of a task (its process is killed)")
     job_ttl_s: int = Field(7 * 24 * 3600, description="how long job records and their reports are kept")
+    job_list_cap: int = Field(
+        100_000,
+        ge=1,
+        description="jobs a key's list (GET /api/v1/jobs) keeps at most; the oldest leave first",
+    )
+    job_list_scan: int = Field(
+        1_000,
+        ge=1,
+        description="jobs one list request examines at most: a filter matching few returns a short page "
+        "and a cursor to go on",
+    )
     ingest_batch_documents: int = Field(64, description="documents per ingest batch task")
     milvus_write_batch: int = Field(1000, ge=1, description="rows per Milvus upsert request")
     milvus_serial_writes: bool = Field(

@@ -53,7 +53,7 @@ class Runtime:
         hooks = each(
             WebhookTrigger(client, _send_task), UploadRetention(client, self.settings.upload_retention_s)
         )
-        return JobStore(client, self.settings.job_ttl_s, on_finish=hooks)
+        return JobStore(client, self.settings.job_ttl_s, on_finish=hooks, list_cap=self.settings.job_list_cap)
 
     @cached_property
     def metrics(self) -> RedisMetrics:

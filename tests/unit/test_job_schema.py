@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from common import ledger, transitions
-from common.job_schema import BEAT_PREFIX, Field, JobKeys, declared, lua
+from common.job_schema import BEAT_PREFIX, CREATED_INDEX, Field, JobKeys, declared, list_index, lua
 from common.jobs import JobRecord
 
 
@@ -29,6 +29,8 @@ def test_key_names_are_the_ones_stored_by_earlier_releases() -> None:
         "quarry:job:abc:order:failed",
     )
     assert keys.celery_meta == "celery-task-meta-abc"
+    assert (list_index("team-a"), list_index(None)) == ("quarry:jobs:owner:team-a", CREATED_INDEX)
+    assert CREATED_INDEX == "quarry:jobs:created"
 
 
 def test_the_record_a_client_reads_is_made_of_declared_fields() -> None:

@@ -31,8 +31,9 @@ def doc(client: FlaskClient) -> dict[str, Any]:
 
 def test_every_route_is_documented_once(doc: dict[str, Any]) -> None:
     operations = {(method.upper(), path) for path, ops in doc["paths"].items() for method in ops}
-    assert len(operations) == 14
+    assert len(operations) == 15
     assert ("POST", "/api/v1/ask") in operations
+    assert ("GET", "/api/v1/jobs") in operations
     assert ("GET", "/api/v1/jobs/{job_id}") in operations
     assert doc["openapi"].startswith("3.1")
 

@@ -60,7 +60,13 @@ class FakeRedis:
         return True
 
     def zadd(self, key: str, mapping: dict[str, float]) -> int:
-        return len(mapping)  # the index of queued jobs (JobStore.create): no rule here reads it
+        return len(mapping)  # the indexes of jobs (JobStore.create): no rule here reads them
+
+    def zremrangebyscore(self, key: str, low: Any, high: Any) -> int:
+        return 0
+
+    def zremrangebyrank(self, key: str, start: int, end: int) -> int:
+        return 0
 
     def expire(self, key: str, ttl: int) -> bool:
         return True
