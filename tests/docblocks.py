@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 PLACEHOLDER = "…"
 _TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
-_FENCE = re.compile(r"^```(\S*)[^\n]*\n(.*?)^```\s*$", re.MULTILINE | re.DOTALL)
+_FENCE = re.compile(r"^([ \t]*)```(\S*)[^\n]*\n(.*?)^[ \t]*```[ \t]*$", re.MULTILINE | re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -45,9 +45,15 @@ class _Found:
 def _found(path: Path) -> list[_Found]:
     source = path.read_text(encoding="utf-8")
     return [
-        _Found(Block(path, source.count("\n", 0, m.start()) + 1, m.group(1), m.group(2)), m.start(), m.end())
+        _Found(Block(path, source.count("\n", 0, m.start()) + 1, m.group(2), _dedent(m)), m.start(), m.end())
         for m in _FENCE.finditer(source)
     ]
+
+
+def _dedent(match: re.Match[str]) -> str:
+    """A block's text without the indentation of its fence (a block inside a list item)."""
+    indent, lines = len(match.group(1)), match.group(3).splitlines(True)
+    return "".join(line[indent:] if line[:indent].isspace() else line for line in lines)
 
 
 def blocks(path: Path) -> list[Block]:

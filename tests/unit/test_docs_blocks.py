@@ -7,7 +7,10 @@ here with its reason, so a new example cannot slip in unchecked.
 
 from __future__ import annotations
 
+import importlib.util
 import re
+import subprocess
+import sys
 import unicodedata
 from pathlib import Path
 
@@ -27,6 +30,9 @@ NOT_RUN = {  # (page, lang, first line) -> why no test runs it, and what checks 
         "docker compose up",
     ): "no Docker engine here; test_compose.py checks the file",
     ("docs/operations.md", "yaml", "scrape_configs:"): "Prometheus's own configuration",
+    ("docs/operations.md", "shell", "# a GPU host"): "docker run on GPU hosts: no Docker engine, no GPU here",
+    ("docs/operations.md", "shell", "helm repo add"): "a Milvus cluster on Kubernetes: none here",
+    ("docs/operations.md", "shell", "export CUDA_VISIBLE_DEVICES"): "workers on a second GPU: no GPU here",
     ("docs/architecture.md", "text", "api/"): "the code map: test_the_code_map_names_what_exists",
     ("docs/architecture.md", "mermaid", "flowchart LR"): "the flow diagram, a drawing",
 }
@@ -122,3 +128,48 @@ def test_shape_matching_fails_on_what_matters() -> None:
     assert list(mismatches({"flag": True}, {"flag": 1}))
     assert list(mismatches([{"id": "a"}, {"id": "b"}], [{"id": "a"}]))  # fewer items than documented
     assert list(mismatches({"n": 0.5}, {"n": "0.5"}))
+
+
+def _inline_code() -> list[tuple[str, str]]:
+    """(page, code) for every inline code span of the docs outside fenced blocks."""
+    spans = []
+    for path in DOCS:
+        text = re.sub(
+            r"^[ \t]*```.*?^[ \t]*```", "", path.read_text(encoding="utf-8"), flags=re.DOTALL | re.M
+        )
+        spans += [(path.name, code) for code in re.findall(r"`([^`\n]+)`", text)]
+    return spans
+
+
+def test_every_make_target_the_docs_name_exists() -> None:
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    targets = set(re.findall(r"^([\w.-]+):", makefile, re.MULTILINE))
+    named = {target for _, code in _inline_code() for target in re.findall(r"\bmake ([\w-]+)", code)}
+    assert named and not named - targets, f"not in the Makefile: {sorted(named - targets)}"
+
+
+def test_every_inline_command_runs_and_takes_the_options_shown() -> None:
+    """`python -m M ...` and `quarry C ...` in prose: the module answers --help and knows every option."""
+    commands: dict[tuple[str, ...], set[str]] = {}
+    for _, code in _inline_code():
+        for found in re.finditer(
+            r"(?:python -m ([\w.]+)|\bquarry (ingest|ask|jobs|collections))((?: [^;|&]*)?)", code
+        ):
+            argv = ("-m", found.group(1)) if found.group(1) else ("-m", "client", found.group(2))
+            commands.setdefault(argv, set()).update(re.findall(r"(--[\w-]+)", found.group(3)))
+    assert len(commands) >= 5, commands
+    for argv, options in commands.items():
+        assert importlib.util.find_spec(argv[1]) is not None, f"no module {argv[1]}"
+        if not options:  # nothing to check but that it exists (`python -m devstack` would start the service)
+            continue
+        done = subprocess.run(
+            [sys.executable, *argv, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            cwd=ROOT,
+        )
+        assert done.returncode == 0, (argv, done.stderr[-500:])
+        missing = {option for option in options if option not in done.stdout}
+        assert not missing, f"python {' '.join(argv)} does not take {sorted(missing)}"
