@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,19 +36,26 @@ def _listed(stack: Stack, **params: Any) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def tenants(stack: Stack) -> dict[str, list[dict[str, Any]]]:
-    """Jobs of keys "a" and "b", ended, oldest first."""
+def tenants(stack: Stack) -> Iterator[dict[str, list[dict[str, Any]]]]:
+    """Jobs of keys "a" and "b", ended, oldest first. Their documents go at the end: other modules search
+    the same two collections (the only ones these keys may use) and expect only their own documents."""
     made: dict[str, list[dict[str, Any]]] = {"a": [], "b": []}
     for name in ("a", "b"):
         as_key = stack.as_key(name)
-        docs = [{"id": f"{name}-1", "text": f"Tenant {name} keeps notes about volcanoes."}]
+        docs = [{"id": f"{name}-listed", "text": f"Tenant {name} keeps notes about volcanoes."}]
         made[name].append(
             as_key.run("/api/v1/documents", json={"collection": f"{name}-docs", "documents": docs})
         )
         for i in range(3):
             question = {"question": f"volcanoes {i}?", "collection": f"{name}-docs"}
             made[name].append(as_key.run("/api/v1/ask", json=question))
-    return made
+    yield made
+    for name in ("a", "b"):
+        path = f"/api/v1/collections/{name}-docs/documents/{name}-listed"
+        as_key = stack.as_key(name)
+        response = as_key.delete(path)
+        assert response.status_code == 202, response.text
+        assert as_key.wait_job(response.json()["job_id"])["state"] == "succeeded"
 
 
 def test_each_tenant_lists_only_its_own_jobs_newest_first(
