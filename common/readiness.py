@@ -5,6 +5,9 @@ scored by the time its entry expires. A worker adds itself once it can take that
 speed (its models loaded and warmed, workers/warmup.py), an `Announcer` thread pushes the expiry
 forward every `REFRESH_S`, and a clean shutdown removes the entry; a worker that dies silently drops out
 `TTL_S` after its last refresh. Time is Redis's own (`TIME`): hosts with skewed clocks still agree.
+An entry written before Redis (re)started counts for nothing: a Redis restarted from its append-only
+file, or started on a copy of another's data, holds entries of workers that may be gone or warming up
+again; a live worker writes a fresh one within `REFRESH_S`.
 """
 
 from __future__ import annotations
@@ -72,13 +75,19 @@ class ReadyWorkers:
         with redis_errors():
             pipe = self.client.pipeline(transaction=False)
             pipe.time()
+            pipe.info("server")
             for queue in queues:
                 pipe.zrange(self.key(queue), 0, -1, withscores=True)
             replies = pipe.execute()
         now = _seconds(replies[0])
+        started = now - float(replies[1]["uptime_in_seconds"]) - 1  # uptime is rounded down
         return {
-            queue: sorted(_text(member) for member, until in entries if float(until) > now)
-            for queue, entries in zip(queues, replies[1:], strict=True)
+            queue: sorted(
+                _text(member)
+                for member, until in entries
+                if float(until) > now and float(until) - self.ttl_s >= started  # written since the start
+            )
+            for queue, entries in zip(queues, replies[2:], strict=True)
         }
 
     def missing(self, queues: Collection[str]) -> list[str]:

@@ -28,6 +28,10 @@ class FakeRedis:
         self.sets: dict[str, dict[str, float]] = {}
         self.ttls: dict[str, int] = {}
         self.down = False
+        self.started = 0.0  # when this Redis (re)started, on its clock
+
+    def info(self, section: str) -> dict[str, Any]:
+        return {"uptime_in_seconds": int(self.now - self.started)}
 
     def time(self) -> tuple[int, int]:
         self._check()
@@ -127,6 +131,18 @@ def test_a_refresh_pushes_the_expiry_and_prunes_lapsed_entries(redis: FakeRedis)
         workers.mark(["ask"], "alive@box:2")
     assert workers.ready(["ask"]) == {"ask": ["alive@box:2"]}
     assert set(redis.sets[KEY_PREFIX + "ask"]) == {"alive@box:2"}
+
+
+def test_entries_written_before_redis_restarted_count_for_nothing(redis: FakeRedis) -> None:
+    """A Redis restarted from its AOF (or on copied data) holds entries of workers that may be gone."""
+    workers = registry(redis, ttl_s=15)
+    workers.mark(["ask"], "ask@box:1")
+    redis.now += 4
+    redis.started = redis.now - 0.5  # restarted half a second ago, the entry has 11 s left
+    assert workers.ready(["ask"]) == {"ask": []}
+    redis.now += 5
+    workers.mark(["ask"], "ask@box:1")  # the live worker's next refresh
+    assert workers.ready(["ask"]) == {"ask": ["ask@box:1"]}
 
 
 def test_unmark_withdraws_at_once(redis: FakeRedis) -> None:
