@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -54,7 +55,9 @@ class Cursor:
     def decode(cls, text: str) -> Cursor:
         try:
             score, job_id = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-            return cls(float(score), str(job_id))
+            if not math.isfinite(float(score)) or not isinstance(job_id, str):
+                raise ValueError("not a cursor")  # NaN would reach Redis as a range it refuses
+            return cls(float(score), job_id)
         except (ValueError, TypeError, binascii.Error) as exc:
             raise InvalidRequest("cursor: not one this service gave out; start again without it") from exc
 
