@@ -9,11 +9,13 @@ no tenant's data: routes, counts, timings and queue lengths only.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import redis
 from flask import Flask, Response, current_app, g, request, request_finished, request_started
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, values
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -23,6 +25,7 @@ from prometheus_client.registry import Collector
 
 from api.services import Services
 from common.errors import ServiceUnavailable
+from common.job_schema import QUEUED_INDEX, Field
 from common.metrics import FleetCollector, RedisMetrics
 
 log = logging.getLogger(__name__)
@@ -80,6 +83,59 @@ class QueueCollector(Collector):
         yield gauge
 
 
+class QueuedJobsCollector(Collector):
+    """`quarry_jobs_queued{kind}` and `quarry_oldest_queued_job_age_seconds{kind}`: jobs whose message was
+    sent and that no worker has started, from the index of queued jobs (`common.job_schema.QUEUED_INDEX`,
+    scored by when the message was sent). A queue's depth says how much waits; the age of its oldest job
+    says whether anything moves. Reads at most `SCAN` entries, oldest first."""
+
+    SCAN = 10_000
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # registering must not reach Redis
+
+    def collect(self) -> Iterator[Metric]:
+        count = GaugeMetricFamily(
+            "quarry_jobs_queued", "Jobs sent to a queue and not started, by kind", labels=["kind"]
+        )
+        age = GaugeMetricFamily(
+            "quarry_oldest_queued_job_age_seconds",
+            "Seconds the oldest job of a kind has waited",
+            labels=["kind"],
+        )
+        try:
+            oldest = self._oldest_by_kind()
+        except redis.RedisError as exc:  # Redis down: no values rather than wrong zeros
+            log.warning("queued jobs unreadable: %s", exc)
+            oldest = {}
+        now = time.time()
+        for kind, (jobs, sent) in sorted(oldest.items()):
+            count.add_metric([kind], jobs)
+            age.add_metric([kind], max(0.0, now - sent))
+        yield count
+        yield age
+
+    def _oldest_by_kind(self) -> dict[str, tuple[int, float]]:
+        """kind -> (queued jobs, when the oldest was sent); a record gone since is not counted."""
+        client = self.services.redis
+        entries: list[tuple[bytes, float]] = client.zrange(  # type: ignore[assignment]
+            QUEUED_INDEX, 0, self.SCAN - 1, withscores=True
+        )
+        pipe = client.pipeline(transaction=False)
+        for key, _ in entries:
+            pipe.hget(key, Field.KIND)
+        found: dict[str, tuple[int, float]] = {}
+        for (_, sent), raw in zip(entries, pipe.execute() if entries else [], strict=True):
+            if raw is not None:
+                kind = str(json.loads(raw))
+                jobs, first = found.get(kind, (0, sent))
+                found[kind] = (jobs + 1, min(first, sent))
+        return found
+
+
 def scrape_registry(services: Services) -> CollectorRegistry:
     """What one scrape shows: the API's requests, the workers' metrics and the queues."""
     registry = CollectorRegistry(auto_describe=False)
@@ -90,6 +146,7 @@ def scrape_registry(services: Services) -> CollectorRegistry:
         registry.register(LATENCY)
     registry.register(FleetCollector(RedisMetrics(services.redis)))
     registry.register(QueueCollector(services))
+    registry.register(QueuedJobsCollector(services))
     return registry
 
 

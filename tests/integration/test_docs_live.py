@@ -139,6 +139,8 @@ def test_every_metric_the_grafana_queries_name_is_served(stack: Stack, delivered
     samples: dict[str, set[str]] = {}
     for name, labels in re.findall(r"^(quarry_\w+)(?:\{([^}]*)\})?", served, re.MULTILINE):
         samples.setdefault(name, set()).update(re.findall(r"(\w+)=", labels))
+    for name in re.findall(r"^# TYPE (quarry_\w+) gauge", served, re.MULTILINE):  # served, maybe empty now
+        samples.setdefault(name, set())
     named = set(re.findall(r"\b(quarry_\w+)", queries))
     assert named and not named - set(samples), f"not served: {sorted(named - set(samples))}"
     for name, selector in re.findall(r"\b(quarry_\w+)\{([^}]*)\}", queries):

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api import create_app
 from common.contracts import ASK_TASK, INGEST_BATCH_TASK, INGEST_TASK
+from common.job_schema import QUEUED_INDEX, JobKeys
 from common.settings import Settings
 from tests.integration.conftest import Stack
 
@@ -161,5 +162,33 @@ def test_queue_depths_count_the_messages_waiting(tmp_path: Path) -> None:
             for s in family.samples
         }
         assert queue_depths(parsed) == {"ask": 3, "parse": 2, "ingest": 1, "webhooks": 0}
+    finally:
+        client.flushdb()
+
+
+def test_queued_jobs_and_the_age_of_the_oldest_by_kind(tmp_path: Path) -> None:
+    """Jobs submitted through the API to a Redis database no worker consumes: counted while queued, and
+    the oldest one's age is its message's (made 100 s old here, rather than waiting for it)."""
+    settings = Settings(redis_url=QUEUE_REDIS_URL, data_dir=tmp_path, queue_depth_cache_s=0)
+    client = redis.Redis.from_url(QUEUE_REDIS_URL)
+    client.flushdb()
+    try:
+        web = create_app(settings).test_client()
+        asks = [web.post("/api/v1/ask", json={"question": f"why {i}?"}) for i in range(2)]
+        ingest = web.post(
+            "/api/v1/documents", json={"documents": [{"id": "q", "text": "Queued, never run."}]}
+        )
+        assert [r.status_code for r in (*asks, ingest)] == [202, 202, 202], [r.get_json() for r in asks]
+        oldest = JobKeys(asks[0].get_json()["job_id"]).record
+        client.zadd(QUEUED_INDEX, {oldest: time.time() - 100})
+        parsed = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(web.get("/metrics").get_data(as_text=True))
+            for s in family.samples
+        }
+        assert parsed[("quarry_jobs_queued", (("kind", "ask"),))] == 2
+        assert parsed[("quarry_jobs_queued", (("kind", "ingest"),))] == 1
+        assert 100 <= parsed[("quarry_oldest_queued_job_age_seconds", (("kind", "ask"),))] < 160
+        assert parsed[("quarry_oldest_queued_job_age_seconds", (("kind", "ingest"),))] < 60
     finally:
         client.flushdb()
