@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import redis
 from flask import Flask, Response, current_app, g, request, request_finished, request_started
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, values
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -27,6 +26,7 @@ from api.services import Services
 from common.errors import ServiceUnavailable
 from common.job_schema import QUEUED_INDEX, Field
 from common.metrics import FleetCollector, RedisMetrics
+from common.redis_client import redis_errors
 
 log = logging.getLogger(__name__)
 EXTENSION = "quarry-metrics"
@@ -107,9 +107,10 @@ class QueuedJobsCollector(Collector):
             labels=["kind"],
         )
         try:
-            oldest = self._oldest_by_kind()
-        except redis.RedisError as exc:  # Redis down: no values rather than wrong zeros
-            log.warning("queued jobs unreadable: %s", exc)
+            with redis_errors():
+                oldest = self._oldest_by_kind()
+        except ServiceUnavailable as exc:  # Redis down: no values rather than wrong zeros
+            log.warning("queued jobs unreadable: %s", exc.detail)
             oldest = {}
         now = time.time()
         for kind, (jobs, sent) in sorted(oldest.items()):

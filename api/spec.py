@@ -22,6 +22,7 @@ from spectree.utils import get_multidict_items
 from werkzeug.exceptions import BadRequest
 
 from common.errors import InvalidRequest, UnsupportedMediaType
+from common.jobs import JobState
 from common.reports import STATUSES
 
 DOCS_PATH = "docs"
@@ -178,7 +179,7 @@ class CollectionDocumentsQuery(BaseModel):
 class JobListQuery(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    state: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None
+    state: JobState | None = None
     kind: Literal["ingest", "ask", "delete"] | None = None
     collection: str | None = Field(None, min_length=1, max_length=255)
     created_after: datetime | None = Field(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import sys
@@ -130,7 +131,7 @@ def run_jobs(client: QuarryClient, args: argparse.Namespace) -> int:
 def run_job_list(client: QuarryClient, args: argparse.Namespace) -> int:
     size = min(max(args.limit, 1), 100)  # the server's largest page
     found = client.jobs(state=args.state, kind=args.kind, collection=args.collection, page_size=size)
-    listed = [job for job, _ in zip(found, range(max(args.limit, 0)), strict=False)]
+    listed = list(itertools.islice(found, max(args.limit, 0)))
 
     def human() -> None:
         for job in listed:

@@ -21,7 +21,7 @@ import redis
 
 from common.errors import QuarryError
 from common.job_schema import BEAT_PREFIX, CREATED_INDEX, QUEUED_INDEX, Field, JobKeys, declared, list_index
-from common.redis_client import redis_errors
+from common.redis_client import redis_errors, started_at
 from common.transitions import StateGuard
 
 log = logging.getLogger(__name__)
@@ -219,14 +219,11 @@ class JobStore:
         may be stale only because Redis was away (no beat could be written) and its worker beats again a
         moment later; a task's own stale beat, from a delivery of the same attempt, is certain.
         """
-        with redis_errors():
-            pipe = self.client.pipeline(transaction=False)
-            pipe.hgetall(self.key(job_id))
-            pipe.get(JobKeys(job_id).celery_meta)
-            raw, meta = pipe.execute()
-        return self._reconciled(job_id, raw, meta, beats_of)
+        return self.get_many([job_id], beats_of=beats_of)[0]
 
-    def get_many(self, job_ids: list[str]) -> list[JobRecord | None]:
+    def get_many(
+        self, job_ids: list[str], *, beats_of: Collection[str] | None = None
+    ) -> list[JobRecord | None]:
         """`get` for many jobs in one round trip (None: expired), in the order given."""
         if not job_ids:
             return []
@@ -237,7 +234,7 @@ class JobStore:
                 pipe.get(JobKeys(job_id).celery_meta)
             replies = pipe.execute()
         return [
-            self._reconciled(job_id, raw, meta, None)
+            self._reconciled(job_id, raw, meta, beats_of)
             for job_id, raw, meta in zip(job_ids, replies[::2], replies[1::2], strict=True)
         ]
 
@@ -264,7 +261,7 @@ class JobStore:
         beat timeout after that (a SIGKILLed Redis restarted from its AOF holds only old beats)."""
         with redis_errors():
             info = self.client.info("server")
-        return time.time() - float(info["uptime_in_seconds"]) - 1  # seconds, rounded down
+        return started_at(time.time(), info)
 
     def mark_running(self, job_id: str) -> bool:
         """False when the job ended meanwhile (cancelled while queued): the task must not run it."""

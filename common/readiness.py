@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 
-from common.redis_client import redis_errors
+from common.redis_client import redis_errors, started_at
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class ReadyWorkers:
                 pipe.zrange(self.key(queue), 0, -1, withscores=True)
             replies = pipe.execute()
         now = _seconds(replies[0])
-        started = now - float(replies[1]["uptime_in_seconds"]) - 1  # uptime is rounded down
+        started = started_at(now, replies[1])
         return {
             queue: sorted(
                 _text(member)

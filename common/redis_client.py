@@ -50,6 +50,12 @@ def connect_redis_patient(url: str, outage_s: float) -> redis.Redis:
     )
 
 
+def started_at(now: float, server_info: dict[str, Any]) -> float:
+    """When Redis (re)started, on the clock of `now`, from its `INFO server` reply: what was written
+    before it (a beat, a ready entry replayed from the AOF) says nothing about who is alive now."""
+    return now - float(server_info["uptime_in_seconds"]) - 1  # uptime is whole seconds, rounded down
+
+
 def queue_script(pipe: Pipeline, script: Script, keys: Sequence[str], args: Sequence[Any]) -> None:
     """Queue a registered script in a pipeline by its source (EVAL), never by its hash (EVALSHA).
 
