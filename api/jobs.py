@@ -9,9 +9,10 @@ from contextlib import contextmanager, suppress
 from datetime import UTC
 from typing import Any
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
 
 from api.auth import principal
+from api.events import StreamLimits, snapshot, stream
 from api.services import services, submit
 from api.spec import (
     Job,
@@ -70,6 +71,34 @@ def get_job(job_id: str) -> Response:
     if wait > 0 and not record.state.terminal:
         record = services().jobs.wait(job_id, wait) or record
     return jsonify(record.to_json())
+
+
+@bp.get("/<job_id>/events")
+@spec.validate(
+    resp=responses(
+        404, HTTP_200=(None, "text/event-stream: the job's events"), HTTP_204=(None, "seen its end")
+    )
+)
+def job_events(job_id: str) -> tuple[Iterator[str] | str, int, dict[str, str]]:
+    """The job's changes as Server-Sent Events: `state`, `progress`, then `end` with the result, and the
+    stream closes. Send `Last-Event-ID` to resume; a connection lasts at most `max_wait_s`, then
+    reconnect (EventSource does so by itself).
+
+    The body goes back as a generator, not a Response: spectree reads a Response's whole body (to
+    validate it), which would run the stream to its end before sending a byte."""
+    record = _job_or_404(job_id)  # a missing or foreign job is a 404 problem, before the stream starts
+    last_id = request.headers.get("Last-Event-ID") or None
+    if record.state.terminal and snapshot(record, last_id).event_id == last_id:
+        return "", 204, {}  # the client saw the end: 204 stops EventSource reconnecting
+    svc = services()
+    cfg = svc.settings
+    limits = StreamLimits(cfg.max_wait_s, cfg.sse_heartbeat_s, cfg.sse_poll_s, cfg.sse_retry_ms)
+    headers = {
+        "Content-Type": "text/event-stream; charset=utf-8",
+        "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no",  # nginx: pass each event at once
+    }
+    return stream(svc.jobs, job_id, last_id, limits), 200, headers
 
 
 @bp.get("/<job_id>/documents")

@@ -44,8 +44,13 @@ def problem(status: int, title: str, detail: str, **extra: Any) -> Response:
     return response
 
 
+def status_of(exc: errors.QuarryError) -> int:
+    """The HTTP status of a domain error (500: a QuarryError no entry covers, a bug)."""
+    return next((code for kind, code in STATUS.items() if isinstance(exc, kind)), 500)
+
+
 def _domain(exc: errors.QuarryError) -> Response:
-    status = next((code for kind, code in STATUS.items() if isinstance(exc, kind)), 500)
+    status = status_of(exc)
     extra = {"errors": exc.errors} if isinstance(exc, errors.InvalidRequest) and exc.errors else {}
     response = problem(status, exc.title, exc.detail, **extra)
     if isinstance(exc, errors.TooManyRequests | errors.Conflict) and exc.retry_after_s is not None:

@@ -146,8 +146,9 @@ class Health(BaseModel):
     checks: dict[str, dict[str, Any]]
 
 
-def responses(*errors: int, **ok: type[BaseModel]) -> Responses:
-    """Success models by status (`HTTP_202=JobAccepted`) and the problem statuses a route can answer."""
+def responses(*errors: int, **ok: type[BaseModel] | tuple[None, str]) -> Responses:
+    """Success models by status (`HTTP_202=JobAccepted`; `(None, "media/type: what")` for a body that is
+    not JSON) and the problem statuses a route can answer."""
     problems: dict[str, type[BaseModel]] = {f"HTTP_{code}": Problem for code in (*errors, 401, 429, 503)}
     return Responses(**{**problems, **ok})
 
@@ -210,6 +211,10 @@ def document() -> dict[str, Any]:
             content = response.get("content", {})
             if content.get("application/json", {}).get("schema", {}).get("$ref", "").endswith("/Problem"):
                 content["application/problem+json"] = content.pop("application/json")
+            media, _, what = response.get("description", "").partition(": ")
+            if what and "/" in media and " " not in media and not content:  # `(None, "text/event-stream: …")`
+                response["content"] = {media: {"schema": {"type": "string"}}}
+                response["description"] = what
     return doc
 
 

@@ -4,6 +4,7 @@
     quarry ask "question" --top-k 5 [--collection C]
     quarry jobs JOB_ID [--wait]
     quarry jobs list [--state S] [--kind K] [--collection C] [--limit N]
+    quarry jobs watch JOB_ID                            (each change as it happens, until the job ends)
     quarry collections
 
 Human output by default, `--json` for scripts. `QUARRY_URL` and `QUARRY_API_KEY` set the defaults.
@@ -61,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--collection")
     ask.add_argument("--no-rerank", action="store_true")
     ask.add_argument("--timeout", type=float, default=300.0)
-    jobs = sub.add_parser("jobs", help="show a job, or `list` this key's jobs", parents=[common])
-    jobs.add_argument("job_id", help="a job id, or `list`")
+    jobs = sub.add_parser("jobs", help="show a job, `list` this key's jobs, or `watch` one", parents=[common])
+    jobs.add_argument("job_id", help="a job id, `list`, or `watch` followed by a job id")
+    jobs.add_argument("watched", nargs="?", help="the job id after `watch`")
     jobs.add_argument("--wait", action="store_true", help="wait until it ends")
     jobs.add_argument("--state", choices=("queued", "running", "succeeded", "failed", "cancelled"))
     jobs.add_argument("--kind", choices=("ingest", "ask", "delete"))
@@ -73,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def wait_with_progress(client: QuarryClient, job_id: str, timeout: float, show: bool) -> Job:
-    """Long-poll the job; a progress bar on stderr while a person is watching."""
+    """Follow the job (events, or long-poll); a progress bar on stderr while a person is watching."""
     with tqdm(total=None, desc=job_id[:8], unit="doc", disable=not show, file=sys.stderr) as bar:
 
         def update(job: Job) -> None:
@@ -81,7 +83,7 @@ def wait_with_progress(client: QuarryClient, job_id: str, timeout: float, show: 
             bar.n = job.progress.get("done", 0)
             bar.set_postfix_str(job.state)
 
-        return client.wait(job_id, timeout=timeout, on_update=update)
+        return client.watch(job_id, timeout=timeout, on_update=update)
 
 
 def print_answer(job: Job) -> None:
@@ -120,6 +122,11 @@ def run_ask(client: QuarryClient, args: argparse.Namespace) -> int:
 
 
 def run_jobs(client: QuarryClient, args: argparse.Namespace) -> int:
+    if args.job_id == "watch":
+        return run_job_watch(client, args)
+    if args.watched:
+        print(f"error: unexpected argument {args.watched!r} (only `watch` takes a job id)", file=sys.stderr)
+        return EXIT_ERROR
     if args.job_id == "list":
         return run_job_list(client, args)
     show = not args.json and sys.stderr.isatty()
@@ -139,6 +146,23 @@ def run_job_list(client: QuarryClient, args: argparse.Namespace) -> int:
 
     output(args.json, {"items": [dataclasses.asdict(job) for job in listed]}, human)
     return EXIT_OK
+
+
+def run_job_watch(client: QuarryClient, args: argparse.Namespace) -> int:
+    """One line per change (`--json`: one JSON object per line), then the job's end decides the exit."""
+    if not args.watched:
+        print("error: `quarry jobs watch` needs a job id", file=sys.stderr)
+        return EXIT_ERROR
+
+    def show(job: Job) -> None:
+        if args.json:
+            print(json.dumps(dataclasses.asdict(job)), flush=True)
+        else:
+            print_job(job)
+            sys.stdout.flush()
+
+    job = client.watch(args.watched, on_update=show)
+    return EXIT_FAILED if job.state == "failed" else EXIT_OK
 
 
 def run_collections(client: QuarryClient, args: argparse.Namespace) -> int:

@@ -87,7 +87,7 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
-def _error(response: requests.Response) -> QuarryError:
+def error_of(response: requests.Response) -> QuarryError:
     """QuarryError from an error response: problem+json when the server sent it, else the raw text."""
     title, detail = response.reason or "HTTP error", response.text.strip()[:2000]
     if "json" in response.headers.get("Content-Type", ""):
@@ -103,7 +103,7 @@ def _error(response: requests.Response) -> QuarryError:
     )
 
 
-def _backoff() -> Iterator[float]:
+def backoff_delays() -> Iterator[float]:
     """Exponential, jittered delays so many waiting clients do not hit a recovering server in step."""
     delay = BACKOFF_START_S
     while True:
@@ -129,18 +129,20 @@ class QuarryClient:
 
     def _request(self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any) -> Any:
         """Send a request and return its JSON body; any non-2xx becomes a QuarryError."""
-        headers = {"Accept": "application/json, application/problem+json", **kwargs.pop("headers", {})}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
+        headers = {"Accept": "application/json, application/problem+json", **self.auth_headers()}
+        headers.update(kwargs.pop("headers", {}))
         response = self.session.request(
             method, self.base_url + path, headers=headers, timeout=timeout or self.timeout, **kwargs
         )
         if not 200 <= response.status_code < 300:
-            raise _error(response)
+            raise error_of(response)
         try:
             return response.json()
         except ValueError:
             raise QuarryError(response.status_code, "Invalid response", "expected a JSON body") from None
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     def _submit(self, path: str, **kwargs: Any) -> str:
         """POST something that answers 202 {"job_id", "status_url"}; returns the job id."""
@@ -203,7 +205,7 @@ class QuarryClient:
         return self._submit("/api/v1/ask", json=body)
 
     def job(self, job_id: str) -> Job:
-        return Job.from_json(self._request("GET", _job_path(job_id)))
+        return Job.from_json(self._request("GET", job_path(job_id)))
 
     def wait(
         self, job_id: str, *, timeout: float | None = None, on_update: Callable[[Job], None] | None = None
@@ -213,7 +215,7 @@ class QuarryClient:
         Raises TimeoutError once `timeout` seconds have passed, QuarryError on non-retryable answers.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        backoff = _backoff()
+        backoff = backoff_delays()
         while True:
             remaining = LONG_POLL_S if deadline is None else max(0.0, deadline - time.monotonic())
             started = time.monotonic()
@@ -226,7 +228,7 @@ class QuarryClient:
                     raise
                 delay = exc.retry_after if exc.retry_after is not None else next(backoff)
             else:
-                backoff = _backoff()
+                backoff = backoff_delays()
                 if on_update is not None:
                     on_update(job)
                 if job.done:
@@ -238,17 +240,26 @@ class QuarryClient:
             if delay > 0:
                 _sleep(delay)
 
+    def watch(
+        self, job_id: str, *, timeout: float | None = None, on_update: Callable[[Job], None] | None = None
+    ) -> Job:
+        """Like `wait`, but each change arrives as it happens (Server-Sent Events, `client.events`);
+        long-polls where the server cannot stream."""
+        from client.events import follow  # noqa: PLC0415 - client.events builds on this module
+
+        return follow(self, job_id, timeout=timeout, on_update=on_update)
+
     def _poll(self, job_id: str, wait_s: float) -> Job:
         params = {"wait": round(wait_s, 3)}
         return Job.from_json(
-            self._request("GET", _job_path(job_id), params=params, timeout=self.timeout + wait_s)
+            self._request("GET", job_path(job_id), params=params, timeout=self.timeout + wait_s)
         )
 
     def job_documents(
         self, job_id: str, *, status: str | None = None, page_size: int = 500
     ) -> Iterator[dict[str, Any]]:
         """Per-document outcomes of an ingest job ({"doc_id", "status", "reason", "chunks"}), page by page."""
-        return self._pages(_job_path(job_id) + "/documents", page_size, status=status)
+        return self._pages(job_path(job_id) + "/documents", page_size, status=status)
 
     def documents(self, collection: str, *, page_size: int = 500) -> Iterator[dict[str, Any]]:
         """Every document of a collection, page by page (Milvus serves the first 16,384)."""
@@ -288,10 +299,10 @@ class QuarryClient:
 
     def retry(self, job_id: str) -> str:
         """Ask the server to run a job again (POST .../retry); returns the new job's id."""
-        return self._submit(_job_path(job_id) + "/retry")
+        return self._submit(job_path(job_id) + "/retry")
 
     def cancel(self, job_id: str) -> Job:
-        return Job.from_json(self._request("DELETE", _job_path(job_id)))
+        return Job.from_json(self._request("DELETE", job_path(job_id)))
 
     def collections(self) -> list[dict[str, Any]]:
         return list(self._request("GET", "/api/v1/collections").get("items", []))
@@ -300,7 +311,7 @@ class QuarryClient:
         return dict(self._request("GET", f"/api/v1/collections/{quote(name, safe='')}"))
 
 
-def _job_path(job_id: str) -> str:
+def job_path(job_id: str) -> str:
     return f"/api/v1/jobs/{quote(job_id, safe='')}"
 
 

@@ -73,7 +73,18 @@ class Settings(BaseSettings):
     # --- API ---
     api_host: str = Field("127.0.0.1", description="address `make run` binds the API to (Docker: 0.0.0.0)")
     api_port: int = Field(8000, description="port `make run` binds the API to (Docker: 8000)")
-    max_wait_s: float = Field(30.0, gt=0, description="cap of ?wait= long polls")
+    max_wait_s: float = Field(
+        30.0, gt=0, description="cap of ?wait= long polls, and the longest one job-events connection lasts"
+    )
+    sse_heartbeat_s: float = Field(
+        10.0, gt=0, description="seconds between keep-alive comments of an idle job-events stream"
+    )
+    sse_poll_s: float = Field(
+        1.0, gt=0, description="how often a job-events stream reads its job for progress (its end is pushed)"
+    )
+    sse_retry_ms: int = Field(
+        1000, ge=0, description="`retry:` of a job-events stream: how soon EventSource reconnects, in ms"
+    )
     max_request_bytes: int = Field(50 * 1024 * 1024, description="largest request body in bytes (413 above)")
     max_question_chars: int = Field(2000, description="longest question, in characters")
     max_json_depth: int = Field(
@@ -85,6 +96,19 @@ class Settings(BaseSettings):
     max_top_k: int = Field(100, description="largest top_k a question may ask for")
     default_top_k: int = Field(5, description="top_k of a question that gives none")
     default_collection: str = Field("default", description="collection of a request that names none")
+
+    # --- tracing (OpenTelemetry; common/tracing.py) ---
+    otel_exporter_otlp_endpoint: str | None = Field(
+        None,
+        description="OTLP/HTTP collector base URL (spans go to <it>/v1/traces), e.g. http://otel-collector:4318;"
+        " unset: no tracing at all",
+    )
+    otel_service_name: str = Field(
+        "quarry", description="service.name prefix of the spans: <it>-api, <it>-worker"
+    )
+    otel_bsp_schedule_delay: int = Field(
+        5000, ge=1, description="milliseconds between span exports of each process (the batch processor's)"
+    )
 
     # --- security and admission ---
     api_keys: list[ApiKey] = Field(

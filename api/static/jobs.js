@@ -1,8 +1,8 @@
-// The jobs panel: each job long-polled until it ends, with its progress and, for an upload, what happened
-// to each document.
-import { $, API, ApiError, TERMINAL, api, clearProblem, el, report, sleep, stateClass } from "./lib.js";
+// The jobs panel: each job followed until it ends (its Server-Sent Events; long-poll where the server
+// cannot stream), with its progress and, for an upload, what happened to each document.
+import { $, API, ApiError, NoStream, TERMINAL, api, clearProblem, el, report, sleep, stateClass, streamEvents } from "./lib.js";
 
-// A long-poll returns when the job ends; ingest jobs are polled more often so their progress moves.
+// Long-poll (the fallback) returns when the job ends; ingest jobs are polled more often so progress moves.
 const WAIT_S = 25; // the service caps it at MAX_WAIT_S
 const PROGRESS_WAIT_S = 2;
 const MAX_JOBS = 30;
@@ -102,25 +102,60 @@ async function pollOnce(job, failures) {
     render(job, record);
     return { record, failures: 0, stop: TERMINAL.has(record.state) };
   } catch (err) {
-    report(job.problem, err);
-    const status = err instanceof ApiError ? err.problem.status : 0;
-    if ([401, 403, 404, 422].includes(status)) return { record: null, failures, stop: true };
-    const waitS = (err.problem && err.problem.retryAfter) || 2 ** Math.min(failures + 1, 5);
-    await sleep(waitS * 1000);
-    return { record: null, failures: failures + 1, stop: false };
+    return failed(job, err, failures);
   }
 }
 
-/** Long-poll the job until it ends; resolves to its last record (null when it could not be followed). */
+/** Follow the job's events until it ends: one connection after another (the server closes each after
+ * MAX_WAIT_S), resuming from the last event id. Resolves like pollOnce; throws NoStream. */
+async function streamOnce(job, failures) {
+  let record = null;
+  try {
+    const onEvent = (event) => {
+      if (event.name === "error") throw new ApiError(JSON.parse(event.data));
+      if (!["state", "progress", "end"].includes(event.name)) return;
+      record = JSON.parse(event.data);
+      clearProblem(job.problem);
+      render(job, record);
+      refreshDocuments(job, record);
+    };
+    const closed = await streamEvents(`${API}/jobs/${job.id}/events`, job.lastEventId, onEvent);
+    job.lastEventId = closed.lastId;
+    if (record && TERMINAL.has(record.state)) return { record, failures: 0, stop: true };
+    await sleep(closed.retryMs);
+    return { record: null, failures: 0, stop: false };
+  } catch (err) {
+    if (err instanceof NoStream) throw err;
+    return failed(job, err, failures);
+  }
+}
+
+async function failed(job, err, failures) {
+  report(job.problem, err);
+  const status = err instanceof ApiError ? err.problem.status : 0;
+  if ([401, 403, 404, 422].includes(status)) return { record: null, failures, stop: true };
+  const waitS = (err.problem && err.problem.retryAfter) || 2 ** Math.min(failures + 1, 5);
+  await sleep(waitS * 1000);
+  return { record: null, failures: failures + 1, stop: false };
+}
+
+/** Follow the job until it ends; resolves to its last record (null when it could not be followed). */
 function startFollowing(job) {
   job.resume.hidden = true;
   job.done = (async () => {
     let failures = 0;
+    let streaming = true;
     for (;;) {
-      const outcome = await pollOnce(job, failures);
+      let outcome;
+      try {
+        outcome = streaming ? await streamOnce(job, failures) : await pollOnce(job, failures);
+      } catch {
+        streaming = false; // NoStream: long-poll from now on
+        continue;
+      }
       failures = outcome.failures;
       if (!outcome.stop) {
-        await refreshDocuments(job, outcome.record);
+        if (!streaming) await refreshDocuments(job, outcome.record);
         continue;
       }
       if (!outcome.record) {

@@ -127,6 +127,66 @@ export async function api(method, path, body) {
   return data;
 }
 
+/** The server cannot stream (an older server, or a proxy that buffers): follow by long-poll instead. */
+export class NoStream extends Error {}
+
+/** Read one Server-Sent Events response (fetch, so the API key goes in a header, which EventSource
+ * cannot send). Calls onEvent({name, data, id}) per event; resolves to {lastId, retryMs} when the server
+ * closes the stream. Non-2xx answers throw ApiError like api(). */
+export async function streamEvents(path, lastId, onEvent) {
+  const headers = { Accept: "text/event-stream, application/problem+json", ...authHeaders() };
+  if (lastId) headers["Last-Event-ID"] = lastId;
+  let response;
+  try {
+    response = await fetch(path, { headers, cache: "no-store" });
+  } catch {
+    throw new ApiError(networkProblem(`GET ${path}`));
+  }
+  const type = response.headers.get("Content-Type") || "";
+  if (!response.ok) {
+    const text = await response.text();
+    let data = null;
+    try { data = JSON.parse(text); } catch { /* shown as text */ }
+    if (response.status === 404 && !type.includes("problem")) throw new NoStream();
+    const problem = toProblem(response.status, response.statusText, data, text);
+    problem.retryAfter = Number(response.headers.get("Retry-After")) || 0;
+    throw new ApiError(problem);
+  }
+  if (!type.startsWith("text/event-stream") || !response.body) throw new NoStream();
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  const state = { lastId, retryMs: 1000, name: "", data: [], rest: "" };
+  for (;;) {
+    let chunk;
+    try {
+      chunk = await reader.read();
+    } catch {
+      return state; // the connection broke: resume from the last id
+    }
+    if (chunk.done) return state;
+    const lines = (state.rest + chunk.value).split(/\r\n|\r|\n/);
+    state.rest = lines.pop();
+    for (const line of lines) sseLine(state, line, onEvent);
+  }
+}
+
+function sseLine(state, line, onEvent) {
+  if (line === "") {
+    if (state.data.length) onEvent({ name: state.name || "message", data: state.data.join("\n"), id: state.lastId });
+    state.name = "";
+    state.data = [];
+    return;
+  }
+  if (line.startsWith(":")) return; // the server's heartbeat
+  const at = line.indexOf(":");
+  const field = at < 0 ? line : line.slice(0, at);
+  let value = at < 0 ? "" : line.slice(at + 1);
+  if (value.startsWith(" ")) value = value.slice(1);
+  if (field === "event") state.name = value;
+  else if (field === "data") state.data.push(value);
+  else if (field === "id" && !value.includes("\0")) state.lastId = value;
+  else if (field === "retry" && /^\d+$/.test(value)) state.retryMs = Number(value);
+}
+
 export function showProblem(box, problem) {
   const heading = problem.status ? `${problem.title} (${problem.status})` : problem.title;
   box.replaceChildren(el("strong", { class: "problem-title" }, heading));

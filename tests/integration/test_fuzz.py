@@ -22,7 +22,7 @@ from devstack.processes import Supervisor, api_argv, free_port, wait_until
 from tests.integration.conftest import Stack, healthy
 
 EXAMPLES_PER_OPERATION = 200
-OPERATIONS = 15
+OPERATIONS = 16
 FUZZ_REDIS_DB = 11
 
 

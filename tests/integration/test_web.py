@@ -239,3 +239,29 @@ def test_failed_documents_show_their_reason_and_can_be_retried(
     shots = stack.logs / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
     _screenshot_rendered(page, page.locator("#jobs"), shots / "web-failures.png")
+
+
+def test_jobs_are_followed_by_their_events_or_by_long_poll_where_none_stream(
+    page: Page, stack: Stack
+) -> None:
+    """The page reads each job's Server-Sent Events (fetch with the key in a header, which EventSource
+    cannot send); where the route does not stream (an older server, a proxy), it long-polls instead."""
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    _settings(page, KEYS["main"][0], "web-demo")
+    _ask(page, "What causes tides?", 2)
+    job = page.locator("li.job-ask").first
+    expect(job.locator(".job-state")).to_have_text("succeeded")
+    streamed = job.get_attribute("data-job-id")
+    assert f"{stack.url}/api/v1/jobs/{streamed}/events" in requested, requested
+    assert not [url for url in requested if f"/jobs/{streamed}?wait=" in url]
+
+    page.route(
+        "**/events", lambda route: route.fulfill(status=404, content_type="text/html", body="Not Found")
+    )
+    _ask(page, "What is espresso?", 2)
+    polled_job = page.locator("li.job-ask").first
+    expect(polled_job).not_to_have_attribute("data-job-id", streamed or "")
+    expect(polled_job.locator(".job-state")).to_have_text("succeeded", timeout=JOB_TIMEOUT_MS)
+    polled = polled_job.get_attribute("data-job-id")
+    assert [url for url in requested if f"/jobs/{polled}?wait=" in url], requested

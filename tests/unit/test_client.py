@@ -62,6 +62,7 @@ class FakeQuarry:
     seen: list[Seen] = field(default_factory=list)
     jobs: dict[str, list[Reply]] = field(default_factory=dict)
     documents: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    events: dict[str, list[Reply]] = field(default_factory=dict)  # scripted like `jobs`, per connection
     submitted: int = 0
 
     def handle(self, req: Seen) -> Reply:
@@ -82,6 +83,9 @@ class FakeQuarry:
     def _job(self, method: str, parts: list[str], query: dict[str, list[str]]) -> Reply:
         if parts[1:] == ["documents"]:
             return self._documents(parts[0], query)
+        if parts[1:] == ["events"] and parts[0] in self.events:
+            script = self.events[parts[0]]
+            return script.pop(0) if len(script) > 1 else script[0]
         if method == "DELETE":
             return reply(200, job_json(parts[0], "cancelled"))
         if parts[0] in self.jobs:
@@ -334,3 +338,52 @@ def test_loader_usage_and_connection_errors_exit_2(fake: FakeQuarry, tmp_path: P
     assert "upload 1/1" in json.loads(capsys.readouterr().out)["errors"][0]
     assert loader.main([str(tmp_path), "--collection", "c", "--api", fake.url, "--no-wait"]) == 0
     assert capsys.readouterr().out.strip() == "job-1"
+
+
+def sse(*events: tuple[str, str, dict[str, Any]], retry: int = 0) -> Reply:
+    """One connection's stream: (id, event, job) each, then the server closes it."""
+    text = f"retry: {retry}\n\n: heartbeat\n\n" + "".join(
+        f"id: {eid}\nevent: {name}\ndata: {json.dumps(body)}\n\n" for eid, name, body in events
+    )
+    return 200, {"Content-Type": "text/event-stream; charset=utf-8"}, text.encode()
+
+
+def test_watch_follows_events_and_resumes_from_the_last_id(fake: FakeQuarry, sleeps: list[float]) -> None:
+    fake.events["j"] = [
+        sse(("q-1", "state", job_json("j", "queued")), ("r-1", "state", job_json("j", "running")), retry=250),
+        (503, {"Content-Type": "application/problem+json", "Retry-After": "2"}, b"{}"),
+        sse(("r-2", "progress", job_json("j", "running", done=1, total=2))),
+        sse(("s-1", "end", {**job_json("j", "succeeded", done=2, total=2), "result": {"chunks": 4}})),
+    ]
+    seen: list[tuple[str, int]] = []
+    job = QuarryClient(fake.url, api_key="k").watch(
+        "j", on_update=lambda j: seen.append((j.state, j.progress["done"]))
+    )
+    assert job.state == "succeeded" and job.result == {"chunks": 4}
+    assert seen == [("queued", 0), ("running", 0), ("running", 1), ("succeeded", 2)]
+    asked = [req.headers.get("Last-Event-ID") for req in fake.seen if req.path.endswith("/events")]
+    assert asked == [None, "r-1", "r-1", "r-2"]  # each connection resumes where the last one stopped
+    assert sleeps == [0.25, 2.0, 0.0]  # the server's retry, then its Retry-After
+    assert all(req.headers["Authorization"] == "Bearer k" for req in fake.seen)
+
+
+def test_watch_long_polls_where_the_server_does_not_stream(fake: FakeQuarry) -> None:
+    fake.jobs["old"] = [reply(200, job_json("old", "running")), reply(200, job_json("old", "succeeded"))]
+    fake.events["old"] = [reply(404, {"title": "Not Found", "status": 404, "detail": "no such route"})]
+    assert QuarryClient(fake.url).watch("old").state == "succeeded"
+    assert [req.query.get("wait") for req in fake.seen if not req.path.endswith("/events")][-1] is not None
+
+
+def test_watch_raises_a_missing_job_and_a_stream_that_says_it_expired(fake: FakeQuarry) -> None:
+    with pytest.raises(QuarryError) as missing:
+        QuarryClient(fake.url).watch("nope")
+    assert missing.value.status == 404
+    gone = (
+        200,
+        {"Content-Type": "text/event-stream"},
+        b'event: error\ndata: {"status": 404, "title": "Not Found"}\n\n',
+    )
+    fake.events["gone"] = [gone]
+    with pytest.raises(QuarryError) as expired:
+        QuarryClient(fake.url).watch("gone")
+    assert expired.value.status == 404

@@ -31,8 +31,9 @@ def doc(client: FlaskClient) -> dict[str, Any]:
 
 def test_every_route_is_documented_once(doc: dict[str, Any]) -> None:
     operations = {(method.upper(), path) for path, ops in doc["paths"].items() for method in ops}
-    assert len(operations) == 15
+    assert len(operations) == 16
     assert ("POST", "/api/v1/ask") in operations
+    assert ("GET", "/api/v1/jobs/{job_id}/events") in operations
     assert ("GET", "/api/v1/jobs") in operations
     assert ("GET", "/api/v1/jobs/{job_id}") in operations
     assert doc["openapi"].startswith("3.1")
@@ -45,6 +46,14 @@ def test_bodies_come_from_the_validating_models(doc: dict[str, Any]) -> None:
     assert {"application/json", "multipart/form-data"} <= body.keys()
     files = schemas["UploadForm"]["properties"]["files"]
     assert files["items"] == {"format": "binary", "type": "string"}
+
+
+def test_the_event_stream_is_documented_as_what_it_is(doc: dict[str, Any]) -> None:
+    responses = doc["paths"]["/api/v1/jobs/{job_id}/events"]["get"]["responses"]
+    assert responses["200"]["content"] == {"text/event-stream": {"schema": {"type": "string"}}}
+    assert responses["200"]["description"] == "the job's events"
+    assert "content" not in responses["204"]
+    assert responses["404"]["content"]["application/problem+json"]["schema"]["$ref"].endswith("/Problem")
 
 
 def test_keys_are_required_except_for_health(doc: dict[str, Any]) -> None:
