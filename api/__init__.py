@@ -10,6 +10,7 @@ from api import auth, collections, guard, jobs, jsonbody, limits, metrics, probl
 from api.routes import bp, health_bp
 from api.services import Services
 from api.web import bp as web_bp
+from common import tracing
 from common.settings import Settings, get_settings
 
 
@@ -31,5 +32,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(web_bp)  # the page at / and its /static/ assets: no key, no rate limit
     spec.install(app)  # after the blueprints: it documents their routes
     metrics.install(app)  # GET /metrics (open like /healthz); counts every request by route template
+    tracing.setup(settings, "api", app)  # OTLP spans when OTEL_EXPORTER_OTLP_ENDPOINT is set; else nothing
     logging.basicConfig(level=logging.INFO)
     return app

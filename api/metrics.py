@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, Response, current_app, g, request, request_finished, request_started
@@ -24,7 +25,7 @@ from prometheus_client.registry import Collector
 
 from api.services import Services
 from common.errors import ServiceUnavailable
-from common.job_schema import QUEUED_INDEX, Field
+from common.job_schema import QUEUED_INDEX, RUNNING_INDEX, Field
 from common.metrics import FleetCollector, RedisMetrics
 from common.redis_client import redis_errors
 
@@ -83,57 +84,74 @@ class QueueCollector(Collector):
         yield gauge
 
 
-class QueuedJobsCollector(Collector):
-    """`quarry_jobs_queued{kind}` and `quarry_oldest_queued_job_age_seconds{kind}`: jobs whose message was
-    sent and that no worker has started, from the index of queued jobs (`common.job_schema.QUEUED_INDEX`,
-    scored by when the message was sent). A queue's depth says how much waits; the age of its oldest job
-    says whether anything moves. Reads at most `SCAN` entries, oldest first."""
+@dataclass(frozen=True)
+class JobIndex:
+    """An index of open jobs (record keys scored by a time) and the two gauges read from it."""
+
+    key: str
+    count: tuple[str, str]  # name, help
+    age: tuple[str, str]
+
+
+QUEUED = JobIndex(
+    QUEUED_INDEX,
+    ("quarry_jobs_queued", "Jobs sent to a queue and not started, by kind"),
+    ("quarry_oldest_queued_job_age_seconds", "Seconds the oldest job of a kind has waited"),
+)
+RUNNING = JobIndex(
+    RUNNING_INDEX,
+    ("quarry_jobs_running", "Jobs running, by kind"),
+    ("quarry_longest_running_job_seconds", "Seconds the longest-running job of a kind has run"),
+)
+
+
+class JobsCollector(Collector):
+    """Per kind, how many jobs an index holds and the age of its oldest: `quarry_jobs_queued` and
+    `quarry_oldest_queued_job_age_seconds` from the index of queued jobs (`QUEUED_INDEX`, scored by when the
+    message was sent), `quarry_jobs_running` and `quarry_longest_running_job_seconds` from that of running
+    ones (`RUNNING_INDEX`, by start). A queue's depth says how much waits; the age of its oldest job says
+    whether anything moves. Reads at most `SCAN` entries of each, oldest first."""
 
     SCAN = 10_000
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, index: JobIndex) -> None:
         self.services = services
+        self.index = index
 
     def describe(self) -> Iterable[Metric]:
         return []  # registering must not reach Redis
 
     def collect(self) -> Iterator[Metric]:
-        count = GaugeMetricFamily(
-            "quarry_jobs_queued", "Jobs sent to a queue and not started, by kind", labels=["kind"]
-        )
-        age = GaugeMetricFamily(
-            "quarry_oldest_queued_job_age_seconds",
-            "Seconds the oldest job of a kind has waited",
-            labels=["kind"],
-        )
+        count = GaugeMetricFamily(*self.index.count, labels=["kind"])
+        age = GaugeMetricFamily(*self.index.age, labels=["kind"])
         try:
             with redis_errors():
                 oldest = self._oldest_by_kind()
         except ServiceUnavailable as exc:  # Redis down: no values rather than wrong zeros
-            log.warning("queued jobs unreadable: %s", exc.detail)
+            log.warning("%s unreadable: %s", self.index.key, exc.detail)
             oldest = {}
         now = time.time()
-        for kind, (jobs, sent) in sorted(oldest.items()):
+        for kind, (jobs, since) in sorted(oldest.items()):
             count.add_metric([kind], jobs)
-            age.add_metric([kind], max(0.0, now - sent))
+            age.add_metric([kind], max(0.0, now - since))
         yield count
         yield age
 
     def _oldest_by_kind(self) -> dict[str, tuple[int, float]]:
-        """kind -> (queued jobs, when the oldest was sent); a record gone since is not counted."""
+        """kind -> (jobs, the oldest one's score); a record gone since is not counted."""
         client = self.services.redis
         entries: list[tuple[bytes, float]] = client.zrange(  # type: ignore[assignment]
-            QUEUED_INDEX, 0, self.SCAN - 1, withscores=True
+            self.index.key, 0, self.SCAN - 1, withscores=True
         )
         pipe = client.pipeline(transaction=False)
         for key, _ in entries:
             pipe.hget(key, Field.KIND)
         found: dict[str, tuple[int, float]] = {}
-        for (_, sent), raw in zip(entries, pipe.execute() if entries else [], strict=True):
+        for (_, since), raw in zip(entries, pipe.execute() if entries else [], strict=True):
             if raw is not None:
                 kind = str(json.loads(raw))
-                jobs, first = found.get(kind, (0, sent))
-                found[kind] = (jobs + 1, min(first, sent))
+                jobs, first = found.get(kind, (0, since))
+                found[kind] = (jobs + 1, min(first, since))
         return found
 
 
@@ -147,7 +165,8 @@ def scrape_registry(services: Services) -> CollectorRegistry:
         registry.register(LATENCY)
     registry.register(FleetCollector(RedisMetrics(services.redis)))
     registry.register(QueueCollector(services))
-    registry.register(QueuedJobsCollector(services))
+    registry.register(JobsCollector(services, QUEUED))
+    registry.register(JobsCollector(services, RUNNING))
     return registry
 
 

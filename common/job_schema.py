@@ -16,6 +16,7 @@ its names from here, Lua scripts included (`lua` fills `$field` in), so a name c
     celery-task-meta-<id>                 Celery's result meta of the job's (first) task
     quarry:jobs:queued, quarry:jobs:fanned   sorted sets of record keys (`workers.reconciler`,
                                              `workers.lost_batches`)
+    quarry:jobs:running                   sorted set of record keys of running jobs, by start (metrics)
     quarry:jobs:created                   sorted set: every job id by creation time (ms), the open API's list
     quarry:jobs:owner:<key name>          sorted set: one API key's job ids alike (`common.job_list`)
 
@@ -32,6 +33,7 @@ from string import Template
 KEY_PREFIX = "quarry:job:"
 CELERY_META_PREFIX = "celery-task-meta-"
 QUEUED_INDEX = "quarry:jobs:queued"  # sorted set: record keys of queued jobs, by when their message was sent
+RUNNING_INDEX = "quarry:jobs:running"  # sorted set: record keys of running jobs, by when they started
 FANNED_INDEX = "quarry:jobs:fanned"  # sorted set: record keys of ingest jobs whose batches were all sent
 CREATED_INDEX = "quarry:jobs:created"  # sorted set: every job id, scored by creation time in ms
 OWNER_INDEX_PREFIX = "quarry:jobs:owner:"  # + API key name: that key's job ids, scored alike

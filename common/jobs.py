@@ -151,7 +151,7 @@ class JobStore:
         self.ttl_s = ttl_s
         self.list_cap = list_cap  # jobs each list index keeps at most (the oldest go first)
         self.on_finish = on_finish  # called with the job id after every terminal write (webhooks)
-        self._guard = StateGuard(client, QUEUED_INDEX)  # a move out of `queued` leaves the index
+        self._guard = StateGuard(client)  # a move out of `queued` leaves its index, into `running` joins one
 
     @staticmethod
     def key(job_id: str) -> str:

@@ -25,6 +25,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from common import tracing
+
 log = logging.getLogger(__name__)
 KEY_PREFIX = "quarry:metrics:"
 
@@ -86,7 +88,10 @@ BATCH_SIZE = MetricSpec(
     ("batch",),
     SIZE_BUCKETS,
 )
-FLEET = (TASKS, TASK_SECONDS, STAGE_SECONDS, BATCH_SIZE)
+JOBS_ENDED = MetricSpec(  # counted by the job's move into its end (`common.transitions`), once per job
+    "quarry_jobs_ended_total", "counter", "Jobs that ended, by kind and state", ("kind", "state")
+)
+FLEET = (TASKS, TASK_SECONDS, STAGE_SECONDS, BATCH_SIZE, JOBS_ENDED)
 
 
 @dataclass(frozen=True)
@@ -239,10 +244,12 @@ def batch(kind: str, size: int) -> Observation:
 
 @contextmanager
 def timed(pipeline: str, name: str) -> Iterator[None]:
-    """Emit the block's duration as one stage observation (also when it raises)."""
+    """Emit the block's duration as one stage observation (also when it raises), and trace it as a span
+    of the running task (`common.tracing`; nothing when tracing is off)."""
     start = time.perf_counter()
     try:
-        yield
+        with tracing.span(f"{pipeline}.{name}"):
+            yield
     finally:
         emit(stage(pipeline, name, time.perf_counter() - start))
 

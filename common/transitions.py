@@ -12,7 +12,9 @@ its caller would skip the job's end event and webhook. With it, the repeat recog
 
 The same step takes a job that leaves `queued` out of the index of queued jobs
 (`common.job_schema.QUEUED_INDEX`, read by `workers.reconciler`), so the index never lists a job that
-started or ended (ZREM is idempotent under a repeat too).
+started or ended (ZREM is idempotent under a repeat too); keeps the index of running jobs
+(`RUNNING_INDEX`, by when each started; entries older than the TTL leave it), and counts each end once
+by kind and state (`quarry_jobs_ended_total`: the move into an end happens once per job).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from itertools import chain
 
 import redis
 
-from common.job_schema import Field, lua
+from common.job_schema import QUEUED_INDEX, RUNNING_INDEX, Field, lua
+from common.metrics import JOBS_ENDED
 
 _MOVE = lua("""
 if redis.call('hget', KEYS[1], ARGV[2]) == ARGV[3] then return 1 end
@@ -34,8 +37,20 @@ for i = 5, n + 4 do
   if state == ARGV[i] then
     redis.call('hset', KEYS[1], ARGV[2], ARGV[3], unpack(ARGV, n + 5))
     redis.call('expire', KEYS[1], ARGV[1])
-    if KEYS[2] and redis.call('hget', KEYS[1], '$state') ~= '"queued"' then
+    local now = redis.call('hget', KEYS[1], '$state')
+    if now ~= '"queued"' then
       redis.call('zrem', KEYS[2], KEYS[1])
+    end
+    local t = tonumber(redis.call('time')[1])
+    if now == '"running"' then
+      redis.call('zadd', KEYS[3], t, KEYS[1])
+    else
+      redis.call('zrem', KEYS[3], KEYS[1])
+    end
+    redis.call('zremrangebyscore', KEYS[3], '-inf', '(' .. (t - tonumber(ARGV[1])))
+    if now ~= state and (now == '"succeeded"' or now == '"failed"' or now == '"cancelled"') then
+      local kind = cjson.decode(redis.call('hget', KEYS[1], '$kind') or '""')
+      redis.call('hincrbyfloat', KEYS[4], cjson.encode({kind, cjson.decode(now), 'value'}), 1)
     end
     return 1
   end
@@ -47,9 +62,8 @@ return 0
 class StateGuard:
     """`move` writes a job's fields only when its stored state is one of `allowed`."""
 
-    def __init__(self, client: redis.Redis, queued_index: str) -> None:
+    def __init__(self, client: redis.Redis) -> None:
         self._script = client.register_script(_MOVE)  # no round trip: EVALSHA (or EVAL) on first use
-        self._index = queued_index  # sorted set of the record keys of queued jobs
 
     def move(self, key: str, ttl_s: int, allowed: Iterable[str], fields: dict[str, str]) -> bool:
         """`fields` are already encoded as the record stores them; True when they were written (also when
@@ -64,4 +78,5 @@ class StateGuard:
             *states,
             *chain.from_iterable(fields.items()),
         ]
-        return int(self._script(keys=[key, self._index], args=args)) == 1
+        keys = [key, QUEUED_INDEX, RUNNING_INDEX, JOBS_ENDED.key]
+        return int(self._script(keys=keys, args=args)) == 1

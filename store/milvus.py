@@ -18,6 +18,7 @@ from common.faultpoints import fault_point
 from common.filters import literal, render_filter
 from common.retries import milvus_unavailable
 from common.settings import Settings
+from common.tracing import traced
 from common.types import BM25Analysis, Chunk, Hit, SearchOptions, embedding_text
 from store import schema
 from store.analysis import analyse
@@ -76,6 +77,7 @@ class MilvusStore:
                 self._analysis = schema.analysis(self.client, self.name)
         return self._analysis
 
+    @traced("milvus.ensure_collection")
     def ensure_collection(self, model_name: str, dimension: int) -> None:
         """Create the collection once (idempotent, safe when two workers race) and check its model."""
         expected = schema.properties(model_name, dimension)
@@ -89,6 +91,7 @@ class MilvusStore:
             schema.check(self.client, self.name, expected)
             self.client.load_collection(self.name)
 
+    @traced("milvus.insert")
     def insert(
         self,
         collection: str,
@@ -133,6 +136,7 @@ class MilvusStore:
             "dense": vector.astype(np.float32).tolist(),
         }
 
+    @traced("milvus.delete")
     def delete(
         self, collection: str, doc_ids: Sequence[str] | None = None, before_seq: int | None = None
     ) -> int:
@@ -147,6 +151,7 @@ class MilvusStore:
             result = self.client.delete(self.name, filter=expr)
         return int(result.get("delete_count", 0)) if isinstance(result, dict) else len(result)
 
+    @traced("milvus.prune")
     def prune(self, collection: str, keep: Mapping[str, Collection[str]]) -> None:
         """Delete each document's rows of any version but those in `keep` (none kept: all its rows).
 
@@ -185,12 +190,14 @@ class MilvusStore:
             "dimension": properties.get(DIMENSION_PROPERTY),
         }
 
+    @traced("milvus.count")
     def count(self, conditions: dict[str, Any]) -> int:
         """Rows matching `conditions` (rendered by the one filter function)."""
         with milvus_errors("count"):
             rows = self.client.query(self.name, filter=render_filter(conditions), output_fields=["count(*)"])
         return int(rows[0]["count(*)"]) if rows else 0
 
+    @traced("milvus.document_versions")
     def document_versions(self, collection: str, doc_ids: Sequence[str]) -> dict[str, dict[str, int]]:
         """Each document's stored versions, {content hash: seq}, read from first chunks (a version is whole
         once its first chunk is stored). Usually one; two when a kill fell between a write and its prune."""
@@ -212,6 +219,7 @@ class MilvusStore:
             found.setdefault(row["doc_id"], {})[row["content_hash"]] = int(row["seq"])
         return found
 
+    @traced("milvus.sample_texts")
     def sample_texts(self, collection: str, limit: int) -> list[str]:
         """Up to `limit` of the collection's chunks as the reranker reads them (title first), for statistics
         such as token IDF: whichever rows Milvus returns first, not a random draw."""
@@ -239,11 +247,13 @@ class MilvusStore:
                 self.client.load_collection(self.name)
                 return call()
 
+    @traced("milvus.flush")
     def flush(self) -> None:
         """Milvus-lite searches unflushed rows very slowly: flush once at the end of each write task."""
         with milvus_errors("flush"), self.write_turn():
             self.client.flush(self.name)
 
+    @traced("milvus.search")
     def search(
         self,
         collection: str,

@@ -13,7 +13,8 @@ trace.LOG_SUCCESS = "Task %(name)s[%(id)s] succeeded in %(runtime)ss"
 
 # Imported by every worker before it starts (`include`): the tasks, and the modules whose signal handlers
 # must be connected before `worker_init` and `celeryd_after_setup` fire (workers.gate renices an ingest
-# worker and splits the cores between its children; workers.warmup warms the models).
+# worker and splits the cores between its children; workers.warmup warms the models; workers.telemetry
+# sets up tracing).
 app = make_celery(
     get_settings(),
     include=[
@@ -23,5 +24,6 @@ app = make_celery(
         "workers.sweeper",
         "workers.warmup",
         "workers.gate",
+        "workers.telemetry",
     ],
 )

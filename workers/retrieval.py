@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from common import metrics
+from common import metrics, tracing
 from common.contracts import StageOptions
 from common.isolation import isolate
 from common.retries import RETRIABLE_ERRORS
@@ -47,6 +47,7 @@ class Question:
     reranker: str | None = None
     filters: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)  # `StageOptions` as JSON: checked by `stages`
+    trace: Any = field(default=None, compare=False)  # the task's trace context (`common.tracing.current`)
 
     @cached_property
     def stages(self) -> StageOptions:
@@ -160,17 +161,22 @@ class Retriever:
         outcomes: dict[int, AnswerOrError] = {}
         timings: dict[str, float] = {"batch_size": len(questions)}
         options = self._options(questions, outcomes)
+        traces = [question.trace for question in questions]
         start = time.perf_counter()
-        vectors = self._embed(questions, list(options), outcomes)
+        with tracing.stage("embed", traces):
+            vectors = self._embed(questions, list(options), outcomes)
         timings["embed_ms"] = _ms(start)
         start = time.perf_counter()
-        hits = self._search(questions, options, vectors, outcomes)
+        with tracing.stage("search", traces):
+            hits = self._search(questions, options, vectors, outcomes)
         chunks = dict(hits)  # every chunk found: a grouped result lists each document's best passages
         hits = {i: best_per_document(h) if self.per_document(questions[i]) else h for i, h in hits.items()}
         timings["search_ms"] = _ms(start)
         start = time.perf_counter()
-        ranked = self._rerank(questions, hits, outcomes)
-        if any(q.reranker for q in questions):
+        reranking = any(q.reranker for q in questions)
+        with tracing.stage("rerank", traces if reranking else []):
+            ranked = self._rerank(questions, hits, outcomes)
+        if reranking:
             timings["rerank_ms"] = _ms(start)
         metrics.emit(metrics.batch("questions", len(questions)), *metrics.stage_timings("ask", timings))
         for i, question in enumerate(questions):

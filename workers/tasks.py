@@ -13,6 +13,7 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
+from common import tracing
 from common.contracts import ASK, DELETE, INGEST, INGEST_BATCH, SETTLE, IngestBatch, Settle
 from common.errors import InvalidRequest
 from common.faultpoints import fault_point
@@ -281,7 +282,9 @@ def ask(self: JobTask, **kwargs: Any) -> dict[str, Any]:
     rt, job = runtime(), ASK.parse(kwargs)
     fault_point(rt.settings, "ask")  # test only: a window to kill the worker in while it answers
     options = job.options.model_dump(exclude_none=True)
-    item = Question(job.question, job.collection, job.top_k, job.reranker, job.filters, options)
+    item = Question(
+        job.question, job.collection, job.top_k, job.reranker, job.filters, options, tracing.current()
+    )
     result = rt.questions.call(item, timeout_s=rt.settings.task_soft_time_limit_s)
     rt.jobs.set_progress(self.request.id, {"done": 1, "total": 1})
     return result

@@ -15,7 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api import create_app
 from common.contracts import ASK_TASK, INGEST_BATCH_TASK, INGEST_TASK
-from common.job_schema import QUEUED_INDEX, JobKeys
+from common.job_schema import QUEUED_INDEX, RUNNING_INDEX, JobKeys
+from common.jobs import JobStore
 from common.settings import Settings
 from tests.integration.conftest import Stack
 
@@ -108,6 +109,9 @@ def test_worker_tasks_by_kind_and_outcome(samples: Samples) -> None:
         assert value(samples, "quarry_task_duration_seconds_sum", kind=kind) > 0, kind
         buckets = value(samples, "quarry_task_duration_seconds_bucket", kind=kind, le="+Inf")
         assert buckets == value(samples, "quarry_task_duration_seconds_count", kind=kind)
+    for kind in ("ingest", "ask"):  # jobs, not tasks: an ingest's batches are no jobs of their own
+        assert value(samples, "quarry_jobs_ended_total", kind=kind, state="succeeded") >= 1, kind
+    assert value(samples, "quarry_jobs_ended_total", kind="ingest_batch") == 0
 
 
 @pytest.mark.parametrize(
@@ -190,5 +194,46 @@ def test_queued_jobs_and_the_age_of_the_oldest_by_kind(tmp_path: Path) -> None:
         assert parsed[("quarry_jobs_queued", (("kind", "ingest"),))] == 1
         assert 100 <= parsed[("quarry_oldest_queued_job_age_seconds", (("kind", "ask"),))] < 160
         assert parsed[("quarry_oldest_queued_job_age_seconds", (("kind", "ingest"),))] < 60
+    finally:
+        client.flushdb()
+
+
+def _parsed(web: Any) -> Samples:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(web.get("/metrics").get_data(as_text=True))
+        for s in family.samples
+    }
+
+
+def test_running_jobs_and_ended_jobs_by_kind_and_state(tmp_path: Path) -> None:
+    """Jobs moved through their states as a worker and a client would: running ones are counted while they
+    run (with the longest one's age), each end once by kind and state, a repeated end not at all."""
+    settings = Settings(redis_url=QUEUE_REDIS_URL, data_dir=tmp_path, queue_depth_cache_s=0)
+    client = redis.Redis.from_url(QUEUE_REDIS_URL)
+    client.flushdb()
+    try:
+        web = create_app(settings).test_client()
+        ids = [web.post("/api/v1/ask", json={"question": f"why {i}?"}).get_json()["job_id"] for i in range(3)]
+        jobs = JobStore(client, ttl_s=600)
+        assert jobs.mark_running(ids[0]) and jobs.mark_running(ids[1])
+        client.zadd(RUNNING_INDEX, {JobKeys(ids[0]).record: time.time() - 50})
+        assert web.delete(f"/api/v1/jobs/{ids[2]}").status_code == 200
+        parsed = _parsed(web)
+        assert parsed[("quarry_jobs_running", (("kind", "ask"),))] == 2
+        assert 50 <= parsed[("quarry_longest_running_job_seconds", (("kind", "ask"),))] < 110
+        assert ("quarry_jobs_queued", (("kind", "ask"),)) not in parsed
+        assert parsed[("quarry_jobs_ended_total", (("kind", "ask"), ("state", "cancelled")))] == 1
+
+        jobs.mark_succeeded(ids[0], {"passages": []})
+        jobs.mark_failed(ids[1], "boom")
+        jobs.mark_failed(ids[0], "a late redelivery")  # the job ended already: neither moved nor counted
+        parsed = _parsed(web)
+        assert ("quarry_jobs_running", (("kind", "ask"),)) not in parsed
+        assert client.zcard(RUNNING_INDEX) == 0
+        ended = {
+            dict(labels)["state"]: v for (n, labels), v in parsed.items() if n == "quarry_jobs_ended_total"
+        }
+        assert ended == {"cancelled": 1, "succeeded": 1, "failed": 1}
     finally:
         client.flushdb()
