@@ -7,8 +7,10 @@ from typing import Any
 from urllib.parse import urlparse
 
 from celery import Celery
+from celery.signals import before_task_publish
 
 from common.contracts import ASK_QUEUE, TASK_QUEUES
+from common.messages import stamp_sent
 from common.settings import Settings
 
 WARM_START_S = 600.0  # how long a prefork child may take to load and warm its models (workers/warmup.py)
@@ -68,4 +70,6 @@ def make_celery(settings: Settings, include: Sequence[str] = ()) -> Celery:
     creating it connects to nothing."""
     app = Celery("quarry", include=list(include), set_as_current=False)
     app.conf.update(from_settings(settings))
+    # Every message says when it was sent (the age of a queue's oldest, in /metrics); once per process.
+    before_task_publish.connect(stamp_sent, weak=False, dispatch_uid="quarry.stamp_sent")
     return app

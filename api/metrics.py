@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from flask import Flask, Response, current_app, g, request, request_finished, request_started
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, values
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -26,6 +27,7 @@ from prometheus_client.registry import Collector
 from api.services import Services
 from common.errors import ServiceUnavailable
 from common.job_schema import QUEUED_INDEX, RUNNING_INDEX, Field
+from common.messages import queue_lists, sent_at
 from common.metrics import FleetCollector, RedisMetrics
 from common.redis_client import redis_errors
 
@@ -56,6 +58,13 @@ def multiprocess() -> bool:
     return bool(getattr(values.ValueClass, "_multiprocess", False))
 
 
+def queues(services: Services) -> list[str]:
+    """Every queue a task is routed to, plus the default one."""
+    conf = services.celery.conf
+    routed = {str(route["queue"]) for route in conf.task_routes.values()}
+    return sorted(routed | {str(conf.task_default_queue)})
+
+
 class QueueCollector(Collector):
     """`quarry_queue_depth{queue}`: messages waiting in each broker queue, read at scrape time."""
 
@@ -65,23 +74,63 @@ class QueueCollector(Collector):
     def describe(self) -> Iterable[Metric]:
         return []  # registering must not reach the broker
 
-    def queues(self) -> list[str]:
-        """Every queue a task is routed to, plus the default one."""
-        conf = self.services.celery.conf
-        routed = {str(route["queue"]) for route in conf.task_routes.values()}
-        return sorted(routed | {str(conf.task_default_queue)})
-
     def collect(self) -> Iterator[Metric]:
         gauge = GaugeMetricFamily(
             "quarry_queue_depth", "Messages waiting in a broker queue", labels=["queue"]
         )
-        for queue in self.queues():
+        for queue in queues(self.services):
             try:
                 gauge.add_metric([queue], float(self.services.queue_depth(queue)))
             except ServiceUnavailable as exc:  # the broker is down: no values rather than wrong zeros
                 log.warning("queue depths unreadable: %s", exc.detail)
                 break  # the other queues would fail alike: one warning per scrape is enough
         yield gauge
+
+
+class MessageAgeCollector(Collector):
+    """`quarry_oldest_message_age_seconds{queue}`: how long ago the oldest message waiting in each queue
+    was sent (0: none waits), from the tails of kombu's lists and the send time every publish stamps
+    (`common.messages`). Ingest batches, webhooks and resent messages are messages but not jobs: this
+    covers them. Redis broker only (RabbitMQ's own metrics have `rabbitmq_queue_head_message_timestamp`)."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # registering must not reach the broker
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(
+            "quarry_oldest_message_age_seconds",
+            "Seconds since the oldest waiting message was sent",
+            labels=["queue"],
+        )
+        client = self.services.broker_redis
+        names = [(queue, name) for queue in queues(self.services) for name in queue_lists(queue)]
+        try:
+            with redis_errors():
+                tails = self._tails(client, [name for _, name in names]) if client is not None else None
+        except ServiceUnavailable as exc:  # the broker is down: no values rather than wrong zeros
+            log.warning("message ages unreadable: %s", exc.detail)
+            tails = None
+        if tails is not None:
+            now, ages = time.time(), dict.fromkeys((queue for queue, _ in names), 0.0)
+            for (queue, _), raw in zip(names, tails, strict=True):
+                sent = sent_at(raw)
+                if raw is not None and sent is None:
+                    ages.pop(queue, None)  # a message that does not say when it was sent: no guess
+                elif sent is not None and queue in ages:
+                    ages[queue] = max(ages[queue], now - sent)
+            for queue, age in sorted(ages.items()):
+                gauge.add_metric([queue], max(0.0, age))
+        yield gauge
+
+    @staticmethod
+    def _tails(client: redis.Redis, lists: list[str]) -> list[bytes | None]:
+        pipe = client.pipeline(transaction=False)
+        for name in lists:
+            pipe.lindex(name, -1)  # kombu pushes on the left: the last item is the oldest
+        return pipe.execute()  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -165,6 +214,7 @@ def scrape_registry(services: Services) -> CollectorRegistry:
         registry.register(LATENCY)
     registry.register(FleetCollector(RedisMetrics(services.redis)))
     registry.register(QueueCollector(services))
+    registry.register(MessageAgeCollector(services))
     registry.register(JobsCollector(services, QUEUED))
     registry.register(JobsCollector(services, RUNNING))
     return registry

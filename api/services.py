@@ -7,7 +7,9 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from functools import cached_property
 from typing import Any
+from urllib.parse import urlparse
 
 import redis
 from flask import Response, current_app, jsonify, url_for
@@ -69,6 +71,17 @@ class Services:
         self._depth_lock = threading.Lock()
         self._depths: dict[str, tuple[float, int]] = {}
         self._depth_failure: tuple[float, Exception] = (-1e9, Exception())
+
+    @cached_property
+    def broker_redis(self) -> redis.Redis | None:
+        """The broker's Redis (the job store's client when it is the same URL); None for another broker."""
+        if urlparse(self.settings.broker).scheme not in ("redis", "rediss"):
+            return None
+        return (
+            self.redis
+            if self.settings.broker == self.settings.redis_url
+            else connect_redis(self.settings.broker)
+        )
 
     @property
     def catalog(self) -> Catalog:

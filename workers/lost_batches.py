@@ -30,8 +30,9 @@ from kombu.transport.redis import Channel
 from common.contracts import INGEST_BATCH_TASK, INGEST_QUEUE
 from common.errors import InvalidRequest
 from common.job_schema import BEAT_PREFIX, FANNED_INDEX, Field, JobKeys
+from common.messages import queue_lists
 from workers.fanout import batch_kwargs
-from workers.reconciler import CLAIM, SCAN_LIMIT, Send, loads_or_none, queue_lists
+from workers.reconciler import CLAIM, SCAN_LIMIT, Send, loads_or_none
 
 log = logging.getLogger(__name__)
 RUNNING = json.dumps("running").encode()

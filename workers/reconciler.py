@@ -38,10 +38,11 @@ from typing import Any
 from urllib.parse import urlparse
 
 import redis
-from kombu.transport.redis import PRIORITY_STEPS, Channel
+from kombu.transport.redis import Channel
 
 from common.contracts import JOB_TASKS, TASK_QUEUES
 from common.job_schema import QUEUED_INDEX, Field, JobKeys
+from common.messages import queue_lists
 from common.redis_client import connect_redis
 from common.settings import Settings
 
@@ -90,11 +91,6 @@ def route(kind: str | None) -> tuple[str, str] | None:
     """The task and queue of a job of `kind`, or None for a kind no task runs (kept in celeryconfig)."""
     task = JOB_TASKS.get(kind or "")
     return None if task is None else (task, TASK_QUEUES[task])
-
-
-def queue_lists(queue: str) -> list[str]:
-    """The Redis lists kombu keeps a queue in: the queue itself, and one per priority step above 0."""
-    return [queue] + [f"{queue}{Channel.sep}{step}" for step in PRIORITY_STEPS if step]
 
 
 def _task_id(message: Any) -> str | None:

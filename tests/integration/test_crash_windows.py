@@ -16,6 +16,7 @@ import pytest
 from celeryconfig import make_celery
 from common.contracts import INGEST_BATCH_TASK, INGEST_QUEUE
 from common.fences import Fences
+from common.messages import queue_lists
 from common.settings import Settings
 from devstack.processes import start_milvus
 from ingestion.pipeline import DELETED
@@ -35,7 +36,6 @@ from tests.integration.crashpoints import (
 )
 from tests.integration.faultstack import FaultStack, wait_for
 from workers.fanout import batch_kwargs
-from workers.reconciler import queue_lists
 
 V1, V2 = version("d", 8, 0), version("d", 8, 1)  # two batches of four; v2 has more chunks per document
 

@@ -3,6 +3,7 @@ stages (through Redis) and the broker's queues, after one ingest and one questio
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from api import create_app
 from common.contracts import ASK_TASK, INGEST_BATCH_TASK, INGEST_TASK
 from common.job_schema import QUEUED_INDEX, RUNNING_INDEX, JobKeys
 from common.jobs import JobStore
+from common.messages import SENT_HEADER
 from common.settings import Settings
 from tests.integration.conftest import Stack
 
@@ -166,6 +168,18 @@ def test_queue_depths_count_the_messages_waiting(tmp_path: Path) -> None:
             for s in family.samples
         }
         assert queue_depths(parsed) == {"ask": 3, "parse": 2, "ingest": 1, "webhooks": 0}
+
+        oldest = json.loads(client.lindex("ask", -1))  # the first sent: made 100 s old
+        oldest["headers"][SENT_HEADER] -= 100
+        client.lset("ask", -1, json.dumps(oldest))
+        ages = {
+            dict(labels)["queue"]: v
+            for (name, labels), v in _parsed(app.test_client()).items()
+            if name == "quarry_oldest_message_age_seconds"
+        }
+        assert ages.keys() == {"ask", "parse", "ingest", "webhooks"}
+        assert 100 <= ages["ask"] < 160 and 0 < ages["parse"] < 60 and 0 < ages["ingest"] < 60
+        assert ages["webhooks"] == 0  # nothing waits
     finally:
         client.flushdb()
 

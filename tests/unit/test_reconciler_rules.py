@@ -13,6 +13,7 @@ from kombu.transport.redis import Channel
 from celeryconfig import make_celery
 from common.contracts import ASK_TASK, DELETE_TASK, INGEST_BATCH_TASK, INGEST_TASK, JOB_TASKS, TASK_QUEUES
 from common.job_schema import KEY_PREFIX
+from common.messages import queue_lists
 from common.settings import Settings
 from workers.fanout import batch_kwargs, batch_path
 from workers.lost_batches import FannedJob, missing, queued_batches
@@ -22,7 +23,6 @@ from workers.reconciler import (
     decide,
     for_settings,
     message_ids,
-    queue_lists,
     route,
     unacked_ids,
 )
