@@ -65,14 +65,18 @@ def queues(services: Services) -> list[str]:
     return sorted(routed | {str(conf.task_default_queue)})
 
 
-class QueueCollector(Collector):
-    """`quarry_queue_depth{queue}`: messages waiting in each broker queue, read at scrape time."""
+class ScrapeTimeCollector(Collector):
+    """A collector that reads the service at scrape time, and never when it is registered."""
 
     def __init__(self, services: Services) -> None:
         self.services = services
 
     def describe(self) -> Iterable[Metric]:
-        return []  # registering must not reach the broker
+        return []  # registering must not reach Redis or the broker
+
+
+class QueueCollector(ScrapeTimeCollector):
+    """`quarry_queue_depth{queue}`: messages waiting in each broker queue, read at scrape time."""
 
     def collect(self) -> Iterator[Metric]:
         gauge = GaugeMetricFamily(
@@ -87,17 +91,11 @@ class QueueCollector(Collector):
         yield gauge
 
 
-class MessageAgeCollector(Collector):
+class MessageAgeCollector(ScrapeTimeCollector):
     """`quarry_oldest_message_age_seconds{queue}`: how long ago the oldest message waiting in each queue
     was sent (0: none waits), from the tails of kombu's lists and the send time every publish stamps
     (`common.messages`). Ingest batches, webhooks and resent messages are messages but not jobs: this
     covers them. Redis broker only (RabbitMQ's own metrics have `rabbitmq_queue_head_message_timestamp`)."""
-
-    def __init__(self, services: Services) -> None:
-        self.services = services
-
-    def describe(self) -> Iterable[Metric]:
-        return []  # registering must not reach the broker
 
     def collect(self) -> Iterator[Metric]:
         gauge = GaugeMetricFamily(
@@ -154,7 +152,7 @@ RUNNING = JobIndex(
 )
 
 
-class JobsCollector(Collector):
+class JobsCollector(ScrapeTimeCollector):
     """Per kind, how many jobs an index holds and the age of its oldest: `quarry_jobs_queued` and
     `quarry_oldest_queued_job_age_seconds` from the index of queued jobs (`QUEUED_INDEX`, scored by when the
     message was sent), `quarry_jobs_running` and `quarry_longest_running_job_seconds` from that of running
@@ -164,11 +162,8 @@ class JobsCollector(Collector):
     SCAN = 10_000
 
     def __init__(self, services: Services, index: JobIndex) -> None:
-        self.services = services
+        super().__init__(services)
         self.index = index
-
-    def describe(self) -> Iterable[Metric]:
-        return []  # registering must not reach Redis
 
     def collect(self) -> Iterator[Metric]:
         count = GaugeMetricFamily(*self.index.count, labels=["kind"])

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import requests
 
 from client import http
-from client.http import RETRY_STATUSES, Job, QuarryClient, QuarryError, backoff_delays, error_of, job_path
+from client.http import Job, QuarryClient, QuarryError, backoff_delays, error_of, job_path, retry_delay
 
 EVENT_STREAM = "text/event-stream"
 
@@ -93,12 +93,8 @@ def follow(
         except StreamUnavailable:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             return client.wait(job_id, timeout=remaining, on_update=on_update)
-        except (requests.ConnectionError, requests.Timeout):
-            delay = next(backoff)
-        except QuarryError as exc:
-            if exc.status not in RETRY_STATUSES:
-                raise
-            delay = exc.retry_after if exc.retry_after is not None else next(backoff)
+        except (requests.ConnectionError, requests.Timeout, QuarryError) as exc:
+            delay = retry_delay(exc, backoff)
         if deadline is not None and time.monotonic() + delay >= deadline:
             raise TimeoutError(f"job {job_id} did not finish within {timeout} s")
         http._sleep(delay)

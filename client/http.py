@@ -103,6 +103,16 @@ def error_of(response: requests.Response) -> QuarryError:
     )
 
 
+def retry_delay(exc: Exception, backoff: Iterator[float]) -> float:
+    """How long to wait before trying again after `exc` (the server's Retry-After, else the next back-off
+    step); raises `exc` when trying again cannot help."""
+    if isinstance(exc, requests.ConnectionError | requests.Timeout):
+        return next(backoff)
+    if isinstance(exc, QuarryError) and exc.status in RETRY_STATUSES:
+        return exc.retry_after if exc.retry_after is not None else next(backoff)
+    raise exc
+
+
 def backoff_delays() -> Iterator[float]:
     """Exponential, jittered delays so many waiting clients do not hit a recovering server in step."""
     delay = BACKOFF_START_S
@@ -221,12 +231,8 @@ class QuarryClient:
             started = time.monotonic()
             try:
                 job = self._poll(job_id, min(remaining, LONG_POLL_S))
-            except (requests.ConnectionError, requests.Timeout):
-                delay = next(backoff)
-            except QuarryError as exc:
-                if exc.status not in RETRY_STATUSES:
-                    raise
-                delay = exc.retry_after if exc.retry_after is not None else next(backoff)
+            except (requests.ConnectionError, requests.Timeout, QuarryError) as exc:
+                delay = retry_delay(exc, backoff)
             else:
                 backoff = backoff_delays()
                 if on_update is not None:
