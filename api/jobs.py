@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from datetime import UTC
 from typing import Any
 
@@ -139,15 +138,13 @@ def _upload_kept(job_id: str, request: dict[str, Any]) -> Iterator[None]:
     svc, dirs = services(), upload_dirs(job_id, request)
     svc.retention.pin(dirs)
     try:
-        uploads = svc.settings.uploads
-        if not all((uploads / path).exists() for path in source_paths(request)):
+        if not all(svc.uploads.exists(path) for path in source_paths(request)):
             raise Conflict(
                 f"the upload of job {job_id} was deleted {svc.settings.upload_retention_s} s after the job "
                 "ended (UPLOAD_RETENTION_S); upload the files again"
             )
         for name in dirs:
-            with suppress(OSError):
-                os.utime(uploads / name)  # fresh: never mistaken for an orphan while the retry runs
+            svc.uploads.touch(name)  # fresh: never mistaken for an orphan while the retry runs
         yield
     except BaseException:
         svc.retention.schedule(dirs)  # nothing will read them: back on the schedule

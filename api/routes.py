@@ -38,15 +38,15 @@ READY_QUEUES = (PARSE_QUEUE, INGEST_QUEUE, ASK_QUEUE, WEBHOOK_QUEUE)  # each nee
 )
 def post_documents() -> Response:
     """Ingest documents: JSON `documents`, or files (multipart, any part name; zips are unpacked)."""
-    settings = services().settings
+    settings, uploads = services().settings, services().uploads
     if request.mimetype == "multipart/form-data":
         form: UploadForm = validated("form")
         collection, on_duplicate, callback_url = form.collection, form.on_duplicate, form.callback_url
-        save = lambda job_id: save_uploaded_files(job_id, settings, form.parse_options())  # noqa: E731
+        save = lambda job_id: save_uploaded_files(job_id, settings, form.parse_options(), uploads)  # noqa: E731
     else:
         body: IngestRequest = validated("json")
         collection, on_duplicate, callback_url = body.collection, body.on_duplicate, body.callback_url
-        save = lambda job_id: save_json_documents(job_id, body.documents, settings)  # noqa: E731
+        save = lambda job_id: save_json_documents(job_id, body.documents, settings, uploads)  # noqa: E731
     collection = collection or settings.default_collection
     principal().require(collection)
     require_allowed_host(callback_url, settings)

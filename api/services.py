@@ -34,6 +34,7 @@ from common.settings import Settings
 from common.webhooks import WebhookTrigger
 from store.catalog import Catalog
 from store.milvus import MilvusStore
+from store.uploads import upload_store
 
 log = logging.getLogger(__name__)
 BROKER_ERRORS = (OperationalError, KombuError, redis.RedisError, OSError)
@@ -65,6 +66,7 @@ class Services:
             self.redis, settings.idempotency_ttl_s, settings.idempotency_pending_s
         )
         self.celery = make_celery(settings)
+        self.uploads = upload_store(settings)  # the directory or bucket uploads go to (connects on first use)
         self.redactor = Redactor.from_settings(settings)  # the settings are frozen: every secret, once
         self._milvus_lock = threading.Lock()
         self._catalog: Catalog | None = None

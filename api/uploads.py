@@ -1,4 +1,6 @@
-"""Store submitted documents in the shared upload directory; workers read them from there."""
+"""Store submitted documents in the upload store (`store.uploads`: a shared directory or an object store);
+workers read them from there. Each upload is written to a local staging directory first (the parsers'
+cheap checks read it there), then published whole; a refused or failed upload leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from werkzeug.datastructures import FileStorage
 from api.schemas import DocumentIn
 from common.errors import DocumentError, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from common.settings import Settings
-from common.types import Document
+from common.types import Document, UploadStore
 from ingestion.archive_limits import ArchiveLimits, format_size
 from ingestion.parsing import SUPPORTED_SUFFIXES, precheck, sanitize_filename, write_documents_jsonl
 from ingestion.validation import document_problem
@@ -22,18 +24,14 @@ from ingestion.validation import document_problem
 Source = dict[str, Any]
 
 
-def _job_dir(job_id: str, settings: Settings) -> Path:
-    path = settings.uploads / job_id
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def content_id(text: str) -> str:
     """A stable id for documents sent without one, so re-sending the same text updates, not duplicates."""
     return "sha256-" + hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def save_json_documents(job_id: str, docs: list[DocumentIn], settings: Settings) -> tuple[Source, int]:
+def save_json_documents(
+    job_id: str, docs: list[DocumentIn], settings: Settings, uploads: UploadStore
+) -> tuple[Source, int]:
     if len(docs) > settings.max_documents_per_request:
         raise PayloadTooLarge(f"at most {settings.max_documents_per_request} documents per request")
     parsed = [
@@ -42,8 +40,13 @@ def save_json_documents(job_id: str, docs: list[DocumentIn], settings: Settings)
     ]
     _reject_unstorable(parsed, settings.max_metadata_bytes)
     _reject_duplicate_ids([doc.id for doc in parsed])
-    path = _job_dir(job_id, settings) / "documents.jsonl"
-    write_documents_jsonl(path, parsed)
+    staged = uploads.staging(job_id)
+    try:
+        write_documents_jsonl(staged / "documents.jsonl", parsed)
+        uploads.publish(job_id)
+    except Exception:
+        shutil.rmtree(staged, ignore_errors=True)  # a failed upload leaves nothing behind
+        raise
     return {"kind": "jsonl", "path": f"{job_id}/documents.jsonl"}, len(parsed)
 
 
@@ -81,7 +84,7 @@ def _check_types(names: list[str]) -> None:
 
 
 def save_uploaded_files(
-    job_id: str, settings: Settings, options: dict[str, str | None]
+    job_id: str, settings: Settings, options: dict[str, str | None], uploads: UploadStore
 ) -> tuple[Source, int]:
     files = _uploaded_files()
     if len(files) > settings.max_documents_per_request:
@@ -89,11 +92,12 @@ def save_uploaded_files(
     names = [sanitize_filename(item.filename or "file") for item in files]
     _check_types(names)
     _reject_duplicate_ids(names)
-    job_dir = _job_dir(job_id, settings)
+    job_dir = uploads.staging(job_id)
     try:
         pairs = enumerate(zip(files, names, strict=True))
         saved = [_save(job_id, job_dir, index, item, name) for index, (item, name) in pairs]
         _refuse_if_nothing_readable(job_dir, saved, settings)
+        uploads.publish(job_id)
     except Exception:
         shutil.rmtree(job_dir, ignore_errors=True)  # a refused upload leaves nothing behind
         raise

@@ -194,8 +194,26 @@ class Settings(BaseSettings):
     # --- files ---
     data_dir: Path = Field(Path("var"), description="local data: uploads (also Milvus, Redis: `make run`)")
     upload_dir: Path | None = Field(
-        None, description="uploads waiting for ingest, shared by API and workers; unset: DATA_DIR/uploads"
+        None,
+        description="local store: uploads waiting for ingest, shared by API and workers; "
+        "unset: DATA_DIR/uploads",
     )
+    upload_store: Literal["local", "s3"] = Field(
+        "local",
+        description="where uploads and batch files live: `local` (UPLOAD_DIR, one host or a shared mount) or "
+        "`s3` (an S3-compatible object store: nothing shared between API and worker hosts)",
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="S3 API endpoint (MinIO, GCS, a stand-in); unset: AWS S3 of S3_REGION"
+    )
+    s3_bucket: str = Field("quarry-uploads", description="bucket of the uploads (created if missing)")
+    s3_prefix: str = Field("", description="prefix of every key in the bucket, e.g. `quarry/`")
+    s3_region: str = Field("us-east-1", description="S3 region")
+    s3_access_key_id: SecretStr | None = Field(
+        None, description="S3 access key; unset: boto3's own chain (AWS_* variables, instance role)"
+    )
+    s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret key")
+    s3_timeout_s: float = Field(10.0, gt=0, description="connect and read timeout of one S3 request")
 
     # --- models ---
     embedding_model: str = Field(

@@ -6,7 +6,9 @@ Kept free of torch and pymilvus so the API can import it cheaply; numpy arrays a
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -177,3 +179,36 @@ class VectorStore(Protocol):
     def flush(self) -> None: ...
 
     def sample_texts(self, collection: str, limit: int) -> list[str]: ...
+
+
+class UploadStore(Protocol):
+    """Uploads and batch files by key (`<job id>/<file>`): a local directory or an object store
+    (`store.uploads`). Failing to reach it raises ServiceUnavailable."""
+
+    def staging(self, job_id: str) -> Path:
+        """A local directory to write an upload into before `publish`."""
+        ...
+
+    def publish(self, job_id: str) -> None:
+        """Store what was staged for the job (and drop the staging copy)."""
+        ...
+
+    def write_text(self, key: str, text: str) -> None: ...
+
+    def read_text(self, key: str) -> str: ...
+
+    def local(self, key: str) -> AbstractContextManager[Path]:
+        """A local file holding the stored one, for as long as the block runs."""
+        ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def remove(self, prefix: str) -> None:
+        """Delete every file under `prefix` (a job's directory, or its batches)."""
+        ...
+
+    def touch(self, prefix: str) -> None: ...
+
+    def stale(self, older_than: float) -> list[str]:
+        """Top-level prefixes (job directories) unchanged since `older_than` (Unix time)."""
+        ...

@@ -1,12 +1,11 @@
-"""Batch files: the coordinator writes parsed documents (and parse failures) here for batch tasks."""
+"""Batch files: the coordinator writes parsed documents (and parse failures) for batch tasks to read
+(stored by `store.uploads`, beside the upload)."""
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Iterator
 from itertools import islice
-from pathlib import Path
 
 from common.types import Document
 from ingestion.parsing import Failure, Item
@@ -19,17 +18,19 @@ def _line(item: Item) -> str:
     return json.dumps(record, ensure_ascii=False)
 
 
-def write_batch_file(path: Path, items: list[Item]) -> None:
-    """Written to a temporary name then renamed, so a batch task never reads half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    partial.write_text("".join(_line(item) + "\n" for item in items), encoding="utf-8")
-    os.replace(partial, path)
+def batch_text(items: list[Item]) -> str:
+    """A batch file's content: one JSON line per document or parse failure."""
+    return "".join(_line(item) + "\n" for item in items)
 
 
-def read_batch_file(path: Path) -> list[Item]:
+def parse_batch(text: str) -> list[Item]:
+    """The items of a batch file. Lines end at "\n" only: `str.splitlines` would also cut at U+2028,
+    U+0085 or \\x1c, which a document's text may hold unescaped (`ensure_ascii=False`), and one such
+    document broke its whole batch."""
     items: list[Item] = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in text.split("\n"):
+        if not line:
+            continue
         record = json.loads(line)
         if "failure" in record:
             items.append(Failure(doc_id=record["doc_id"], reason=record["failure"]))

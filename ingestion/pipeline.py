@@ -20,7 +20,7 @@ from common.fields import printable
 from common.isolation import describe, isolate
 from common.reports import STATUSES, Outcome
 from common.settings import Settings
-from common.types import Document, Embedder, OnDuplicate, VectorStore
+from common.types import Document, Embedder, OnDuplicate, UploadStore, VectorStore
 from ingestion.archive_limits import ArchiveLimits, ExpansionBudget
 from ingestion.parsing import Failure, Item, ParseOptions, item_id, iter_file_documents, read_documents_jsonl
 from ingestion.validation import checked
@@ -71,11 +71,11 @@ def content_hash(doc: Document) -> str:
 
 
 def load_documents(
-    source: dict[str, Any], settings: Settings, only: list[str] | None = None
+    source: dict[str, Any], settings: Settings, uploads: UploadStore, only: list[str] | None = None
 ) -> Iterator[Item]:
     """Documents of an upload as the API stored them, each checked (`ingestion.validation`): a document the
     store would refuse, or a repeated id, is a Failure here. `only`: just these ids, for a retry."""
-    items = checked(_read_source(source, settings), settings.max_metadata_bytes)
+    items = checked(_read_source(source, settings, uploads), settings.max_metadata_bytes)
     if only is None:
         yield from items
         return
@@ -83,26 +83,24 @@ def load_documents(
     yield from (item for item in items if item_id(item) in wanted)
 
 
-def _read_source(source: dict[str, Any], settings: Settings) -> Iterator[Item]:
-    """Paths in `source` are relative to the shared upload dir. The zips of one upload share one budget
-    of expanded bytes, as the API checked it from their declared sizes."""
-    uploads = settings.uploads
+def _read_source(source: dict[str, Any], settings: Settings, uploads: UploadStore) -> Iterator[Item]:
+    """Paths in `source` are keys of the upload store (`store.uploads`), each read from a local copy while
+    it is parsed. The zips of one upload share one budget of expanded bytes, as the API checked it from
+    their declared sizes."""
     if source.get("kind") == "jsonl":
-        yield from read_documents_jsonl(uploads / source["path"])
+        with uploads.local(source["path"]) as path:
+            yield from read_documents_jsonl(path)
         return
     options = ParseOptions(**source.get("options", {}))
     limits, budget = ArchiveLimits.from_settings(settings), ExpansionBudget.from_settings(settings)
     for item in source.get("files", []):
-        try:
-            yield from iter_file_documents(
-                uploads / item["path"],
-                name=item["name"],
-                options=options,
-                archive_limits=limits,
-                budget=budget,
-            )
-        except DocumentError as exc:  # the whole file is refused (unreadable, zip bomb, traversal)
-            yield Failure(doc_id=item["name"], reason=exc.detail)
+        with uploads.local(item["path"]) as path:  # the store unreachable raises: the task retries
+            try:
+                yield from iter_file_documents(
+                    path, name=item["name"], options=options, archive_limits=limits, budget=budget
+                )
+            except DocumentError as exc:  # the whole file is refused (unreadable, zip bomb, traversal)
+                yield Failure(doc_id=item["name"], reason=exc.detail)
 
 
 @dataclass

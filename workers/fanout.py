@@ -6,7 +6,6 @@ Plain functions over the Runtime; the Celery tasks in `workers.tasks` only call 
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -21,7 +20,7 @@ from common.faultpoints import fault_point
 from common.job_schema import JobKeys
 from common.reports import Outcome
 from common.types import Document, OnDuplicate
-from ingestion.batches import read_batch_file, split_into_batches, write_batch_file
+from ingestion.batches import batch_text, parse_batch, split_into_batches
 from ingestion.parsing import item_id
 from ingestion.pipeline import Held, count, ingest_documents, load_documents, newest, stored_versions
 from workers.runtime import Runtime
@@ -40,7 +39,7 @@ def lease_key(job_id: str, index: int) -> str:
 
 def discard_batches(rt: Runtime, job_id: str) -> None:
     """Remove the batch files of a coordinator that gave up (time limit, too many documents)."""
-    shutil.rmtree(rt.settings.uploads / job_id / "batches", ignore_errors=True)
+    rt.uploads.remove(f"{job_id}/batches")
 
 
 def split_job(
@@ -59,7 +58,8 @@ def split_job(
     if planned is not None:
         return [batch_path(job_id, index) for index in range(planned)]
     settings, paths, total = rt.settings, [], 0
-    batches = split_into_batches(load_documents(source, settings, only), settings.ingest_batch_documents)
+    documents = load_documents(source, settings, rt.uploads, only)
+    batches = split_into_batches(documents, settings.ingest_batch_documents)
     with metrics.timed("ingest", "parse"):  # documents are parsed as the batches are read
         for index, batch in enumerate(batches):
             rt.jobs.check_cancelled(job_id)
@@ -73,7 +73,7 @@ def split_job(
                     "(MAX_DOCUMENTS_PER_JOB); split it into several uploads"
                 )
             paths.append(batch_path(job_id, index))
-            write_batch_file(settings.uploads / paths[-1], batch)
+            rt.uploads.write_text(paths[-1], batch_text(batch))
             fault_point(settings, "split")  # test only: a window inside the split
     rt.ledger.start(job_id, len(paths), total)
     fault_point(settings, "before_enqueue")  # test only: split done, nothing queued yet
@@ -118,7 +118,7 @@ def run_batch(  # noqa: PLR0917 - the batch task's own arguments
     if rt.jobs.cancel_requested(job_id):
         return []
     fault_point(rt.settings, "before_batch")
-    items = read_batch_file(rt.settings.uploads / path)
+    items = parse_batch(rt.uploads.read_text(path))
     metrics.emit(metrics.batch("documents", len(items)))
 
     @contextmanager
@@ -153,7 +153,7 @@ def run_batch(  # noqa: PLR0917 - the batch task's own arguments
 
 def fail_batch(rt: Runtime, job_id: str, path: str, reason: str) -> list[Outcome]:
     """A batch that could not be written after its retries: each of its documents failed, with why."""
-    items = read_batch_file(rt.settings.uploads / path)
+    items = parse_batch(rt.uploads.read_text(path))
     outcomes = [Outcome(item_id(item), "failed", reason) for item in items]
     rt.reports.record(job_id, outcomes)
     return outcomes
@@ -163,7 +163,7 @@ def abandon_batch(rt: Runtime, path: str, collection: str) -> list[str]:
     """After a batch failed for good (its worker lost, Milvus away past its retries): leave each of its
     documents with its newest whole version, so a write cut short by a kill leaves neither half a version
     nor two. Returns the documents it could not settle (Milvus or Redis away): `SETTLE_TASK` retries them."""
-    ids = [item.id for item in read_batch_file(rt.settings.uploads / path) if isinstance(item, Document)]
+    ids = [item.id for item in parse_batch(rt.uploads.read_text(path)) if isinstance(item, Document)]
     try:
         settle_documents(rt, collection, ids, owner=path)
     except Exception as exc:  # the failure is recorded; a settle task tries again (workers.tasks)

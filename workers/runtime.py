@@ -25,7 +25,9 @@ from common.redis_client import connect_redis, connect_redis_patient
 from common.reports import DocumentReports
 from common.retention import UploadRetention
 from common.settings import Settings, get_settings
+from common.types import UploadStore
 from common.webhooks import WebhookTrigger
+from store.uploads import upload_store
 from workers.app import app
 
 if TYPE_CHECKING:
@@ -175,6 +177,11 @@ class Runtime:
             max_wait_s=s.ask_batch_wait_ms / 1000,
             name="ask-batcher",
         )
+
+    @cached_property
+    def uploads(self) -> UploadStore:
+        """Uploads and batch files: the local directory or the S3 bucket the settings choose."""
+        return upload_store(self.settings)
 
     @cached_property
     def store(self) -> MilvusStore:

@@ -9,12 +9,9 @@ directory, and each re-send, is claimed by exactly one of them.
 from __future__ import annotations
 
 import logging
-import os
 import re
-import shutil
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from celery.signals import worker_ready
@@ -23,6 +20,8 @@ from common.contracts import PARSE_QUEUE
 from common.redis_client import connect_redis
 from common.retention import UploadRetention
 from common.settings import Settings, get_settings
+from common.types import UploadStore
+from store.uploads import upload_store
 from workers.lost_batches import LostBatches
 from workers.reconciler import Reconciler, Send, for_settings
 
@@ -30,21 +29,17 @@ log = logging.getLogger(__name__)
 JOB_DIR = re.compile(r"^[0-9a-f]{32}$")
 
 
-def sweep(retention: UploadRetention, uploads: Path, orphan_age_s: float, now: float) -> list[str]:
-    """Delete the directories due by `now`, and unscheduled ones older than `orphan_age_s`; their names."""
+def sweep(retention: UploadRetention, uploads: UploadStore, orphan_age_s: float, now: float) -> list[str]:
+    """Delete the job directories due by `now`, and unscheduled ones unchanged for `orphan_age_s`; their
+    names. The store unreachable raises (the next sweep tries again)."""
     removed = retention.claim_due(now)
     for name in removed:
-        shutil.rmtree(uploads / name, ignore_errors=True)
-    if not uploads.is_dir():
-        return removed
+        uploads.remove(name)
     scheduled = retention.scheduled()
-    with os.scandir(uploads) as entries:
-        for entry in entries:
-            if not JOB_DIR.match(entry.name) or entry.name in scheduled:
-                continue
-            if entry.is_dir(follow_symlinks=False) and now - entry.stat().st_mtime > orphan_age_s:
-                shutil.rmtree(entry.path, ignore_errors=True)  # a submission that died half-way
-                removed.append(entry.name)
+    for name in uploads.stale(now - orphan_age_s):
+        if JOB_DIR.match(name) and name not in scheduled:
+            uploads.remove(name)  # a submission that died half-way
+            removed.append(name)
     return removed
 
 
@@ -57,7 +52,7 @@ def _loop(settings: Settings, send: Send) -> None:
     orphan_age_s = settings.job_ttl_s + settings.upload_retention_s  # older than any job record
     while True:
         try:
-            removed = sweep(retention, settings.uploads, orphan_age_s, time.time())
+            removed = sweep(retention, upload_store(settings), orphan_age_s, time.time())
             if removed:
                 log.info("deleted %d uploads past their retention: %s", len(removed), ", ".join(removed[:10]))
         except Exception as exc:  # Redis away, a file system hiccup: try again next time, never die

@@ -252,3 +252,17 @@ def test_an_upload_is_deleted_after_its_retention_and_a_retry_then_says_so(stack
     response = stack.post(f"/api/v1/jobs/{job['job_id']}/retry")
     assert response.status_code == 409 and "deleted" in response.json()["detail"]
     assert response.headers["Content-Type"] == "application/problem+json"
+
+
+def test_line_separators_inside_a_document_keep_its_batch_whole(stack: Stack) -> None:
+    """U+2028, U+2029 and U+0085 are valid text that JSON carries unescaped: a batch file read with
+    str.splitlines cut the document's line in two, and every document of its batch failed."""
+    docs = [
+        {"id": "sep-before", "text": "Plain text before the odd one."},
+        {"id": "sep-odd", "title": "Lines\u2028apart", "text": "before\u2028middle\u2029after\x85end of it"},
+        {"id": "sep-after", "text": "Plain text after the odd one."},
+    ]
+    job = stack.run("/api/v1/documents", json={"collection": "hostile-separators", "documents": docs})
+    assert job["state"] == "succeeded" and job["progress"]["succeeded"] == 3, job
+    stored = stack.get("/api/v1/collections/hostile-separators/documents/sep-odd").json()
+    assert stored["title"] == "Lines\u2028apart" and "\u2029after" in stored["chunks"][0]["text"], stored

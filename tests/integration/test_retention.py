@@ -13,6 +13,7 @@ import redis
 
 from common.retention import DUE_KEY, UploadRetention, upload_dirs
 from devstack.processes import redis_answers
+from store.uploads import LocalUploads
 from workers.sweeper import sweep
 
 REDIS_URL = "redis://127.0.0.1:6379/13"  # shared with test_admission: both flush it, neither runs at once
@@ -52,11 +53,11 @@ def test_due_uploads_go_kept_ones_stay_and_orphans_go_once_older_than_any_record
     (tmp_path / "not-a-job").mkdir()
     retention.schedule([due], now=now - 61)  # ended 61 s ago: due
     retention.schedule([kept], now=now)  # due in 60 s
-    removed = sweep(retention, tmp_path, orphan_age_s=8 * DAY, now=now)
+    removed = sweep(retention, LocalUploads(tmp_path), orphan_age_s=8 * DAY, now=now)
     assert sorted(removed) == sorted([due, orphan])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([kept, fresh, "not-a-job"])
     assert retention.scheduled() == {kept}
-    assert sweep(retention, tmp_path, orphan_age_s=8 * DAY, now=now) == []  # claimed once only
+    assert sweep(retention, LocalUploads(tmp_path), orphan_age_s=8 * DAY, now=now) == []  # claimed once only
 
 
 def test_a_later_end_never_brings_a_deletion_forward_and_a_retry_pins_its_upload(
@@ -67,7 +68,7 @@ def test_a_later_end_never_brings_a_deletion_forward_and_a_retry_pins_its_upload
     retention.schedule([upload], now=500)  # an earlier end recorded late: the later due time stays
     assert retention.client.zscore(DUE_KEY, upload) == 1_000_060
     retention.pin([upload])  # a retry reads it: never due while the retry runs
-    assert sweep(retention, tmp_path, orphan_age_s=DAY, now=2_000_000) == []
+    assert sweep(retention, LocalUploads(tmp_path), orphan_age_s=DAY, now=2_000_000) == []
     assert (tmp_path / upload).is_dir()
 
 

@@ -2,9 +2,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from common.types import Document
-from ingestion.batches import read_batch_file, split_into_batches, write_batch_file
+from ingestion.batches import batch_text, parse_batch, split_into_batches
 from ingestion.parsing import Failure
+from store.uploads import LocalUploads
+
+ODD_LINE_ENDS = "\u2028\u2029\x85\x1c\x1d\x1e\x0b\x0c\r"  # str.splitlines cuts at each of these
 
 
 def test_batch_files_round_trip_documents_and_failures(tmp_path: Path) -> None:
@@ -13,10 +18,16 @@ def test_batch_files_round_trip_documents_and_failures(tmp_path: Path) -> None:
         Failure(doc_id="bad.pdf", reason="bad.pdf: not a readable PDF"),
         Document("b", "x"),
     ]
-    path = tmp_path / "job" / "batches" / "00000.jsonl"
-    write_batch_file(path, items)
-    assert read_batch_file(path) == items
-    assert not list(path.parent.glob("*.partial"))
+    store = LocalUploads(tmp_path)
+    store.write_text("job/batches/00000.jsonl", batch_text(items))
+    assert parse_batch(store.read_text("job/batches/00000.jsonl")) == items
+    assert not list((tmp_path / "job" / "batches").glob("*.partial"))
+
+
+@pytest.mark.parametrize("char", list(ODD_LINE_ENDS))
+def test_a_document_holding_an_odd_line_end_keeps_its_batch_whole(char: str) -> None:
+    items = [Document("a", f"before{char}after", f"title{char}"), Document("b", "next one")]
+    assert parse_batch(batch_text(items)) == items
 
 
 def test_split_into_batches() -> None:

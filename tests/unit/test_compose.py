@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import SecretStr
 
 import celeryconfig
 from common import contracts
@@ -197,6 +198,8 @@ def test_every_variable_is_a_setting_that_parses(monkeypatch: pytest.MonkeyPatch
         for key, value in env.items():
             if key.lower() in Settings.model_fields and key not in {"API_KEYS"}:
                 actual = getattr(settings, key.lower())
+                if isinstance(actual, SecretStr):
+                    actual = actual.get_secret_value()
                 if isinstance(actual, list):  # JSON in the environment
                     assert actual == json.loads(value), f"{name}: {key}"
                 else:
@@ -231,15 +234,31 @@ def test_flower_watches_task_events() -> None:
     assert not off["worker_send_task_events"] and not off["task_send_sent_event"]
 
 
-def test_uploads_and_model_cache_are_shared_volumes() -> None:
+def test_the_api_and_the_workers_share_no_volume_uploads_go_to_minio(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any of them may run on another host: uploads and batch files go to a bucket of the stack's MinIO
+    (with MinIO's own keys), and only the model workers mount the model cache."""
     compose = _load(COMPOSE)
-    assert {"uploads", "models"} <= compose["volumes"].keys()
+    assert "uploads" not in compose["volumes"]
+    services = compose["services"]
+    mounted = lambda name: {v.split(":")[0] for v in services[name].get("volumes", [])}  # noqa: E731
+    assert mounted("api") == set()
+    minio = services["minio"]["environment"]
     for name in ("api", *_workers()):
-        service = compose["services"][name]
-        env = _env(service)
-        if not name.startswith("ask-worker"):  # questions never read an upload
-            assert f"uploads:{env['DATA_DIR']}" in service["volumes"], name
-        assert f"models:{env['HF_HOME']}" in service["volumes"], name
+        settings = _settings_from(_env(services[name]), monkeypatch)
+        assert settings.upload_store == "s3" and settings.s3_endpoint_url == "http://minio:9000", name
+        assert settings.s3_access_key_id is not None and settings.s3_secret_access_key is not None
+        keys = (
+            settings.s3_access_key_id.get_secret_value(),
+            settings.s3_secret_access_key.get_secret_value(),
+        )
+        assert keys == (minio["MINIO_ACCESS_KEY"], minio["MINIO_SECRET_KEY"]), name
+        assert "minio" in services[name]["depends_on"], name
+        assert not mounted(name) & mounted("api"), name
+        queues = _flag(services[name]["command"], "-Q") if name != "api" else ""
+        if queues in ("ingest", "ask"):
+            assert f"models:{_env(services[name])['HF_HOME']}" in services[name]["volumes"], name
+        else:
+            assert "models" not in mounted(name), name  # no model: no cache
 
 
 def test_prometheus_directory_is_an_empty_tmpfs_for_the_api_only() -> None:
