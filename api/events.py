@@ -14,8 +14,8 @@ stream closes), `error` (a problem+json body: the job expired, or Redis went awa
 
 A stream holds a gunicorn thread, so one connection lasts at most `MAX_WAIT_S`; the client reconnects
 (`retry:` tells EventSource how soon) and resumes. Comment lines every `SSE_HEARTBEAT_S` keep idle
-proxies from closing it. Changes are read from the record: at once when the job ends (its end is
-published), within `SSE_POLL_S` for progress.
+proxies from closing it. Each move of state or progress is published on the job's channel, which wakes
+the stream to read the record at once; it also reads it every `SSE_POLL_S`, should a wake-up be lost.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def _events(
     deadline = clock() + limits.max_s
     shown = clock()  # when the client last got a line
     with redis_errors(), jobs.client.pubsub(ignore_subscribe_messages=True) as pubsub:
-        pubsub.subscribe(jobs.channel(job_id))  # before the read: an end published after it wakes us
+        pubsub.subscribe(jobs.channel(job_id))  # before the read: a change published after it wakes us
         while True:
             record = jobs.get(job_id)
             if record is None:
@@ -113,11 +113,14 @@ def _events(
                 last_id, shown = event.event_id, clock()
             if event.name == "end":
                 return
-            now = clock()
-            if now >= deadline:
-                return  # the client resumes with Last-Event-ID on a fresh connection
-            if now - shown >= limits.heartbeat_s:
-                yield ": heartbeat\n\n"
-                shown = now
-            wake = min(limits.poll_s, deadline - now, limits.heartbeat_s - (now - shown))
-            pubsub.get_message(timeout=max(wake, 0.0))
+            poll_at = clock() + limits.poll_s
+            while True:  # until the job says it changed, or it is time to look anyway
+                now = clock()
+                if now >= deadline:
+                    return  # the client resumes with Last-Event-ID on a fresh connection
+                if now - shown >= limits.heartbeat_s:
+                    yield ": heartbeat\n\n"
+                    shown = now
+                wake = min(poll_at, deadline, shown + limits.heartbeat_s) - now
+                if pubsub.get_message(timeout=max(wake, 0.0)) is not None or clock() >= poll_at:
+                    break

@@ -6,7 +6,7 @@ prefix, which `JobStore.get` reads in the same round trip. Every module that rea
 its names from here, Lua scripts included (`lua` fills `$field` in), so a name changes in one place.
 
     quarry:job:<id>                       hash: the record (`Field`; `beat:<task id>` per running task)
-    quarry:job:<id>:events                pub/sub channel: the job's state, published when it ends
+    quarry:job:<id>:events                pub/sub channel: a wake-up at each move of state or progress
     quarry:job:<id>:deliveries            hash: deliveries per task attempt (`common.liveness`)
     quarry:job:<id>:deliveries:tokens     hash: the count each delivery got (a repeated call reads it)
     quarry:job:<id>:batches               set: indexes of the batches counted (`common.ledger`)

@@ -267,11 +267,23 @@ class JobStore:
         """False when the job ended meanwhile (cancelled while queued): the task must not run it."""
         fields = {"state": JobState.RUNNING.value, "started_at": now_iso(), "error": None}
         with redis_errors():
-            return self._guard.move(self.key(job_id), self.ttl_s, OPEN_STATES, _encode(fields))
+            moved = self._guard.move(self.key(job_id), self.ttl_s, OPEN_STATES, _encode(fields))
+        if moved:
+            self._announce(job_id, JobState.RUNNING.value)
+        return moved
 
     def set_progress(self, job_id: str, progress: dict[str, int]) -> None:
         """`progress` has at least done and total; ingest jobs add succeeded/failed/skipped/chunks."""
         self.write(job_id, {"progress": progress})
+        self._announce(job_id, "progress")
+
+    def _announce(self, job_id: str, change: str) -> None:
+        """Wake whoever follows the job (`wait`, the events stream): only a wake-up, since they read the
+        record for what changed (and read it anyway every so often), so a failed publish is only logged."""
+        try:
+            self.client.publish(self.channel(job_id), change)
+        except redis.RedisError as exc:
+            log.warning("change of job %s stored but not published: %s", job_id, exc)
 
     def mark_succeeded(self, job_id: str, result: Any) -> None:
         self._finish(job_id, {"state": JobState.SUCCEEDED.value, "result": result, "error": None})
@@ -313,10 +325,7 @@ class JobStore:
         with redis_errors():
             if not self._guard.move(self.key(job_id), self.ttl_s, allowed, encoded):
                 return
-        try:
-            self.client.publish(self.channel(job_id), fields["state"])
-        except redis.RedisError as exc:
-            log.warning("end of job %s stored but not published: %s", job_id, exc)
+        self._announce(job_id, fields["state"])
         if self.on_finish is not None:
             self.on_finish(job_id)
 

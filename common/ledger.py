@@ -32,6 +32,7 @@ p.skipped = (p.skipped or 0) + tonumber(ARGV[4])
 p.chunks = (p.chunks or 0) + tonumber(ARGV[5])
 p.done = p.succeeded + p.failed + p.skipped
 redis.call('hset', KEYS[1], '$progress', cjson.encode(p))
+redis.call('publish', ARGV[7], 'progress')
 local done = redis.call('hincrby', KEYS[1], '$batches_done', 1)
 local total = tonumber(redis.call('hget', KEYS[1], '$batches_total'))
 if done == total then return 1 end
@@ -80,4 +81,4 @@ class BatchLedger:
         keys = [job.record, job.batches]
         args: list[Any] = [index] + [counts.get(k, 0) for k in ("succeeded", "failed", "skipped", "chunks")]
         with redis_errors():
-            return int(self._finish(keys=keys, args=[*args, self.jobs.ttl_s])) == 1
+            return int(self._finish(keys=keys, args=[*args, self.jobs.ttl_s, job.events])) == 1

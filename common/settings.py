@@ -80,7 +80,9 @@ class Settings(BaseSettings):
         10.0, gt=0, description="seconds between keep-alive comments of an idle job-events stream"
     )
     sse_poll_s: float = Field(
-        1.0, gt=0, description="how often a job-events stream reads its job for progress (its end is pushed)"
+        5.0,
+        gt=0,
+        description="how often a job-events stream reads its job even unwoken (each change is pushed)",
     )
     sse_retry_ms: int = Field(
         1000, ge=0, description="`retry:` of a job-events stream: how soon EventSource reconnects, in ms"

@@ -32,7 +32,8 @@ REPLICA_HEARTBEAT_S = 0.5
 
 @pytest.fixture(scope="module")
 def replica(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """A second API process on the same Redis and Milvus, with short event connections."""
+    """A second API process on the same Redis and Milvus, with short event connections that never look
+    at the job unwoken: every change must be pushed to reach the client."""
     tmp, port = tmp_path_factory.mktemp("events-api"), free_port()
     env = {
         **stack.env,
@@ -40,6 +41,7 @@ def replica(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         "API_PORT": str(port),
         "MAX_WAIT_S": str(REPLICA_MAX_WAIT_S),
         "SSE_HEARTBEAT_S": str(REPLICA_HEARTBEAT_S),
+        "SSE_POLL_S": "60",  # never within a connection: each event below arrives because it was pushed
     }
     sup = Supervisor(env=env, log_dir=tmp / "logs")
     try:

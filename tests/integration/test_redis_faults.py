@@ -79,9 +79,10 @@ class Ends:
         self.hooks.append(job_id)
 
     def drain(self) -> list[bytes]:
+        """The ends published (the channel also wakes followers at a start and at progress)."""
         while message := self._pubsub.get_message(timeout=0.5):
             self.published.append(message["data"])
-        return self.published
+        return [data for data in self.published if data not in (b"running", b"progress")]
 
 
 def _stores(server: str, proxy: LostReplyProxy) -> tuple[JobStore, str, Ends]:

@@ -42,20 +42,29 @@ class FakePubSub:
     def subscribe(self, channel: str) -> None:
         assert channel == "quarry:job:j1:events"
 
-    def get_message(self, timeout: float) -> None:
+    def get_message(self, timeout: float) -> dict[str, Any] | None:
         self.waits.append(timeout)
-        self.store.clock.now += timeout
-        if self.store.fail_at is not None and self.store.clock.now >= self.store.fail_at:
+        clock = self.store.clock
+        pushed = [at for at in self.store.pushes if clock.now < at <= clock.now + timeout]
+        clock.now = pushed[0] if pushed else clock.now + timeout
+        if self.store.fail_at is not None and clock.now >= self.store.fail_at:
             raise redis_py.ConnectionError("Connection refused")
+        return {"type": "message", "data": b"progress"} if pushed else None
 
 
 class FakeJobs:
     """A JobStore whose record follows a script of (time, record) changes."""
 
-    def __init__(self, changes: list[tuple[float, JobRecord | None]], fail_at: float | None = None) -> None:
+    def __init__(
+        self,
+        changes: list[tuple[float, JobRecord | None]],
+        fail_at: float | None = None,
+        pushes: tuple[float, ...] = (),
+    ) -> None:
         self.clock = Clock()
         self.changes = changes
         self.fail_at = fail_at
+        self.pushes = pushes  # when the job's channel says it changed
         self.sub = FakePubSub(self)
         self.client = self  # the stream subscribes through `jobs.client.pubsub()`
 
@@ -121,6 +130,13 @@ def test_a_connection_ends_after_max_s_with_heartbeats_while_nothing_moves() -> 
     assert jobs.clock.now == pytest.approx(30.0)
     assert text.count(": heartbeat\n\n") == 2  # at 10 and 20 s; at 30 s the connection ends instead
     assert max(jobs.sub.waits) <= 1.0  # progress is read at least every poll_s
+
+
+def test_a_pushed_change_is_read_at_once_not_at_the_next_poll() -> None:
+    jobs = _jobs([(0, RUNNING), (2.5, HALF), (7.25, DONE)], pushes=(2.5, 7.25))
+    events = _run(jobs, limits=replace(LIMITS, poll_s=100.0, heartbeat_s=100.0))
+    assert [e.name for e in events] == ["state", "progress", "end"]
+    assert jobs.clock.now == 7.25  # woken at each push; a poll alone would have waited 100 s
 
 
 def test_redis_gone_mid_stream_ends_it_with_an_error_event_not_a_broken_connection() -> None:
