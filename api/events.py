@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from api.problems import status_of
+from api.problems import problem_body, status_of
 from common.errors import QuarryError
 from common.job_list import listed
 from common.jobs import JobRecord, JobStore
@@ -75,8 +75,7 @@ def frame(event: Snapshot) -> str:
 
 
 def error_frame(status: int, title: str, detail: str) -> str:
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
-    return f"event: error\ndata: {json.dumps(body)}\n\n"
+    return f"event: error\ndata: {json.dumps(problem_body(status, title, detail))}\n\n"
 
 
 def stream(

@@ -28,14 +28,13 @@ STATUS: dict[type[errors.QuarryError], int] = {
 }
 
 
+def problem_body(status: int, title: str, detail: str) -> dict[str, Any]:
+    """RFC 9457's members every problem has (an answer's, or an event stream's `error` event's)."""
+    return {"type": "about:blank", "title": title, "status": status, "detail": detail}
+
+
 def problem(status: int, title: str, detail: str, **extra: Any) -> Response:
-    body = {
-        "type": "about:blank",
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "instance": request.path,
-    }
+    body = {**problem_body(status, title, detail), "instance": request.path}
     response = jsonify({**body, **extra})
     response.status_code = status
     response.mimetype = "application/problem+json"

@@ -9,7 +9,6 @@ import uuid
 from collections.abc import Callable
 from functools import cached_property
 from typing import Any
-from urllib.parse import urlparse
 
 import redis
 from flask import Response, current_app, jsonify, url_for
@@ -77,7 +76,7 @@ class Services:
     @cached_property
     def broker_redis(self) -> redis.Redis | None:
         """The broker's Redis (the job store's client when it is the same URL); None for another broker."""
-        if urlparse(self.settings.broker).scheme not in ("redis", "rediss"):
+        if not self.settings.broker_is_redis:
             return None
         return (
             self.redis

@@ -17,8 +17,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +130,7 @@ class S3Uploads:
         try:
             for path in sorted(p for p in folder.rglob("*") if p.is_file()):
                 key = self._key(path.relative_to(self.staging_root).as_posix())
-                self._writing(lambda p=path, k=key: self.client.upload_file(str(p), self.bucket, k))
+                self._writing(partial(self.client.upload_file, str(path), self.bucket, key))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -137,7 +138,7 @@ class S3Uploads:
         body = text.encode("utf-8")
         self._writing(lambda: self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=body))
 
-    def _writing(self, write: Any) -> None:
+    def _writing(self, write: Callable[[], object]) -> None:
         """A write; a missing bucket is created once (a fresh MinIO or stand-in starts empty)."""
         from boto3.exceptions import S3UploadFailedError  # noqa: PLC0415
         from botocore.exceptions import ClientError  # noqa: PLC0415

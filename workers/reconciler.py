@@ -35,7 +35,6 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
 
 import redis
 from kombu.transport.redis import Channel
@@ -208,7 +207,7 @@ class Reconciler:
 
 def for_settings(settings: Settings, send: Send) -> Reconciler | None:
     """A reconciler for a Redis broker; None when the broker is not Redis or `requeue_after_s` is 0."""
-    if settings.requeue_after_s <= 0 or urlparse(settings.broker).scheme not in ("redis", "rediss"):
+    if settings.requeue_after_s <= 0 or not settings.broker_is_redis:
         return None
     jobs, broker = connect_redis(settings.redis_url), connect_redis(settings.broker)
     return Reconciler(jobs, broker, send, settings.requeue_after_s)

@@ -45,6 +45,7 @@ def sweep(retention: UploadRetention, uploads: UploadStore, orphan_age_s: float,
 
 def _loop(settings: Settings, send: Send) -> None:
     retention = UploadRetention(connect_redis(settings.redis_url), settings.upload_retention_s)
+    uploads = upload_store(settings)  # one store (and S3 client) for every sweep
     reconciler = for_settings(settings, send)
     batches = None
     if reconciler is not None:
@@ -52,7 +53,7 @@ def _loop(settings: Settings, send: Send) -> None:
     orphan_age_s = settings.job_ttl_s + settings.upload_retention_s  # older than any job record
     while True:
         try:
-            removed = sweep(retention, upload_store(settings), orphan_age_s, time.time())
+            removed = sweep(retention, uploads, orphan_age_s, time.time())
             if removed:
                 log.info("deleted %d uploads past their retention: %s", len(removed), ", ".join(removed[:10]))
         except Exception as exc:  # Redis away, a file system hiccup: try again next time, never die

@@ -113,18 +113,24 @@ export async function api(method, path, body) {
   } catch {
     throw new ApiError(networkProblem(`${method} ${path}`));
   }
-  let data = null;
-  try {
-    data = text ? JSON.parse(text) : null;
-  } catch {
-    /* not JSON: shown as text below */
-  }
-  if (!response.ok) {
-    const problem = toProblem(response.status, response.statusText, data, text);
-    problem.retryAfter = Number(response.headers.get("Retry-After")) || 0;
-    throw new ApiError(problem);
-  }
+  const data = parsedJson(text);
+  if (!response.ok) throw new ApiError(httpProblem(response, data, text));
   return data;
+}
+
+function parsedJson(text) {
+  try {
+    return text ? JSON.parse(text) : null;
+  } catch {
+    return null; // not JSON: shown as text
+  }
+}
+
+/** The problem a non-2xx answer carries, with when to try again. */
+function httpProblem(response, data, text) {
+  const problem = toProblem(response.status, response.statusText, data, text);
+  problem.retryAfter = Number(response.headers.get("Retry-After")) || 0;
+  return problem;
 }
 
 /** The server cannot stream (an older server, or a proxy that buffers): follow by long-poll instead. */
@@ -144,13 +150,9 @@ export async function streamEvents(path, lastId, onEvent) {
   }
   const type = response.headers.get("Content-Type") || "";
   if (!response.ok) {
-    const text = await response.text();
-    let data = null;
-    try { data = JSON.parse(text); } catch { /* shown as text */ }
     if (response.status === 404 && !type.includes("problem")) throw new NoStream();
-    const problem = toProblem(response.status, response.statusText, data, text);
-    problem.retryAfter = Number(response.headers.get("Retry-After")) || 0;
-    throw new ApiError(problem);
+    const text = await response.text();
+    throw new ApiError(httpProblem(response, parsedJson(text), text));
   }
   if (!type.startsWith("text/event-stream") || !response.body) throw new NoStream();
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
