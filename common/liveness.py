@@ -1,7 +1,8 @@
 """Liveness of running tasks, kept in their job's record: heartbeats, delivery counts, requeues.
 
-Workers write it; `JobStore.get` reads it back in the same round trip (`common.jobs.lost_worker`), so
-a job whose worker vanished reads `failed` instead of `running` forever.
+Workers write it; the sweeper hands the tasks of a worker that stopped beating to another
+(`workers.handoff`), and `JobStore.get` reads it back in the same round trip (`common.jobs.lost_worker`),
+so a job whose work nothing could hand on reads `failed` instead of `running` forever.
 """
 
 from __future__ import annotations

@@ -383,8 +383,18 @@ class Settings(BaseSettings):
         "Milvus is away; past them, the next write of those documents settles them",
     )
     max_deliveries: int = Field(3, ge=1, description="deliveries of an attempt before a lost worker fails it")
-    job_heartbeat_interval_s: float = Field(10.0, gt=0, description="how often a running task says it lives")
-    job_heartbeat_timeout_s: float = Field(60.0, gt=0, description="silence after which its worker is lost")
+    job_heartbeat_interval_s: float = Field(
+        10.0,
+        gt=0,
+        description="how often a running task says it lives, and how often parse workers look for tasks "
+        "whose worker went silent, to hand them to another (Redis broker)",
+    )
+    job_heartbeat_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="silence after which a task's worker is lost and the task goes back to its queue for "
+        "another worker; a job whose task nothing hands on reads failed one more timeout later",
+    )
     broker_visibility_timeout_s: int | None = Field(
         None,
         description="Redis hands a vanished worker's message to another after this (must outlast any task); "

@@ -6,9 +6,9 @@
 - Each delivery is counted before the task runs: past `max_deliveries` the task fails with `WorkerLost`
   instead of killing worker after worker (Celery alone would redeliver it forever).
 - `Heartbeat`, one thread per process, refreshes the beats of the tasks the process runs and the
-  document locks and collection writer entries it holds. When a whole worker vanishes nobody requeues its
-  task until the broker's
-  visibility timeout; its beats go stale and the job reads `failed` (worker lost) meanwhile.
+  document locks and collection writer entries it holds. When a whole worker vanishes nothing in it can
+  requeue its tasks; once their beats are stale the parse workers' sweeper hands their messages to the
+  next worker (`workers.handoff`), long before the broker's visibility timeout would.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
-"""Deletes uploads past their retention (`common.retention`), from every worker that consumes `parse`, and
-sends again the lost messages of queued jobs (`workers.reconciler`, Redis broker only).
+"""Deletes uploads past their retention (`common.retention`), from every worker that consumes `parse`, sends
+again the lost messages of queued jobs (`workers.reconciler`), and hands the tasks of a vanished worker to
+another (`workers.handoff`, every `JOB_HEARTBEAT_INTERVAL_S` on a thread of its own); the last two for a Redis
+broker only.
 
 One daemon thread in the worker's main process: it loads no model and touches only the upload directory,
 Redis and the broker. Several workers (hosts sharing the upload directory) may sweep at once: each due
@@ -17,11 +19,13 @@ from typing import Any
 from celery.signals import worker_ready
 
 from common.contracts import PARSE_QUEUE
+from common.jobs import JobStore
 from common.redis_client import connect_redis
 from common.retention import UploadRetention
 from common.settings import Settings, get_settings
 from common.types import UploadStore
 from store.uploads import upload_store
+from workers.handoff import Handoff, Restore, restorer
 from workers.lost_batches import LostBatches
 from workers.reconciler import Reconciler, Send, for_settings
 
@@ -73,15 +77,31 @@ def _reconcile(reconciler: Reconciler | None, batches: LostBatches | None) -> No
         log.warning("sweep for lost messages failed: %s", exc)
 
 
+def _hand_off(settings: Settings, restore: Restore) -> None:
+    jobs = connect_redis(settings.redis_url)
+    store = JobStore(jobs, settings.job_ttl_s)
+    handoff = Handoff(jobs, connect_redis(settings.broker), restore, store.note_retry)
+    while True:
+        try:
+            handoff.sweep(time.time())
+        except Exception as exc:  # Redis or the broker away: look again next time, never die
+            log.warning("sweep for the tasks of vanished workers failed: %s", exc)
+        time.sleep(settings.job_heartbeat_interval_s)
+
+
 @worker_ready.connect  # type: ignore[untyped-decorator]
 def start(sender: Any, **_: Any) -> None:
-    """In a worker that consumes `parse` (where uploads are read), sweep every `sweep_interval_s`."""
-    app = sender.app
-    if PARSE_QUEUE in app.amqp.queues.consume_from:
+    """In a worker that consumes `parse` (where uploads are read), sweep every `sweep_interval_s`, and hand
+    on the tasks of vanished workers every `job_heartbeat_interval_s`."""
+    app, settings = sender.app, get_settings()
+    if PARSE_QUEUE not in app.amqp.queues.consume_from:
+        return
 
-        def send(task: str, task_id: str | None, kwargs: dict[str, Any]) -> None:
-            app.send_task(task, kwargs=kwargs, task_id=task_id)
+    def send(task: str, task_id: str | None, kwargs: dict[str, Any]) -> None:
+        app.send_task(task, kwargs=kwargs, task_id=task_id)
 
+    threading.Thread(target=_loop, args=(settings, send), name="upload-sweeper", daemon=True).start()
+    if settings.broker_is_redis:
         threading.Thread(
-            target=_loop, args=(get_settings(), send), name="upload-sweeper", daemon=True
+            target=_hand_off, args=(settings, restorer(app.connection_for_write)), name="handoff", daemon=True
         ).start()

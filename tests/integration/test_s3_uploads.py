@@ -120,7 +120,7 @@ def s3(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Sta
         redis.Redis.from_url(redis_url).flushdb()
 
 
-def _files_left(host: Path) -> list[str]:
+def files_left(host: Path) -> list[str]:
     """Upload or batch files a host kept on its own disk (the staging and download areas must be empty);
     the metrics files and the device's lock file are each host's own."""
     found = [p for p in host.rglob("*") if p.is_file() and not {"prometheus", "gate"} & set(p.parts)]
@@ -154,7 +154,7 @@ def test_json_files_and_zips_go_through_the_bucket_and_are_answered(s3: S3Stack,
     assert answer["result"]["passages"][0]["doc_id"] == "more.zip/volcano.txt"
     for name, host in s3.hosts.items():
         assert not (host / "uploads").exists(), name  # nothing in the local upload directory
-        assert _files_left(host) == [], (name, _files_left(host))
+        assert files_left(host) == [], (name, files_left(host))
 
 
 def test_a_retry_reads_the_upload_back_from_the_bucket(s3: S3Stack, tmp_path: Path) -> None:
@@ -191,7 +191,7 @@ def test_a_store_that_is_down_is_a_503_at_submit_and_no_job(s3: S3Stack) -> None
         assert refused.headers["Content-Type"] == "application/problem+json"
         assert "upload store" in refused.json()["detail"]
         assert len(s3.api.get("/api/v1/jobs", params={"limit": 100}).json()["items"]) == before
-        assert _files_left(s3.hosts["api"]) == []  # the staged copy went with the refusal
+        assert files_left(s3.hosts["api"]) == []  # the staged copy went with the refusal
     finally:
         s3.moto = _moto(s3.s3_port, s3.log)  # a fresh, empty stand-in: the bucket is created again on use
     again = s3.api.run(

@@ -46,17 +46,18 @@ class QuietHandler(BaseHTTPRequestHandler):
         pass
 
 
-def serve(handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
-    """An HTTP server on 127.0.0.1 (a free port), serving from a daemon thread until shut down."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+def serve(handler: type[BaseHTTPRequestHandler], host: str = "127.0.0.1") -> ThreadingHTTPServer:
+    """An HTTP server on `host` (a free port), serving from a daemon thread until shut down."""
+    server = ThreadingHTTPServer((host, 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
 
 class Receiver:
-    """An HTTP server on 127.0.0.1 (free port) that records every POST and answers as planned per path."""
+    """An HTTP server on `host` (free port) that records every POST and answers as planned per path."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
         self.lock = threading.Lock()
         self.received: list[Received] = []
         self.plans: dict[str, list[int]] = {}  # path -> statuses to answer in turn; then 200
@@ -71,13 +72,13 @@ class Receiver:
                     status = plan.pop(0) if plan else 200
                 self.answer(status)
 
-        self.server = serve(Handler)
+        self.server = serve(Handler, host)
 
     def url(self, plan: list[int] | None = None) -> str:
         """A fresh path on this receiver, answered with `plan` (then 200)."""
         path = f"/hook/{uuid.uuid4().hex}"
         self.plans[path] = list(plan or [])
-        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+        return f"http://{self.host}:{self.server.server_address[1]}{path}"
 
     def posts(self, url: str) -> list[Received]:
         path = url.split(str(self.server.server_address[1]), 1)[1]

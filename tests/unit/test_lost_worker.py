@@ -10,7 +10,7 @@ import pytest
 from celery.exceptions import SoftTimeLimitExceeded
 
 from common.isolation import isolate
-from common.jobs import lost_worker
+from common.jobs import lost_worker, stale_beats
 from ingestion import parsing
 
 
@@ -20,9 +20,13 @@ def _beat(until: float, timeout: float = 8.0) -> bytes:
 
 def test_a_beat_from_before_a_redis_restart_gets_a_whole_timeout_after_it() -> None:
     raw = {b"beat:t1": _beat(until=100.0)}
-    assert lost_worker(raw, now=110.0)  # Redis up all along: lost
-    assert lost_worker(raw, now=110.0, up_since=105.0) is None  # Redis restarted at 105: wait until 113
-    assert lost_worker(raw, now=114.0, up_since=105.0)
+    assert stale_beats(raw, now=101.0).keys() == {"t1"}  # its work may be handed on from now
+    assert lost_worker(raw, now=107.0) is None  # ... and gets a whole timeout for that before it reads lost
+    assert lost_worker(raw, now=109.0)  # Redis up all along: lost
+    assert not stale_beats(raw, now=110.0, up_since=105.0)  # Redis restarted at 105: wait until 113
+    assert stale_beats(raw, now=114.0, up_since=105.0).keys() == {"t1"}
+    assert lost_worker(raw, now=120.0, up_since=105.0) is None
+    assert lost_worker(raw, now=122.0, up_since=105.0)
 
 
 def test_a_task_judges_only_its_own_beat() -> None:
@@ -31,6 +35,7 @@ def test_a_task_judges_only_its_own_beat() -> None:
     assert lost_worker(raw, now=150.0, tasks=["me"]) is None
     assert lost_worker(raw, now=150.0, tasks=[]) is None
     assert lost_worker(raw, now=250.0, tasks=["me"])
+    assert stale_beats(raw, now=150.0, tasks=["me"]) == {}
 
 
 def test_isolate_never_swallows_the_soft_time_limit() -> None:

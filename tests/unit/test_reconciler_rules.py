@@ -16,6 +16,7 @@ from common.job_schema import KEY_PREFIX
 from common.messages import queue_lists
 from common.settings import Settings
 from workers.fanout import batch_kwargs, batch_path
+from workers.handoff import unacked_tags
 from workers.lost_batches import FannedJob, missing, queued_batches
 from workers.reconciler import (
     QUEUED,
@@ -179,3 +180,13 @@ def test_a_batch_is_sent_again_with_the_kwargs_its_coordinator_gave_it() -> None
         "on_duplicate": "replace",
         "seq": 4,
     }
+
+
+def test_the_hand_off_finds_a_task_s_delivery_tag_and_skips_what_is_not_a_celery_message() -> None:
+    entries = {
+        b"t1": json.dumps([{"headers": {"id": "task-1"}}, "", "ingest"]).encode(),
+        b"t2": b"not json",
+        b"t3": json.dumps([{"headers": {}}, "", "ask"]).encode(),
+        b"t4": json.dumps([]).encode(),
+    }
+    assert unacked_tags(entries) == {"task-1": "t1"}
