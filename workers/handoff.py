@@ -34,8 +34,8 @@ import redis
 from kombu.connection import Connection
 from kombu.transport.redis import Channel
 
+from common.beats import stale_beats
 from common.job_schema import BEAT_PREFIX, RUNNING_INDEX, JobKeys
-from common.jobs import stale_beats
 from common.redis_client import started_at
 from workers.reconciler import loads_or_none
 

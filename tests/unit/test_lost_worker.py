@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
 
+from common.beats import lost_worker, stale_beats
 from common.isolation import isolate
-from common.jobs import lost_worker, stale_beats
 from ingestion import parsing
 
 

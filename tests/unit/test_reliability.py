@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import celeryconfig
-from common.jobs import lost_worker
+from common.beats import lost_worker
 from common.settings import Settings
 from workers.reliability import Heartbeat, WorkerLost, check_delivery
 
