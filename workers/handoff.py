@@ -5,7 +5,7 @@ running tasks unacknowledged in the broker's `unacked` hash. Redis hands such a 
 visibility timeout, which must outlast the longest task (`TASK_TIME_LIMIT_S` + 600 s by default), so
 meanwhile the job would read `failed` (worker lost) although another host could run it. The tasks' heartbeats
 say sooner and more precisely that the worker stopped: every `JOB_HEARTBEAT_INTERVAL_S` a sweep reads the
-running jobs (`RUNNING_INDEX`), and for each task whose beat is past its deadline (`common.jobs.stale_beats`,
+running jobs (`RUNNING_INDEX`), and for each task whose beat is past its deadline (`common.beats.stale_beats`,
 never one from before a Redis restart) and whose message is in `unacked`:
 
 1. drops the stale beat, only if it is still the same value (a Lua compare-and-delete): a worker that beat
@@ -17,7 +17,7 @@ never one from before a Redis restart) and whose message is in `unacked`:
 The next worker to take it (any host) runs it as a redelivery: counted (`MAX_DELIVERIES`, so a task that
 kills every worker still ends), a batch takes over its lease and document locks once their heartbeat TTL ran
 out, and its writes are idempotent (workers.reconciler says why). A job reads lost only when its beat stays
-stale a whole timeout more (`common.jobs.lost_worker`), i.e. when nothing could be handed on.
+stale a whole timeout more (`common.beats.lost_worker`), i.e. when nothing could be handed on.
 
 With RabbitMQ the broker requeues a consumer's unacknowledged messages itself when its connection drops,
 so this sweep is off there.
@@ -37,7 +37,7 @@ from kombu.transport.redis import Channel
 from common.beats import stale_beats
 from common.job_schema import BEAT_PREFIX, RUNNING_INDEX, JobKeys
 from common.redis_client import started_at
-from workers.reconciler import loads_or_none
+from workers.reconciler import loads_or_none, task_id_of
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +72,9 @@ def unacked_tags(entries: Mapping[Any, Any]) -> dict[str, str]:
     tags = {}
     for tag, raw in entries.items():
         entry = loads_or_none(raw)
-        try:
-            tags[str(entry[0]["headers"]["id"])] = tag.decode() if isinstance(tag, bytes) else str(tag)
-        except (IndexError, KeyError, TypeError):
-            continue  # not a Celery message: not ours to hand on
+        task_id = task_id_of(entry[0]) if isinstance(entry, list) and entry else None
+        if task_id:  # else not a Celery message: not ours to hand on
+            tags[task_id] = tag.decode() if isinstance(tag, bytes) else str(tag)
     return tags
 
 

@@ -92,7 +92,8 @@ def route(kind: str | None) -> tuple[str, str] | None:
     return None if task is None else (task, TASK_QUEUES[task])
 
 
-def _task_id(message: Any) -> str | None:
+def task_id_of(message: Any) -> str | None:
+    """A Celery message's task id (`headers.id`), None for anything else."""
     try:
         return str(message["headers"]["id"])
     except (KeyError, TypeError):
@@ -101,14 +102,14 @@ def _task_id(message: Any) -> str | None:
 
 def message_ids(messages: Iterable[bytes | str]) -> set[str]:
     """Task ids (`headers.id`) of messages as kombu's Redis transport stores them in a queue list."""
-    ids = (_task_id(loads_or_none(raw)) for raw in messages)
+    ids = (task_id_of(loads_or_none(raw)) for raw in messages)
     return {task_id for task_id in ids if task_id}
 
 
 def unacked_ids(entries: Iterable[bytes | str]) -> set[str]:
     """Task ids of the `unacked` hash's values: JSON [message, exchange, routing key]."""
     entries_json = (loads_or_none(raw) for raw in entries)
-    ids = (_task_id(entry[0]) for entry in entries_json if isinstance(entry, list) and entry)
+    ids = (task_id_of(entry[0]) for entry in entries_json if isinstance(entry, list) and entry)
     return {task_id for task_id in ids if task_id}
 
 
