@@ -13,7 +13,7 @@ import numpy.typing as npt
 from pymilvus import AnnSearchRequest, RRFRanker
 from pymilvus.exceptions import MilvusException
 
-from common.errors import ServiceUnavailable
+from common.errors import DocumentError, ServiceUnavailable
 from common.faultpoints import fault_point
 from common.filters import literal, render_filter
 from common.retries import milvus_unavailable
@@ -210,10 +210,12 @@ class MilvusStore:
                 self.name,
                 filter=expr,
                 output_fields=["doc_id", "content_hash", "seq"],
-                limit=min(QUERY_LIMIT, 4 * len(doc_ids)),
+                limit=QUERY_LIMIT,
                 consistency_level="Strong",  # a write from a moment ago must count, or it is embedded twice
             ),
         )
+        if len(rows) >= QUERY_LIMIT:  # cut short: a version left out would be taken for absent and pruned
+            raise DocumentError("the documents hold too many stored versions to read in one query")
         found: dict[str, dict[str, int]] = {}
         for row in rows:
             found.setdefault(row["doc_id"], {})[row["content_hash"]] = int(row["seq"])

@@ -100,6 +100,14 @@ def by_doc(found: set[Row]) -> dict[str, set[Row]]:
     return docs
 
 
+def held(docs: dict[str, set[Row]]) -> dict[str, dict[str, int]]:
+    """Per document, its rows per version: what a failed comparison of rows prints."""
+    return {
+        doc_id: {digest: sum(1 for row in found if row[2] == digest) for digest in {row[2] for row in found}}
+        for doc_id, found in sorted(docs.items())
+    }
+
+
 def reference(fs: FaultStack, collection: str, docs: list[dict[str, Any]]) -> dict[str, set[Row]]:
     """Each document's rows after a clean run (no fault) into a collection of its own."""
     job = fs.run("/api/v1/documents", json={"collection": collection, "documents": docs})

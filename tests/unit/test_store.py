@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from pymilvus import MilvusException
 
-from common.errors import Conflict, InvalidRequest, ServiceUnavailable
+from common.errors import Conflict, DocumentError, InvalidRequest, ServiceUnavailable
 from common.settings import Settings
 from common.types import Chunk
 from store import schema
 from store.catalog import Catalog
 from store.exact import ExactDense
-from store.milvus import MilvusStore, milvus_errors
+from store.milvus import QUERY_LIMIT, MilvusStore, milvus_errors
 from store.schema import ANALYSIS_PROPERTY
 
 
@@ -180,6 +180,22 @@ def test_a_read_after_a_milvus_restart_loads_the_collection_and_reads_again() ->
     client = RecordingClient()
     assert store_with(client).document_versions("c", ["a"]) == {"a": {"h": 7}}  # type: ignore[arg-type]
     assert (client.loads, client.queries) == (1, 2)
+
+
+class ManyVersionsClient(RecordingClient):
+    """Answers a query with as many rows as it allows, as Milvus does when more match."""
+
+    def query(self, name: str, **kwargs: Any) -> list[dict[str, Any]]:
+        self.limit = kwargs["limit"]
+        return [{"doc_id": "a", "content_hash": f"h{i}", "seq": i} for i in range(self.limit)]
+
+
+def test_a_version_lookup_cut_short_by_the_query_limit_fails_instead_of_leaving_versions_out() -> None:
+    """A version left out would read as absent, and settling would prune every row of its document."""
+    client = ManyVersionsClient()
+    with pytest.raises(DocumentError, match="too many stored versions"):
+        store_with(client).document_versions("c", ["a", "b"])  # type: ignore[arg-type]
+    assert client.limit == QUERY_LIMIT  # not a few per document: a document may hold several versions
 
 
 class BrokenClient(FakeClient):
