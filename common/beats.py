@@ -12,9 +12,14 @@ from common.job_schema import BEAT_PREFIX
 
 
 def stale_beats(
-    raw: dict[bytes, bytes], now: float, tasks: Collection[str] | None = None, up_since: float = 0.0
+    raw: dict[bytes, bytes],
+    now: float,
+    tasks: Collection[str] | None = None,
+    up_since: float = 0.0,
+    grace: int = 0,
 ) -> dict[str, tuple[bytes, dict[str, Any]]]:
-    """The beats (of `tasks`, when given) past their deadline: {task id: (stored value, beat)}.
+    """The beats (of `tasks`, when given) past their deadline by `grace` more timeouts: {task id: (stored
+    value, beat)}.
 
     Each beat carries its own deadline, so readers (the API) need no setting to judge it. A task whose
     child process died and whose message went back to the queue has no beat until it runs again. A beat
@@ -26,7 +31,8 @@ def stale_beats(
         if not name.startswith(BEAT_PREFIX.encode()) or (names is not None and name not in names):
             continue
         beat = json.loads(value)
-        if max(beat["until"], up_since + beat.get("timeout", 0)) < now:
+        timeout = beat.get("timeout", 0)
+        if max(beat["until"], up_since + timeout) + grace * timeout < now:
             stale[name.decode()[len(BEAT_PREFIX) :]] = (value, beat)
     return stale
 
@@ -37,12 +43,10 @@ def lost_worker(
     """Why a running job is lost: one of its tasks (of `tasks`, when given) stopped beating, and its work was
     not handed to another worker in the whole timeout after (`workers.handoff` drops the stale beat of a
     task it hands on, so a job whose work moved never reads lost); else None."""
-    for _value, beat in stale_beats(raw, now, tasks, up_since).values():
-        timeout = beat.get("timeout", 0)
-        if max(beat["until"], up_since + timeout) + timeout < now:
-            return (
-                f"worker lost: no heartbeat since {beat['at']} from {beat.get('host')} "
-                f"(pid {beat.get('pid')}); the worker stopped or was killed while running this job, "
-                "and no other worker took its work over"
-            )
+    for _value, beat in stale_beats(raw, now, tasks, up_since, grace=1).values():
+        return (
+            f"worker lost: no heartbeat since {beat['at']} from {beat.get('host')} "
+            f"(pid {beat.get('pid')}); the worker stopped or was killed while running this job, "
+            "and no other worker took its work over"
+        )
     return None

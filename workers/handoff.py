@@ -37,7 +37,7 @@ from kombu.transport.redis import Channel
 from common.beats import stale_beats
 from common.job_schema import BEAT_PREFIX, RUNNING_INDEX, JobKeys
 from common.redis_client import started_at
-from workers.reconciler import loads_or_none, task_id_of
+from workers.reconciler import unacked_task_id
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,7 @@ def unacked_tags(entries: Mapping[Any, Any]) -> dict[str, str]:
     """{task id: delivery tag} of the `unacked` hash (values: JSON [message, exchange, routing key])."""
     tags = {}
     for tag, raw in entries.items():
-        entry = loads_or_none(raw)
-        task_id = task_id_of(entry[0]) if isinstance(entry, list) and entry else None
+        task_id = unacked_task_id(raw)
         if task_id:  # else not a Celery message: not ours to hand on
             tags[task_id] = tag.decode() if isinstance(tag, bytes) else str(tag)
     return tags

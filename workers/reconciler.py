@@ -107,10 +107,15 @@ def message_ids(messages: Iterable[bytes | str]) -> set[str]:
 
 
 def unacked_ids(entries: Iterable[bytes | str]) -> set[str]:
-    """Task ids of the `unacked` hash's values: JSON [message, exchange, routing key]."""
-    entries_json = (loads_or_none(raw) for raw in entries)
-    ids = (task_id_of(entry[0]) for entry in entries_json if isinstance(entry, list) and entry)
-    return {task_id for task_id in ids if task_id}
+    """Task ids of the `unacked` hash's values."""
+    return {task_id for raw in entries if (task_id := unacked_task_id(raw))}
+
+
+def unacked_task_id(raw: bytes | str) -> str | None:
+    """The task id of one value of the `unacked` hash (JSON [message, exchange, routing key]); None when
+    it is not a Celery message."""
+    entry = loads_or_none(raw)
+    return task_id_of(entry[0]) if isinstance(entry, list) and entry else None
 
 
 def loads_or_none(raw: bytes | str) -> Any:
