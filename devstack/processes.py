@@ -19,6 +19,7 @@ import redis
 
 from common.contracts import ASK_QUEUE, INGEST_QUEUE, PARSE_QUEUE, WEBHOOK_QUEUE
 from common.settings import Settings
+from devstack.milvus_lite import server_argv
 
 
 def free_port() -> int:
@@ -140,10 +141,7 @@ def start_milvus(sup: Supervisor, uri: str, data_dir: Path) -> None:
     host, port = parsed.hostname or "127.0.0.1", parsed.port or 19530
     if port_open(host, port):
         return
-    exe = str(Path(sys.executable).with_name("milvus-lite"))
-    proc = sup.start(
-        "milvus", [exe, "server", "--data-dir", str(data_dir), "--host", host, "--port", str(port)]
-    )
+    proc = sup.start("milvus", server_argv(data_dir, host, port))  # its registry locked: devstack.milvus_lite
     wait_until(lambda: _milvus_ready(uri), 60, "milvus-lite", proc)
 
 

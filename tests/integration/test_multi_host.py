@@ -33,6 +33,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from common.settings import Settings
+from devstack.milvus_lite import server_argv
 from devstack.processes import Supervisor, api_argv, service_workers, wait_until
 from tests.integration.conftest import API_KEYS, WEBHOOK_ENV, Stack
 from tests.integration.faultstack import documents, wait_for
@@ -140,14 +141,7 @@ def _start_servers(cluster: Cluster) -> None:
     server = ["redis-server", "--bind", redis_ip, "--port", "6379", "--save", "", "--appendonly", "no"]
     proc = _start(cluster, "redis", [*server, "--protected-mode", "no"], "redis")
     wait_until(lambda: _pings(call, cluster.redis_url), 30, "Redis on its host", proc)
-    milvus = str(Path(sys.executable).with_name("milvus-lite"))
-    data = str(cluster.dirs["milvus"] / "db")
-    proc = _start(
-        cluster,
-        "milvus",
-        [milvus, "server", "--data-dir", data, "--host", milvus_ip, "--port", "19530"],
-        "milvus",
-    )
+    proc = _start(cluster, "milvus", server_argv(cluster.dirs["milvus"] / "db", milvus_ip, 19530), "milvus")
     moto = _start(cluster, "s3", [sys.executable, "-m", "moto.server", "-H", s3_ip, "-p", "9000"], "moto")
     wait_until(lambda: _answers(call, f"http://{s3_ip}:9000"), 60, "the S3 stand-in on its host", moto)
     assert proc.poll() is None, "milvus-lite exited"  # its readiness is the API's, waited for below
