@@ -142,10 +142,11 @@ def start_milvus(sup: Supervisor, uri: str, data_dir: Path) -> None:
     if port_open(host, port):
         return
     proc = sup.start("milvus", server_argv(data_dir, host, port))  # its registry locked: devstack.milvus_lite
-    wait_until(lambda: _milvus_ready(uri), 60, "milvus-lite", proc)
+    wait_until(lambda: milvus_ready(uri), 60, "milvus-lite", proc)
 
 
-def _milvus_ready(uri: str) -> bool:
+def milvus_ready(uri: str) -> bool:
+    """Whether a Milvus answers at `uri` (a started server, or one restarted by a test)."""
     from store.connection import connect  # noqa: PLC0415 - pymilvus: only when a Milvus is started
 
     try:

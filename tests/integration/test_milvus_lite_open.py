@@ -18,7 +18,7 @@ import numpy as np
 from common.settings import Settings
 from common.types import Chunk
 from devstack.milvus_lite import server_argv
-from devstack.processes import Supervisor, free_port, wait_until
+from devstack.processes import Supervisor, free_port, milvus_ready, wait_until
 from store.connection import connect
 from store.milvus import MilvusStore
 
@@ -41,7 +41,7 @@ def server(tmp: Path, argv: Argv) -> Iterator[tuple[str, Callable[[], None]]]:
 
     def start() -> None:
         proc = sup.start("milvus", argv(tmp / "data", "127.0.0.1", port))
-        wait_until(lambda: answers(uri), 60, "milvus-lite", proc)
+        wait_until(lambda: milvus_ready(uri), 60, "milvus-lite", proc)
 
     def restart() -> None:
         sup.procs[-1][1].send_signal(signal.SIGKILL)
@@ -59,20 +59,6 @@ def server(tmp: Path, argv: Argv) -> Iterator[tuple[str, Callable[[], None]]]:
         yield uri, restart
     finally:
         sup.stop()
-
-
-def answers(uri: str) -> bool:
-    try:
-        client = connect(uri, timeout_s=2)
-    except Exception:  # not up yet
-        return False
-    try:
-        client.get_server_version(timeout=2)
-        return True
-    except Exception:  # not ready yet
-        return False
-    finally:
-        client.close()
 
 
 def store(uri: str) -> MilvusStore:
