@@ -35,10 +35,14 @@ REGISTRY_METHODS = (
 )
 
 
+def server_args(data_dir: Path | str, host: str, port: int) -> list[str]:
+    """milvus-lite's command-line arguments for a server (this module's and milvus-lite's own command)."""
+    return ["server", "--data-dir", str(data_dir), "--host", host, "--port", str(port)]
+
+
 def server_argv(data_dir: Path | str, host: str, port: int) -> list[str]:
     """The command that starts the embedded server with the registry locked."""
-    server = ["server", "--data-dir", str(data_dir), "--host", host, "--port", str(port)]
-    return [sys.executable, "-m", "devstack.milvus_lite", *server]
+    return [sys.executable, "-m", "devstack.milvus_lite", *server_args(data_dir, host, port)]
 
 
 def lock_registry(cls: Any = None) -> None:

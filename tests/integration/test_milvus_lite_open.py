@@ -17,7 +17,7 @@ import numpy as np
 
 from common.settings import Settings
 from common.types import Chunk
-from devstack.milvus_lite import server_argv
+from devstack.milvus_lite import server_args, server_argv
 from devstack.processes import Supervisor, free_port, milvus_ready, wait_until
 from store.connection import connect
 from store.milvus import MilvusStore
@@ -29,8 +29,7 @@ Argv = Callable[[Path, str, int], list[str]]
 
 def plain_argv(data_dir: Path, host: str, port: int) -> list[str]:
     """milvus-lite's own command, without the lock."""
-    exe = str(Path(sys.executable).with_name("milvus-lite"))
-    return [exe, "server", "--data-dir", str(data_dir), "--host", host, "--port", str(port)]
+    return [str(Path(sys.executable).with_name("milvus-lite")), *server_args(data_dir, host, port)]
 
 
 @contextmanager
