@@ -47,7 +47,8 @@ eval: $(VENV)/.requirements-dev
 # (free loopback ports, data in a temp dir; nothing needs to be running) measures start to ready and to the
 # first answer, ingestion chunks/s beside the bare model on all cores, and question p50/p95 idle and while
 # 1,500 documents are ingested (60 questions, then the ingest's end). Writes
-# bench/results/device-<UTC date>.json. About 45 minutes on 2 cores (five configurations).
+# bench/results/device-<UTC date>.json. About 55 minutes on 2 cores (six configurations: the sixth is the
+# defaults with a Milvus flush after every ingest batch, the flushing before MILVUS_FLUSH_INTERVAL_S).
 bench: $(VENV)/.requirements-dev
 	$(PY) -m bench.device ../shared/data/scifact-train
 

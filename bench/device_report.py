@@ -35,7 +35,8 @@ def configs(cores: int) -> dict[str, dict[str, str]]:
 
     `device` is `make run`'s defaults (TORCH_THREADS unset: every core for the ask worker, shared by the
     ingest worker's processes); `split` the previous design (one ingest process, half the cores each, no
-    turn-taking); `none`, `nice` and `gate` the question-priority options alone, on all cores.
+    turn-taking); `none`, `nice` and `gate` the question-priority options alone, on all cores;
+    `flush-each-batch` the defaults with the previous flushing (a Milvus flush after every ingest batch).
     """
     half = str(max(1, cores // 2))
     return {
@@ -49,6 +50,7 @@ def configs(cores: int) -> dict[str, dict[str, str]]:
         "none": {"QUESTION_GATE": "false", "INGEST_NICE": "0"},
         "nice": {"QUESTION_GATE": "false", "INGEST_NICE": "10"},
         "gate": {"QUESTION_GATE": "true", "INGEST_NICE": "0"},
+        "flush-each-batch": {"QUESTION_GATE": "true", "INGEST_NICE": "10", "MILVUS_FLUSH_INTERVAL_S": "0"},
     }
 
 

@@ -366,6 +366,13 @@ class Settings(BaseSettings):
     )
     ingest_batch_documents: int = Field(64, description="documents per ingest batch task")
     milvus_write_batch: int = Field(1000, ge=1, description="rows per Milvus upsert request")
+    milvus_flush_interval_s: float = Field(
+        10.0,
+        ge=0,
+        description="an ingest batch flushes the collection only when this long has passed since its "
+        "process last flushed, and a job's last batch always does; fewer, larger segments cost the server "
+        "less (milvus-lite built and merged one index per batch); 0 = after every batch",
+    )
     milvus_serial_writes: bool = Field(
         True,
         description="one write request at a time to the collection, across all workers: the milvus-lite "

@@ -178,6 +178,10 @@ class VectorStore(Protocol):
 
     def flush(self) -> None: ...
 
+    def flush_due(self) -> None:
+        """Flush if `milvus_flush_interval_s` has passed since this process's last flush."""
+        ...
+
     def sample_texts(self, collection: str, limit: int) -> list[str]: ...
 
 

@@ -200,7 +200,8 @@ def ingest_documents(
     seq: int = 0,
     lock: Lock = _no_lock,
 ) -> list[Outcome]:
-    """One batch, one flush. `lock` holds its documents from check to prune (`Held`)."""
+    """One batch; a flush when one is due (`VectorStore.flush_due`). `lock` holds its documents from check to
+    prune (`Held`)."""
     ids = [item.id for item in items if isinstance(item, Document)]
     with lock(collection, ids) as held:
         live = [doc_id for doc_id in ids if held.floors.get(doc_id, 0) <= seq]
@@ -212,6 +213,6 @@ def ingest_documents(
         fault_point(settings, "before_prune")
         held.clear(settle(plan, plan.outcomes + written, store, collection, held.marked))
     with metrics.timed("ingest", "flush"):
-        store.flush()
+        store.flush_due()  # the job's last batch flushes in any case (workers.fanout.finish_batch)
     position = {item_id(item): i for i, item in enumerate(items)}  # report in the upload's order
     return sorted(plan.outcomes + written, key=lambda outcome: position.get(outcome.doc_id, len(items)))

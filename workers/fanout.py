@@ -15,7 +15,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from common import metrics
 from common.contracts import INGEST, INGEST_BATCH, IngestBatch, IngestJob
-from common.errors import InvalidRequest
+from common.errors import InvalidRequest, ServiceUnavailable
 from common.faultpoints import fault_point
 from common.job_schema import JobKeys
 from common.reports import Outcome
@@ -188,7 +188,19 @@ def settle_documents(rt: Runtime, collection: str, ids: list[str], owner: str) -
 
 def finish_batch(rt: Runtime, job_id: str, index: int, outcomes: list[Outcome], collection: str) -> None:
     if rt.ledger.finish_batch(job_id, index, count(outcomes)):
+        flush_at_end(rt, job_id)
         finalize(rt, job_id, collection)
+
+
+def flush_at_end(rt: Runtime, job_id: str) -> None:
+    """The job's rows into indexed segments before it reads ended, so the questions that follow search
+    them fast; batches flush only every `milvus_flush_interval_s`. Only speed rides on it: Milvus away
+    must not keep the job from ending (its rows are stored; the next flush seals them)."""
+    try:
+        with metrics.timed("ingest", "flush"):
+            rt.store.flush()
+    except ServiceUnavailable as exc:
+        log.warning("job %s: its rows are stored but not flushed yet: %s", job_id, exc)
 
 
 def finalize(rt: Runtime, job_id: str, collection: str) -> None:

@@ -31,7 +31,7 @@ from common.settings import Settings
 
 def test_every_configuration_sets_what_it_compares() -> None:
     found = configs(8)
-    assert list(found) == ["device", "split", "none", "nice", "gate"]
+    assert list(found) == ["device", "split", "none", "nice", "gate", "flush-each-batch"]
     shared = {"torch_threads": 8, "ingest_processes": 2, "ingest_threads": 4}  # the ingest pair shares them
     assert {name: effective(env, 8) for name, env in found.items()} == {
         "device": shared | {"question_gate": True, "ingest_nice": 10},
@@ -40,7 +40,9 @@ def test_every_configuration_sets_what_it_compares() -> None:
         "none": shared | {"question_gate": False, "ingest_nice": 0},
         "nice": shared | {"question_gate": False, "ingest_nice": 10},
         "gate": shared | {"question_gate": True, "ingest_nice": 0},
+        "flush-each-batch": shared | {"question_gate": True, "ingest_nice": 10},
     }
+    assert found["flush-each-batch"]["MILVUS_FLUSH_INTERVAL_S"] == "0"  # otherwise the device defaults
     assert configs(1)["split"]["TORCH_THREADS"] == "1"  # never 0 threads
     assert effective({}, 8, gpu=True)["ingest_processes"] == 1  # one model copy on a GPU
 
@@ -153,7 +155,8 @@ def test_report_is_strict_json_and_prints_every_part() -> None:
 
 def test_defaults_are_the_full_size_run() -> None:
     args = device.parse_args([])
-    assert (args.docs, args.load_docs, args.configs) == (1000, 1500, "device,split,none,nice,gate")
+    assert (args.docs, args.load_docs) == (1000, 1500)
+    assert args.configs == "device,split,none,nice,gate,flush-each-batch"
     assert args.data_dir == Path("../shared/data/scifact-train")
     assert args.json.name.startswith("device-") and args.json.suffix == ".json"
 

@@ -75,6 +75,9 @@ class FakeStore:
     def flush(self) -> None:
         pass
 
+    def flush_due(self) -> None:
+        pass
+
 
 def run(items: list[Document | Failure], embedder: FakeEmbedder, store: FakeStore) -> dict[str, Outcome]:
     outcomes = ingest_documents(
