@@ -112,8 +112,7 @@ def test_a_retried_state_move_still_publishes_the_end_and_runs_its_hooks(
 
 def test_a_retried_last_batch_still_finalizes_the_job_once(server: str, proxy: LostReplyProxy) -> None:
     jobs, job_id, ends = _stores(server, proxy)
-    rt = Runtime.__new__(Runtime)  # the real fan-out functions over these stores (no models needed)
-    rt.__dict__.update(jobs=jobs, ledger=BatchLedger(jobs), reports=DocumentReports(jobs.client, 600))
+    rt = _runtime(jobs)
     jobs.create(job_id, "ingest", 2, {})
     assert jobs.mark_running(job_id)
     rt.ledger.start(job_id, batches=2, total=2)
@@ -128,6 +127,26 @@ def test_a_retried_last_batch_still_finalizes_the_job_once(server: str, proxy: L
     assert ends.hooks == [job_id] and ends.drain() == [b"succeeded"]
     finish_batch(rt, job_id, 1, [Outcome("b", "succeeded", chunks=2)], "c")  # a redelivery: counts nothing
     assert jobs.get(job_id).progress["chunks"] == 5 and ends.hooks == [job_id]  # type: ignore[union-attr]
+    assert rt.store.flushes >= 1  # the job's end flushed its rows
+
+
+class _Flushes:
+    """The vector store of `_runtime`: these tests need only the job-end flush, counted."""
+
+    def __init__(self) -> None:
+        self.flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+
+def _runtime(jobs: JobStore) -> Runtime:
+    """The real fan-out functions over these stores (no models, no Milvus needed)."""
+    rt = Runtime.__new__(Runtime)
+    rt.__dict__.update(
+        jobs=jobs, ledger=BatchLedger(jobs), reports=DocumentReports(jobs.client, 600), store=_Flushes()
+    )
+    return rt
 
 
 def test_a_retried_delivery_count_counts_one_delivery_once(server: str, proxy: LostReplyProxy) -> None:
@@ -162,8 +181,7 @@ def test_concurrent_last_batches_under_lost_replies_end_the_job_once(
 ) -> None:
     """Both of a job's batches end at once and both lose their ledger reply: the job still ends, once."""
     jobs, job_id, ends = _stores(server, proxy)
-    rt = Runtime.__new__(Runtime)
-    rt.__dict__.update(jobs=jobs, ledger=BatchLedger(jobs), reports=DocumentReports(jobs.client, 600))
+    rt = _runtime(jobs)
     jobs.create(job_id, "ingest", 2, {})
     rt.ledger.start(job_id, batches=2, total=2)
     proxy.arm(_sha(_FINISH))
