@@ -42,6 +42,7 @@ def store_with(client: FakeClient, settings: Settings | None = None) -> MilvusSt
     store.settings = settings or Settings()
     store._analysis = "english"  # what ensure_collection would have read from the collection
     store.write_turn = nullcontext
+    store._flushed_at = float("-inf")
     return store
 
 
@@ -303,3 +304,22 @@ def test_each_write_request_and_no_read_runs_in_the_write_turn() -> None:
         ("query", False),
     ]
     assert len(turns) == 5  # one turn per request: other workers write in between
+
+
+def test_batches_flush_once_per_interval_and_an_interval_of_zero_flushes_every_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Fewer, larger segments: milvus-lite indexed, merged and indexed again one segment per flushed batch."""
+    now = [100.0]
+    monkeypatch.setattr("store.milvus.time.monotonic", lambda: now[0])
+    client = TurnClient()
+    store = store_with(client, Settings(milvus_flush_interval_s=10))  # type: ignore[arg-type]
+    for step in (0.0, 4.0, 5.9, 0.2, 9.0):  # flushes at 100 and 110.1 (10.1 s later), not in between
+        now[0] += step
+        store.flush_due()
+    assert [call for call, _ in client.calls] == ["flush", "flush"]
+    every = TurnClient()
+    store = store_with(every, Settings(milvus_flush_interval_s=0))  # type: ignore[arg-type]
+    for _ in range(3):
+        store.flush_due()
+    assert len(every.calls) == 3
