@@ -30,7 +30,8 @@ from typing import Any
 from api.problems import problem_body, status_of
 from common.errors import QuarryError
 from common.job_list import listed
-from common.jobs import JobRecord, JobStore
+from common.job_record import JobRecord
+from common.jobs import JobStore
 from common.redis_client import redis_errors
 
 VOLATILE = ("heartbeat_at", "callback")  # change without the job moving: no event of their own

@@ -28,7 +28,7 @@ from api.spec import (
 from common.contracts import INGEST
 from common.errors import Conflict, NotFound
 from common.job_list import Cursor, JobFilter, JobLister, listed
-from common.jobs import JobRecord, JobState
+from common.job_record import JobRecord, JobState
 from common.retention import source_paths, upload_dirs
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/v1/jobs")

@@ -22,7 +22,7 @@ from spectree.utils import get_multidict_items
 from werkzeug.exceptions import BadRequest
 
 from common.errors import InvalidRequest, UnsupportedMediaType
-from common.jobs import JobState
+from common.job_record import JobState
 from common.reports import STATUSES
 
 DOCS_PATH = "docs"

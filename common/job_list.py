@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.errors import InvalidRequest
+from common.job_record import JobRecord
 from common.job_schema import CREATED_INDEX, list_index
-from common.jobs import JobRecord, JobStore
+from common.jobs import JobStore
 from common.redis_client import redis_errors
 
 CHUNK = 100  # index entries read per round trip

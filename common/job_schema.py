@@ -41,7 +41,7 @@ BEAT_PREFIX = "beat:"  # + task id: a field of the record, the running task's la
 
 
 class Field(StrEnum):
-    """The record's fields. The first twelve are what a client reads (`common.jobs.JobRecord`)."""
+    """The record's fields. The first twelve are what a client reads (`common.job_record.JobRecord`)."""
 
     KIND = "kind"
     STATE = "state"

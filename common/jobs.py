@@ -12,119 +12,28 @@ import json
 import logging
 import time
 from collections.abc import Callable, Collection
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
-from enum import StrEnum
+from datetime import datetime
 from typing import Any
 
 import redis
 
 from common.beats import lost_worker
-from common.errors import QuarryError
-from common.job_schema import CREATED_INDEX, QUEUED_INDEX, Field, JobKeys, declared, list_index
+from common.job_record import (
+    CANCELLED,
+    OPEN_STATES,
+    JobCancelled,
+    JobRecord,
+    JobState,
+    celery_failure,
+    decode_record,
+    encode_fields,
+    now_iso,
+)
+from common.job_schema import CREATED_INDEX, QUEUED_INDEX, Field, JobKeys, list_index
 from common.redis_client import redis_errors, started_at
 from common.transitions import StateGuard
 
 log = logging.getLogger(__name__)
-
-
-class JobState(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
-
-
-OPEN_STATES: tuple[str, ...] = (JobState.QUEUED, JobState.RUNNING)
-CANCELLED = {"state": JobState.CANCELLED.value, "error": "cancelled by request"}
-
-
-class JobCancelled(Exception):
-    """Raised inside a task when a client cancelled its job; the job ends `cancelled`, not `failed`."""
-
-
-_CELERY_STATES = {
-    "PENDING": JobState.QUEUED,
-    "RECEIVED": JobState.QUEUED,
-    "STARTED": JobState.RUNNING,
-    "RETRY": JobState.RUNNING,
-    "SUCCESS": JobState.SUCCEEDED,
-    "FAILURE": JobState.FAILED,
-    "REVOKED": JobState.FAILED,
-    "REJECTED": JobState.FAILED,
-}
-
-
-def state_from_celery(celery_state: str) -> JobState:
-    """Quarry's state for a Celery state; unknown custom states count as running."""
-    return _CELERY_STATES.get(celery_state.upper(), JobState.RUNNING)
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-@dataclass
-class JobRecord:
-    job_id: str
-    kind: str
-    state: JobState = JobState.QUEUED
-    progress: dict[str, int] = field(default_factory=lambda: {"done": 0, "total": 0})
-    result: Any = None
-    error: str | None = None
-    owner: str | None = None  # the API key's name; None when the API is open
-    collection: str | None = None  # the collection it works on
-    created_at: str = field(default_factory=now_iso)
-    started_at: str | None = None
-    finished_at: str | None = None
-    heartbeat_at: str | None = None  # last sign of life of a task running for the job
-    callback: dict[str, Any] | None = None  # webhook: {"url", "state", "attempts", ...} (common.webhooks)
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["state"] = str(self.state)
-        return data
-
-
-def _encode(fields: dict[str, Any]) -> dict[str, str]:
-    return {name: json.dumps(value) for name, value in fields.items()}
-
-
-def _decode(job_id: str, raw: dict[bytes, bytes]) -> JobRecord:
-    """The client's view of a stored record; a field the schema does not declare is a bug, logged."""
-    values = {key.decode(): json.loads(value) for key, value in raw.items()}
-    unknown = sorted(name for name in values if not declared(name))
-    if unknown:
-        log.warning("job %s: fields %s are not declared in common.job_schema", job_id, unknown)
-    values["job_id"] = job_id
-    values["state"] = JobState(values.get("state", "queued"))
-    known = JobRecord.__dataclass_fields__
-    return JobRecord(**{name: value for name, value in values.items() if name in known})
-
-
-def _celery_failure(meta_raw: bytes | None) -> str | None:
-    """The failure reason Celery stored for a task, if it stored one."""
-    if not meta_raw:
-        return None
-    meta = json.loads(meta_raw)
-    if state_from_celery(str(meta.get("status", ""))) is not JobState.FAILED:
-        return None
-    result = meta.get("result") or {}
-    message = result.get("exc_message") if isinstance(result, dict) else result
-    if isinstance(message, list):
-        message = " ".join(str(part) for part in message)
-    kind = result.get("exc_type", "Error") if isinstance(result, dict) else "Error"
-    if message and isinstance(result, dict) and result.get("exc_module") == QuarryError.__module__:
-        # A domain error in its own words, as the task records it (`common.isolation.describe`): Celery
-        # stores its failure before the task's `on_failure` writes the record, and a poll in between must
-        # not read another text than the one the job ends with.
-        return str(message)
-    return f"{kind}: {message}" if message else str(kind)
 
 
 def each(*hooks: Callable[[str], None]) -> Callable[[str], None]:
@@ -244,9 +153,9 @@ class JobStore:
     ) -> JobRecord | None:
         if not raw:
             return None
-        record = _decode(job_id, raw)
+        record = decode_record(job_id, raw)
         if not record.state.terminal:
-            reason = _celery_failure(meta)
+            reason = celery_failure(meta)
             if reason:
                 record.state, record.error = JobState.FAILED, reason
         if record.state is JobState.RUNNING and lost_worker(raw, time.time(), beats_of):
@@ -268,7 +177,7 @@ class JobStore:
         """False when the job ended meanwhile (cancelled while queued): the task must not run it."""
         fields = {"state": JobState.RUNNING.value, "started_at": now_iso(), "error": None}
         with redis_errors():
-            moved = self._guard.move(self.key(job_id), self.ttl_s, OPEN_STATES, _encode(fields))
+            moved = self._guard.move(self.key(job_id), self.ttl_s, OPEN_STATES, encode_fields(fields))
         if moved:
             self._announce(job_id, JobState.RUNNING.value)
         return moved
@@ -322,7 +231,7 @@ class JobStore:
         Once the end is stored, its hooks must run: a later attempt finds the job ended and moves nothing,
         so a failed publish (only a wake-up: waiters read the record every second anyway) must not skip them.
         """
-        encoded = _encode({**fields, "finished_at": now_iso()} if stamp else fields)
+        encoded = encode_fields({**fields, "finished_at": now_iso()} if stamp else fields)
         with redis_errors():
             if not self._guard.move(self.key(job_id), self.ttl_s, allowed, encoded):
                 return
@@ -352,7 +261,7 @@ class JobStore:
         """`listed` (owner, None when open; creation in ms) also lists a new job (`common.job_list`)."""
         with redis_errors():
             pipe = self.client.pipeline(transaction=True)
-            pipe.hset(self.key(job_id), mapping=_encode(fields))  # type: ignore[arg-type]
+            pipe.hset(self.key(job_id), mapping=encode_fields(fields))  # type: ignore[arg-type]
             pipe.expire(self.key(job_id), self.ttl_s)
             if index is not None:  # in the same transaction: never a job missing from its index
                 pipe.zadd(index, {self.key(job_id): time.time()})

@@ -1,7 +1,7 @@
 """Liveness of running tasks, kept in their job's record: heartbeats, delivery counts, requeues.
 
 Workers write it; the sweeper hands the tasks of a worker that stopped beating to another
-(`workers.handoff`), and `JobStore.get` reads it back in the same round trip (`common.jobs.lost_worker`),
+(`workers.handoff`), and `JobStore.get` reads it back in the same round trip (`common.beats.lost_worker`),
 so a job whose work nothing could hand on reads `failed` instead of `running` forever.
 """
 
@@ -13,8 +13,9 @@ import uuid
 from collections.abc import Collection, Mapping
 from typing import Any
 
+from common.job_record import now_iso
 from common.job_schema import BEAT_PREFIX, Field, JobKeys
-from common.jobs import JobStore, now_iso
+from common.jobs import JobStore
 from common.redis_client import queue_script, redis_errors
 
 # Only jobs that still exist: a beat must never recreate an expired record without its TTL.

@@ -23,8 +23,8 @@ import redis
 from common.callback_urls import CallbackRefused, Resolver, Unresolved, check_target
 from common.contracts import WEBHOOK, Webhook
 from common.errors import InvalidRequest
+from common.job_record import JobRecord, now_iso
 from common.job_schema import Field, JobKeys
-from common.jobs import JobRecord, now_iso
 from common.settings import Settings
 
 log = logging.getLogger(__name__)

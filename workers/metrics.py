@@ -19,7 +19,7 @@ from celery.exceptions import Ignore
 from celery.signals import task_postrun, task_prerun, worker_init
 
 from common import metrics
-from common.jobs import JobCancelled
+from common.job_record import JobCancelled
 from workers.runtime import runtime
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from common.contracts import ASK, DELETE, INGEST, INGEST_BATCH, SETTLE, IngestBa
 from common.errors import InvalidRequest
 from common.faultpoints import fault_point
 from common.isolation import describe
-from common.jobs import JobCancelled, JobRecord
+from common.job_record import JobCancelled, JobRecord
 from common.retries import RETRIABLE_ERRORS, TASK_RETRY_JITTER
 from common.settings import get_settings
 from ingestion.pipeline import count

@@ -17,8 +17,9 @@ from typing import Any
 from celery import Task
 
 from common.contracts import WEBHOOK
+from common.job_record import now_iso
 from common.job_schema import Field
-from common.jobs import JobStore, now_iso
+from common.jobs import JobStore
 from common.retries import webhook_backoff_s
 from common.settings import Settings
 from common.webhooks import Verdict, headers, payload

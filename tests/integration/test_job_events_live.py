@@ -21,7 +21,8 @@ import sseclient
 
 from client.cli import main as cli_main
 from client.events import Event, parse, split_lines
-from common.jobs import JobRecord, JobState, JobStore
+from common.job_record import JobRecord, JobState
+from common.jobs import JobStore
 from devstack.processes import Supervisor, api_argv, free_port, wait_until
 from tests.integration.conftest import KEYS, Stack, healthy
 

@@ -22,8 +22,9 @@ from typing import Any
 import pytest
 import redis
 
+from common.job_record import JobState
 from common.job_schema import Field
-from common.jobs import JobState, JobStore
+from common.jobs import JobStore
 from common.ledger import _FINISH, BatchLedger
 from common.liveness import _COUNT, Liveness
 from common.redis_client import connect_redis_patient

@@ -6,7 +6,8 @@ import uuid
 
 import redis
 
-from common.jobs import JobState, JobStore
+from common.job_record import JobState
+from common.jobs import JobStore
 from tests.integration.conftest import Stack
 
 

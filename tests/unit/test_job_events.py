@@ -13,7 +13,7 @@ import redis as redis_py
 
 from api.events import StreamLimits, snapshot, stream
 from client.events import Event, parse, split_lines
-from common.jobs import JobRecord, JobState
+from common.job_record import JobRecord, JobState
 
 LIMITS = StreamLimits(max_s=30.0, heartbeat_s=10.0, poll_s=1.0, retry_ms=1000)
 

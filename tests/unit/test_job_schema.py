@@ -8,8 +8,8 @@ import dataclasses
 import pytest
 
 from common import ledger, transitions
+from common.job_record import JobRecord
 from common.job_schema import BEAT_PREFIX, CREATED_INDEX, Field, JobKeys, declared, list_index, lua
-from common.jobs import JobRecord
 
 
 def test_key_names_are_the_ones_stored_by_earlier_releases() -> None:

@@ -6,7 +6,14 @@ import pytest
 
 from common.errors import InvalidRequest
 from common.isolation import describe
-from common.jobs import JobRecord, JobState, _celery_failure, _decode, _encode, state_from_celery
+from common.job_record import (
+    JobRecord,
+    JobState,
+    celery_failure,
+    decode_record,
+    encode_fields,
+    state_from_celery,
+)
 
 
 @pytest.mark.parametrize(
@@ -38,8 +45,8 @@ def test_record_round_trips_through_redis_encoding() -> None:
     record = JobRecord(job_id="j", kind="ask", state=JobState.SUCCEEDED, result={"passages": [1, "é"]})
     fields = record.to_json()
     fields.pop("job_id")
-    raw = {k.encode(): v.encode() for k, v in _encode(fields).items()}
-    assert _decode("j", raw) == record
+    raw = {k.encode(): v.encode() for k, v in encode_fields(fields).items()}
+    assert decode_record("j", raw) == record
 
 
 def test_worker_lost_failure_recorded_by_celery_is_noticed() -> None:
@@ -50,10 +57,10 @@ def test_worker_lost_failure_recorded_by_celery_is_noticed() -> None:
             "exc_message": ["Worker exited prematurely: signal 9 (SIGKILL)."],
         },
     }
-    reason = _celery_failure(json.dumps(meta).encode())
+    reason = celery_failure(json.dumps(meta).encode())
     assert reason == "WorkerLostError: Worker exited prematurely: signal 9 (SIGKILL)."
-    assert _celery_failure(json.dumps({"status": "STARTED"}).encode()) is None
-    assert _celery_failure(None) is None
+    assert celery_failure(json.dumps({"status": "STARTED"}).encode()) is None
+    assert celery_failure(None) is None
 
 
 def test_a_domain_failure_recorded_by_celery_reads_as_the_task_records_it() -> None:
@@ -62,4 +69,4 @@ def test_a_domain_failure_recorded_by_celery_reads_as_the_task_records_it() -> N
     detail = "quarry.delete: malformed task payload (doc_ids: Input should be a valid list)"
     meta = {"status": "FAILURE", "result": {"exc_type": "InvalidRequest", "exc_module": "common.errors"}}
     meta["result"]["exc_message"] = [detail]  # type: ignore[index]
-    assert _celery_failure(json.dumps(meta).encode()) == detail == describe(InvalidRequest(detail))
+    assert celery_failure(json.dumps(meta).encode()) == detail == describe(InvalidRequest(detail))

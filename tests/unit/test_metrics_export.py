@@ -20,7 +20,7 @@ from api import create_app
 from api.metrics import QueueCollector
 from common import metrics
 from common.errors import ServiceUnavailable
-from common.jobs import JobCancelled
+from common.job_record import JobCancelled
 from common.settings import Settings
 from workers import metrics as worker_metrics
 

@@ -13,8 +13,9 @@ import pytest
 from api import create_app
 from client import verify_signature
 from common.callback_urls import check_callback_url, host_allowed
+from common.job_record import JobState
 from common.job_schema import BEAT_PREFIX, Field
-from common.jobs import JobState, JobStore
+from common.jobs import JobStore
 from common.retries import webhook_backoff_s
 from common.settings import Settings
 from common.webhooks import (
