@@ -8,7 +8,8 @@ temp dir, all copied from one seed so each starts from the same state) and measu
   (b) ingestion chunks/s through the API (`--docs` documents into a scratch collection);
   (c) reranked and plain question p50/p95 at 1 client, idle and while a `--load-docs` ingest runs.
 Once per run, in this process and with no stack running, the bare model on every core embeds the chunks
-of (b). Nothing needs to be running first; no port but free loopback ones is used.
+of (b), three passes back to back (their median is the figure). Nothing needs to be running first; no
+port but free loopback ones is used.
 
     python -m bench.device ../shared/data/scifact-train            # every configuration, full size
     python -m bench.device ../shared/data/scifact-train --docs 60 --load-docs 120 --questions 5 \\

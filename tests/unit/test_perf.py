@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from bench import perf, perf_ask
+from bench import perf, perf_ask, perf_ingest
 
 
 class FakeClient:
@@ -73,3 +73,22 @@ def test_report_prints_every_section(capsys: pytest.CaptureFixture[str]) -> None
     out = capsys.readouterr().out
     assert "service / naive = 1.00x" in out and "1.11x" in out and "ef  128 (default)" in out
     assert perf.parse_args(["d", "--only", "ask", "--docs", "10"]).only == ["ask"]
+
+
+class _CountingEmbedder:
+    """Counts whole passes (calls over more than the warm-up's 16 texts)."""
+
+    def __init__(self) -> None:
+        self.passes = 0
+
+    def embed_documents(self, texts: list[str]) -> None:
+        if len(texts) > 16:
+            self.passes += 1
+
+
+def test_the_bare_figure_is_the_median_of_its_passes() -> None:
+    embedder = _CountingEmbedder()
+    result = perf_ingest.bare([f"t{i}" for i in range(40)], embedder, passes=3)  # type: ignore[arg-type]
+    assert embedder.passes == 3 and len(result["passes_s"]) == 3
+    assert result["seconds"] == sorted(result["passes_s"])[1]
+    assert result["chunks_per_s"] == 40 / result["seconds"]
