@@ -370,8 +370,9 @@ class Settings(BaseSettings):
         10.0,
         ge=0,
         description="an ingest batch flushes the collection only when this long has passed since its "
-        "process last flushed, and a job's last batch always does; fewer, larger segments cost the server "
-        "less (milvus-lite built and merged one index per batch); 0 = after every batch",
+        "process last flushed, and a job's last batch always does; on milvus-lite, segments of 5 batches or "
+        "more cost the server about a fifth less CPU than one per batch, of 2-4 batches more "
+        "(docs/benchmarks.md); 0 = after every batch",
     )
     milvus_serial_writes: bool = Field(
         True,

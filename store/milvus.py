@@ -253,16 +253,19 @@ class MilvusStore:
 
     @traced("milvus.flush")
     def flush(self) -> None:
-        """Seal what was written into segments, which searches read by their indexes; rows not yet flushed
-        are searched one by one (by milvus-lite; Milvus flushes by itself too)."""
+        """Seal what was written into segments, which searches read by their indexes; milvus-lite searches
+        rows not yet flushed by brute force, rebuilding their arrays for every search (Milvus flushes by
+        itself too)."""
         with milvus_errors("flush"), self.write_turn():
             self.client.flush(self.name)
         self._flushed_at = time.monotonic()
 
     def flush_due(self) -> None:
         """Flush if `milvus_flush_interval_s` has passed since this process last did. A flush per batch made
-        a segment per batch, each indexed and then merged and indexed again: a third of milvus-lite's CPU
-        during a bulk ingest, on the cores the model needs. The rows are durable and readable before."""
+        a segment per batch, each indexed, then merged and indexed again, on the cores the model needs:
+        flushing every 5 batches or more cost milvus-lite about a fifth less CPU, every 2-4 more than every
+        batch (its compaction merges the same rows again; docs/benchmarks.md). The rows are durable and
+        readable before."""
         if time.monotonic() - self._flushed_at >= self.settings.milvus_flush_interval_s:
             self.flush()
 
