@@ -26,7 +26,7 @@ from common.settings import Settings
 from common.types import Embedder
 from ingestion.pipeline import content_hash
 from ingestion.writing import chunks_of
-from store.milvus import chunk_pk
+from store.rows import chunk_pk
 
 ABSENT = "absent"
 INF = float("inf")

@@ -9,7 +9,7 @@ Each kind of failure, who tries again, and how:
   `TASK_RETRY_BACKOFF_S` to `TASK_RETRY_BACKOFF_MAX_S` with full jitter, `TASK_MAX_RETRIES` times
   (`SETTLE_MAX_RETRIES` for settling a failed batch). In `workers.tasks.RetryPolicy`.
 - **Milvus unreachable**: `milvus_unavailable` (gRPC `UNAVAILABLE` or `DEADLINE_EXCEEDED`, or a message
-  naming an outage) makes it `ServiceUnavailable`, retried as above. In `store.milvus.milvus_errors`.
+  naming an outage) makes it `ServiceUnavailable`, retried as above. In `store.connection.milvus_errors`.
 - **A broken Milvus channel** (GOAWAY): the client opens a fresh channel and tries the call once more; gRPC
   reconnects within 0.25-1 s once Milvus is back. In `store.connection`.
 - **A Redis command in a worker**: redis-py tries again inside the call, 50 ms doubling to a 1 s cap,

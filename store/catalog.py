@@ -15,7 +15,8 @@ from pymilvus.exceptions import MilvusException
 
 from common.errors import ServiceUnavailable
 from common.filters import render_filter
-from store.milvus import QUERY_LIMIT, MilvusStore, milvus_errors
+from store.connection import milvus_errors
+from store.milvus import QUERY_LIMIT, MilvusStore
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")

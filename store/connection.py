@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -22,6 +23,8 @@ from pymilvus import MilvusClient
 from pymilvus.client import entity_helper
 from pymilvus.exceptions import MilvusException
 
+from common.errors import ServiceUnavailable
+from common.retries import milvus_unavailable
 from common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -181,3 +184,22 @@ def _close_quietly(client: Any) -> None:
         client.close()
     except Exception as exc:  # a broken channel may fail to close; it is dropped either way
         log.debug("closing a replaced Milvus client failed: %s", exc)
+
+
+@contextmanager
+def milvus_errors(action: str) -> Iterator[None]:
+    """Map pymilvus failures to domain errors; only unreachability is retriable (`common.retries`)."""
+    try:
+        yield
+    except MilvusException as exc:
+        message = str(exc)
+        if milvus_unavailable(message):
+            raise ServiceUnavailable(f"Milvus unavailable during {action}: {message}") from exc
+        raise
+    except grpc.RpcError as exc:  # pymilvus passes some codes on raw, a missed deadline among them
+        code = exc.code() if isinstance(exc, grpc.Call) else None
+        if code is not None and milvus_unavailable(str(exc), code.name):
+            raise ServiceUnavailable(f"Milvus unavailable during {action}: {code}") from exc
+        raise
+    except (ConnectionError, TimeoutError) as exc:
+        raise ServiceUnavailable(f"Milvus unavailable during {action}: {exc}") from exc

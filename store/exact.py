@@ -16,7 +16,9 @@ import numpy.typing as npt
 from common.errors import InvalidRequest
 from common.filters import MAX_IN_VALUES, render_filter
 from common.types import Hit
-from store.milvus import OUTPUT_FIELDS, MilvusStore, hit_from_row, milvus_errors
+from store.connection import milvus_errors
+from store.milvus import MilvusStore
+from store.rows import OUTPUT_FIELDS, hit_from_row
 
 PAGE = 4096
 

@@ -2,59 +2,31 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable, Collection, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, TypeVar
 
-import grpc
 import numpy as np
 import numpy.typing as npt
-from pymilvus import AnnSearchRequest, RRFRanker
+from pymilvus import RRFRanker
 from pymilvus.exceptions import MilvusException
 
-from common.errors import DocumentError, ServiceUnavailable
+from common.errors import DocumentError
 from common.faultpoints import fault_point
 from common.filters import literal, render_filter
-from common.retries import milvus_unavailable
 from common.settings import Settings
 from common.tracing import traced
 from common.types import BM25Analysis, Chunk, Hit, SearchOptions, embedding_text
 from store import schema
 from store.analysis import analyse
-from store.connection import connect
+from store.connection import connect, milvus_errors
+from store.rows import OUTPUT_FIELDS, bm25_request, chunk_pk, dense_request, hit_from_row
 from store.schema import DIMENSION_PROPERTY, MODEL_PROPERTY
 
-OUTPUT_FIELDS = ["doc_id", "chunk_index", "title", "text", "metadata", "dense"]
 QUERY_LIMIT = 16_384  # Milvus caps offset + limit of one query at 16,384
 T = TypeVar("T")
 WriteTurn = Callable[[], AbstractContextManager[object]]  # held around each write request (common.locks)
-
-
-def chunk_pk(collection: str, doc_id: str, index: int, version: str) -> str:
-    """Deterministic per version (the document's content hash): a retried write upserts the same rows, and a
-    new version is written beside the old one, which is removed only once the new one is whole."""
-    return hashlib.sha256(f"{collection}\x00{doc_id}\x00{index}\x00{version}".encode()).hexdigest()[:32]
-
-
-@contextmanager
-def milvus_errors(action: str) -> Iterator[None]:
-    """Map pymilvus failures to domain errors; only unreachability is retriable (`common.retries`)."""
-    try:
-        yield
-    except MilvusException as exc:
-        message = str(exc)
-        if milvus_unavailable(message):
-            raise ServiceUnavailable(f"Milvus unavailable during {action}: {message}") from exc
-        raise
-    except grpc.RpcError as exc:  # pymilvus passes some codes on raw, a missed deadline among them
-        code = exc.code() if isinstance(exc, grpc.Call) else None
-        if code is not None and milvus_unavailable(str(exc), code.name):
-            raise ServiceUnavailable(f"Milvus unavailable during {action}: {code}") from exc
-        raise
-    except (ConnectionError, TimeoutError) as exc:
-        raise ServiceUnavailable(f"Milvus unavailable during {action}: {exc}") from exc
 
 
 class MilvusStore:
@@ -289,13 +261,13 @@ class MilvusStore:
         # is asked to search for an empty text.
         bm25_texts = [analyse(text, self.analysis) or text for text in query_texts]
         if opts.mode == "bm25":
-            request = self._bm25_request(bm25_texts, max(limit, opts.bm25_candidates), expr)
+            request = bm25_request(bm25_texts, max(limit, opts.bm25_candidates), expr)
         else:
-            request = self._dense_request(query_vectors, max(limit, opts.dense_candidates), opts.ef, expr)
+            request = dense_request(query_vectors, max(limit, opts.dense_candidates), opts.ef, expr)
 
         def run() -> Any:
             if opts.mode == "hybrid":
-                bm25 = self._bm25_request(bm25_texts, max(limit, opts.bm25_candidates), expr)
+                bm25 = bm25_request(bm25_texts, max(limit, opts.bm25_candidates), expr)
                 ranker = RRFRanker(opts.rrf_k)
                 return self.client.hybrid_search(
                     self.name, [request, bm25], ranker, limit=limit, output_fields=OUTPUT_FIELDS
@@ -317,22 +289,6 @@ class MilvusStore:
             for row, vector in zip(rows, query_vectors, strict=True)
         ]
 
-    @staticmethod
-    def _dense_request(vectors: npt.NDArray[np.float32], limit: int, ef: int, expr: str) -> AnnSearchRequest:
-        return AnnSearchRequest(
-            data=np.asarray(vectors, dtype=np.float32).tolist(),
-            anns_field="dense",
-            param={"metric_type": "COSINE", "params": {"ef": max(ef, limit)}},  # HNSW needs ef >= limit
-            limit=limit,
-            expr=expr,
-        )
-
-    @staticmethod
-    def _bm25_request(texts: Sequence[str], limit: int, expr: str) -> AnnSearchRequest:
-        return AnnSearchRequest(
-            data=list(texts), anns_field="sparse", param={"metric_type": "BM25"}, limit=limit, expr=expr
-        )
-
     def default_options(self) -> SearchOptions:
         s = self.settings
         return SearchOptions(
@@ -345,20 +301,3 @@ class MilvusStore:
     def ping(self) -> str:
         with milvus_errors("ping"):
             return str(self.client.get_server_version())
-
-
-def hit_from_row(raw: dict[str, Any], query_vector: npt.NDArray[np.float32], mode: str) -> Hit:
-    entity = raw.get("entity", raw)
-    vector = np.asarray(entity.get("dense", []), dtype=np.float32)
-    dense_score = float(vector @ query_vector) if vector.size == query_vector.size else None
-    score = float(raw["distance"])
-    return Hit(
-        doc_id=entity["doc_id"],
-        chunk_index=int(entity["chunk_index"]),
-        text=entity["text"],
-        title=entity.get("title") or "",
-        metadata=entity.get("metadata") or {},
-        fusion_score=score if mode == "hybrid" else None,
-        dense_score=dense_score,
-        bm25_score=abs(score) if mode == "bm25" else None,
-    )

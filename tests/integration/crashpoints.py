@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from devstack.processes import celery_argv
-from store.milvus import chunk_pk
+from store.rows import chunk_pk
 from tests.integration.faultstack import FaultStack, documents, fault_stack, wait_for
 
 POINTS = ["before_batch", "before_upsert", "between_upserts", "before_prune", "before_ledger"]

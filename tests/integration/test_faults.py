@@ -16,7 +16,7 @@ import requests
 
 from devstack.private import VISIBILITY_S
 from devstack.processes import start_milvus, start_redis
-from store.milvus import chunk_pk
+from store.rows import chunk_pk
 from tests.integration.conftest import healthy
 from tests.integration.faultstack import (
     FaultStack,

@@ -33,7 +33,7 @@ from common.transitions import _MOVE
 from common.webhooks import WebhookTrigger
 from devstack.private import private_redis
 from devstack.processes import celery_argv, start_redis
-from store.milvus import chunk_pk
+from store.rows import chunk_pk
 from tests.integration.crashpoints import arm, disarm, paused, release
 from tests.integration.faultstack import FaultStack, batch_in_write_window, documents, fault_stack, wait_for
 from tests.integration.lostreply import LostReplyProxy

@@ -13,8 +13,7 @@ from pymilvus import MilvusException
 from common.errors import ServiceUnavailable
 from common.settings import Settings
 from store import connection
-from store.connection import GRPC_OPTIONS, RecoveringClient, channel_broken, connect
-from store.milvus import milvus_errors
+from store.connection import GRPC_OPTIONS, RecoveringClient, channel_broken, connect, milvus_errors
 
 GOAWAY = MilvusException(
     message="<_MultiThreadedRendezvous: StatusCode.UNAVAILABLE, GOAWAY received; Debug Text: too_many_pings>"

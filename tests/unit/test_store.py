@@ -16,8 +16,9 @@ from common.settings import Settings
 from common.types import Chunk
 from store import schema
 from store.catalog import Catalog
+from store.connection import milvus_errors
 from store.exact import ExactDense
-from store.milvus import QUERY_LIMIT, MilvusStore, milvus_errors
+from store.milvus import QUERY_LIMIT, MilvusStore
 from store.schema import ANALYSIS_PROPERTY
 
 
