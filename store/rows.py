@@ -1,7 +1,7 @@
 """What goes into the collection and comes out of it: row keys, search requests, hits.
 
-Pure functions of their arguments, apart from the facade (`store.milvus`) that sends them, so the exact
-search (`store.exact`) and the tests build and read rows the same way.
+Pure functions, kept out of the facade (`store.milvus`) that sends the requests, so that the exact search
+(`store.exact`), the chaos checker and the tests build and read rows the same way.
 """
 
 from __future__ import annotations
