@@ -264,6 +264,12 @@ class Settings(BaseSettings):
     # multiply of a bulk pass 8x shorter: what a question arriving mid-pass waits for (docs/benchmarks.md)
     embed_token_budget: int = Field(2_048, gt=0, description="padded tokens per forward pass on CPU")
     embed_max_batch: int = Field(128, gt=0, description="texts per forward pass, at most")
+    embed_pad_multiple: int | None = Field(
+        None,
+        ge=1,
+        description="each forward pass is padded to a multiple of this many tokens (at most the model's "
+        "limit); unset: 16 in bf16 and fp16, none in fp32",
+    )
     cuda_token_budget: int = Field(
         65_536, gt=0, description="padded tokens per forward pass on CUDA (halved on out-of-memory)"
     )

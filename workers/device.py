@@ -16,6 +16,7 @@ from workers.gate import core_sharers
 log = logging.getLogger(__name__)
 
 _BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+HALF_PAD_MULTIPLE = 16  # measured on an AMX Xeon: 1.11x the speed of exact widths (docs/benchmarks.md)
 
 
 @dataclass(frozen=True)
@@ -24,8 +25,16 @@ class DeviceConfig:
 
     device: str
     dtype: torch.dtype
-    token_budget: int  # padded tokens (longest length x batch size) per forward pass
+    token_budget: int  # padded tokens (padded width x batch size) per forward pass
     max_batch: int
+    pad_multiple: int = 1  # a pass's width is rounded up to a multiple of this (`padded_width`)
+
+    def padded_width(self, longest: int, limit: int) -> int:
+        """The width a pass whose longest text has `longest` tokens is padded to: rounded up to a multiple
+        of `pad_multiple`, but never past the model's `limit`. Few widths mean few shapes, and each new
+        shape costs oneDNN a kernel build in bf16; AMX multiplies whole 16-row tiles (docs/benchmarks.md)."""
+        step = self.pad_multiple
+        return max(longest, min(-(-longest // step) * step, limit))
 
 
 def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
@@ -50,9 +59,28 @@ def choose_device(settings: Settings) -> DeviceConfig:
     if settings.device == "cuda" and not cuda_available():
         raise RuntimeError("device='cuda' was requested but torch sees no CUDA device")
     if settings.device in ("auto", "cuda") and cuda_available():
-        return DeviceConfig("cuda", torch.float16, settings.cuda_token_budget, settings.embed_max_batch)
+        return DeviceConfig(
+            "cuda",
+            torch.float16,
+            settings.cuda_token_budget,
+            settings.embed_max_batch,
+            _pad_multiple(settings, True),
+        )
     dtype = torch.bfloat16 if settings.cpu_bf16 and cpu_has_native_bf16() else torch.float32
-    return DeviceConfig("cpu", dtype, settings.embed_token_budget, settings.embed_max_batch)
+    return DeviceConfig(
+        "cpu",
+        dtype,
+        settings.embed_token_budget,
+        settings.embed_max_batch,
+        _pad_multiple(settings, dtype != torch.float32),
+    )
+
+
+def _pad_multiple(settings: Settings, half: bool) -> int:
+    """EMBED_PAD_MULTIPLE, or when unset 16 tokens in bf16/fp16 (the tile height) and none in fp32."""
+    if settings.embed_pad_multiple is not None:
+        return settings.embed_pad_multiple
+    return HALF_PAD_MULTIPLE if half else 1
 
 
 def configure_threads(settings: Settings) -> None:

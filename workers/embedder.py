@@ -196,7 +196,8 @@ class SentenceTransformerEmbedder:
             return []
         ids, types = self._encode(texts)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
-        spans = plan_passes([len(ids[i]) for i in order], self._device.token_budget, self._device.max_batch)
+        widths = [self._device.padded_width(len(ids[i]), self.max_tokens) for i in order]
+        spans = plan_passes(widths, self._device.token_budget, self._device.max_batch)
         results: list[npt.NDArray[np.float32] | None] = [None] * len(ids)
 
         def forward(batch: Sequence[int]) -> list[npt.NDArray[np.float32]]:
@@ -227,8 +228,8 @@ class SentenceTransformerEmbedder:
         return [states[j][mask[j]].cpu().numpy() for j in range(len(ids))]
 
     def _pad(self, ids: list[list[int]], types: list[list[int]] | None) -> dict[str, torch.Tensor]:
-        """Pad pre-tokenized rows to the batch's longest, on the tokenizer's padding side."""
-        width = max(len(row) for row in ids)
+        """Pad pre-tokenized rows to the batch's padded width, on the tokenizer's padding side."""
+        width = self._device.padded_width(max(len(row) for row in ids), self.max_tokens)
         left = self._tokenizer.padding_side == "left"
         input_ids = torch.full((len(ids), width), int(self._tokenizer.pad_token_id or 0), dtype=torch.long)
         mask = torch.zeros((len(ids), width), dtype=torch.long)

@@ -24,7 +24,7 @@ def fake_hardware(monkeypatch: pytest.MonkeyPatch, *, cuda: bool, bf16: bool) ->
 def test_auto_prefers_cuda_in_fp16_with_the_cuda_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     fake_hardware(monkeypatch, cuda=True, bf16=True)
     config = choose_device(Settings(device="auto", cuda_token_budget=1000, embed_max_batch=7))
-    assert config == DeviceConfig("cuda", torch.float16, 1000, 7)
+    assert config == DeviceConfig("cuda", torch.float16, 1000, 7, pad_multiple=16)
 
 
 def test_explicit_cuda_with_a_gpu_takes_its_budget_from_the_environment(
@@ -34,7 +34,41 @@ def test_explicit_cuda_with_a_gpu_takes_its_budget_from_the_environment(
     monkeypatch.setenv("CUDA_TOKEN_BUDGET", "4096")
     monkeypatch.setenv("EMBED_TOKEN_BUDGET", "512")  # the CPU budget: not used on a GPU
     settings = Settings(device="cuda")
-    assert choose_device(settings) == DeviceConfig("cuda", torch.float16, 4096, settings.embed_max_batch)
+    assert choose_device(settings) == DeviceConfig("cuda", torch.float16, 4096, settings.embed_max_batch, 16)
+
+
+@pytest.mark.parametrize(
+    ("cuda", "bf16", "explicit", "expected"),
+    [
+        (False, True, None, 16),  # bf16: whole 16-row tiles, few shapes
+        (False, False, None, 1),  # fp32: exact widths
+        (True, False, None, 16),  # fp16 on a GPU
+        (False, True, 1, 1),  # EMBED_PAD_MULTIPLE wins
+        (False, False, 8, 8),
+    ],
+)
+def test_pad_multiple_follows_the_dtype_unless_set(
+    monkeypatch: pytest.MonkeyPatch, cuda: bool, bf16: bool, explicit: int | None, expected: int
+) -> None:
+    fake_hardware(monkeypatch, cuda=cuda, bf16=bf16)
+    assert choose_device(Settings(embed_pad_multiple=explicit)).pad_multiple == expected
+
+
+@pytest.mark.parametrize(
+    ("longest", "step", "limit", "width"),
+    [
+        (17, 16, 256, 32),
+        (16, 16, 256, 16),
+        (1, 16, 256, 16),
+        (250, 16, 256, 256),  # rounded up
+        (250, 16, 252, 252),  # but never past the model's limit
+        (300, 16, 256, 300),  # nor below the longest (not reached: texts are truncated to the limit)
+        (17, 1, 256, 17),
+    ],
+)
+def test_padded_width(longest: int, step: int, limit: int, width: int) -> None:
+    config = DeviceConfig("cpu", torch.bfloat16, 2048, 128, pad_multiple=step)
+    assert config.padded_width(longest, limit) == width
 
 
 def test_cpu_forced_even_with_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:

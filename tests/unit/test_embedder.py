@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -120,6 +121,28 @@ def test_token_vectors_exclude_padding(embedder: SentenceTransformerEmbedder) ->
         alone = embedder.token_vectors([text], query=False)[0]
         np.testing.assert_allclose(tokens, alone, atol=1e-4)
     assert len(vectors[1]) == embedder.max_tokens  # LONG is truncated, not dropped
+
+
+def test_padded_widths_change_shapes_not_results(embedder: SentenceTransformerEmbedder) -> None:
+    """Padding every pass to a multiple of 16 tokens: the model sees only such widths, budgeted by them,
+    and the vectors (sentence and token) are those of exact widths, in input order."""
+    config = dataclasses.replace(embedder._device, pad_multiple=16)
+    padded = SentenceTransformerEmbedder(embedder._model, "padded", config)
+    shapes: list[tuple[int, int]] = []
+    hook = padded._model.register_forward_pre_hook(
+        lambda _module, args: shapes.append(tuple(args[0]["input_ids"].shape))
+    )
+    try:
+        vectors = padded.embed_documents(MIXED)
+        tokens = padded.token_vectors(MIXED, query=False)
+    finally:
+        hook.remove()
+    assert shapes and all(width % 16 == 0 or width == padded.max_tokens for _, width in shapes)
+    assert all(rows * width <= max(config.token_budget, width) for rows, width in shapes)
+    np.testing.assert_allclose(vectors, embedder.embed_documents(MIXED), atol=1e-5)
+    for got, exact in zip(tokens, embedder.token_vectors(MIXED, query=False), strict=True):
+        assert got.shape == exact.shape
+        np.testing.assert_allclose(got, exact, atol=1e-4)
 
 
 def test_token_spans_cover_the_whole_text_silently(
