@@ -120,10 +120,11 @@ def test_cuda_budget_cuts_passes_and_input_order_comes_back(
     assert all(
         rows * width <= config.token_budget and rows <= config.max_batch for rows, width in fake.passes
     )
-    # Longest first: 600 truncated texts fill two passes of 65,536 // 256 rows and start a third, which
-    # 168 texts of 100 tokens complete; the other 332 and 323 of 20 tokens make 65,536 // 100 rows at
-    # width 100, and the last 577 of 20 tokens fit in one pass.
-    assert fake.passes == [(256, 256)] * 3 + [(655, 100), (577, 20)]
+    # Longest first, widths padded to a multiple of 16 in fp16: 600 truncated texts fill two passes of
+    # 65,536 // 256 rows and start a third, which 168 texts of 100 tokens complete; the other 332 and 253
+    # of 20 tokens make 65,536 // 112 rows at width 112, and the last 647 of 20 tokens fit in one pass of 32.
+    assert config.pad_multiple == 16
+    assert fake.passes == [(256, 256)] * 3 + [(585, 112), (647, 32)]
 
 
 def test_default_cuda_config_caps_passes_at_max_batch(
