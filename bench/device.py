@@ -37,6 +37,7 @@ from bench.device_measure import (
     INGEST_REQUEST_DOCS,
     NEXT_QUESTIONS,
     bare_all_cores,
+    bare_around,
     bodies,
     idle,
     ingest_rate,
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     facts = machine_facts(settings)
     log(f"bare model on all cores: {len(plan.docs)} documents")
-    bare = bare_all_cores(plan.docs, settings)
+    before = bare_all_cores(plan.docs, settings)
     work = Path(tempfile.mkdtemp(prefix="quarry-devbench-", dir=args.tmp))
     results: dict[str, Any] = {}
     try:
@@ -223,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"stack data and logs kept in {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
+    log("bare model on all cores again, after the stacks")
+    bare = bare_around(before, bare_all_cores(plan.docs, settings))
     report = build(facts, {k: str(v) for k, v in vars(args).items()}, bare, results)
     report["wall_s"] = time.monotonic() - started
     print(table(report))

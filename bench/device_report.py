@@ -131,6 +131,14 @@ def startup(
     }
 
 
+def _around(bare: Mapping[str, Any]) -> str:
+    """How fast the bare model ran before and after the stacks (the figure is the median of all passes)."""
+    if "after_chunks_per_s" not in bare:
+        return ""
+    before, after = _f(bare["before_chunks_per_s"], 1), _f(bare["after_chunks_per_s"], 1)
+    return f"; median of all passes: {before} before the stacks, {after} after"
+
+
 def ratios(results: Mapping[str, Mapping[str, Any]], bare: Mapping[str, Any] | None) -> dict[str, Any]:
     """The figures the targets are about, from each configuration's results and the bare model's."""
 
@@ -198,7 +206,7 @@ def table(report: Mapping[str, Any]) -> str:
         f"# {m['date']}: {m['cpu']}, {m['cores']} cores, {m['device']}/{m['dtype']}, torch {m['torch']}, "
         f"{m['embedding_model']}",
         f"bare model, all {bare['threads']} cores: {_f(bare['chunks_per_s'], 1)} chunks/s "
-        f"({bare['chunks']} chunks)"
+        f"({bare['chunks']} chunks{_around(bare)})"
         if bare
         else "bare model: not run",
     ]

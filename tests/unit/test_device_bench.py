@@ -153,6 +153,18 @@ def test_report_is_strict_json_and_prints_every_part() -> None:
     assert "bare model: not run" in table(build(machine, {}, None, {}))
 
 
+def test_bare_figure_is_the_median_of_its_passes_before_and_after_the_stacks() -> None:
+    before = {"chunks": 300, "threads": 2, "seconds": 3.0, "chunks_per_s": 100.0, "passes_s": [3.0, 2.9, 3.3]}
+    after = {"chunks": 300, "threads": 2, "seconds": 2.0, "chunks_per_s": 150.0, "passes_s": [2.0, 2.2, 1.9]}
+    bare = device_measure.bare_around(before, after)
+    assert bare["passes_s"] == [3.0, 2.9, 3.3, 2.0, 2.2, 1.9]
+    assert bare["seconds"] == 2.55 and bare["chunks_per_s"] == 300 / 2.55  # a drift moves both sides alike
+    assert (bare["before_chunks_per_s"], bare["after_chunks_per_s"]) == (100.0, 150.0)
+    machine = {"date": "d", "cpu": "cpu", "cores": 2, "device": "cpu", "dtype": "float32", "torch": "t"}
+    text = table(build(machine | {"embedding_model": "m"}, {}, bare, {}))
+    assert "117.6 chunks/s (300 chunks; median of all passes: 100.0 before the stacks, 150.0 after)" in text
+
+
 def test_defaults_are_the_full_size_run() -> None:
     args = device.parse_args([])
     assert (args.docs, args.load_docs) == (1000, 1500)
