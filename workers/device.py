@@ -16,7 +16,7 @@ from workers.gate import core_sharers
 log = logging.getLogger(__name__)
 
 _BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
-HALF_PAD_MULTIPLE = 16  # measured on an AMX Xeon: 1.11x the speed of exact widths (docs/benchmarks.md)
+HALF_PAD_MULTIPLE = 16  # measured on an AMX Xeon: 1.09-1.12x the speed of exact widths (docs/benchmarks.md)
 
 
 @dataclass(frozen=True)
