@@ -1,8 +1,9 @@
 """A job's record as clients read it: its states, the record itself, and how its fields are stored in the
 job's Redis hash (each field JSON, `common.job_schema` names them) and read back.
 
-Celery's own failure reason for a task (`celery_failure`) is read beside the record: Celery records a hard
-time limit from the parent process, where no Quarry code runs (`common.jobs.JobStore` reconciles the two).
+Celery's own end of a task (`celery_end`) is read beside the record: Celery records a hard time limit from
+the parent process, where no Quarry code runs, and any failure before the task's hooks write the record
+(`common.jobs.JobStore` reconciles the two).
 """
 
 from __future__ import annotations
@@ -97,6 +98,23 @@ def decode_record(job_id: str, raw: dict[bytes, bytes]) -> JobRecord:
     values["state"] = JobState(values.get("state", "queued"))
     known = JobRecord.__dataclass_fields__
     return JobRecord(**{name: value for name, value in values.items() if name in known})
+
+
+def celery_end(meta_raw: bytes | None) -> tuple[JobState, str] | None:
+    """The end Celery stored for a task whose record is still open: Celery stores it before the task's own
+    `on_failure` writes the record, so a read in between takes the end the record will get. A task that
+    stopped at a cancellation checkpoint (`JobCancelled`) ends cancelled there, not failed: read it so, or a
+    client cancelling a running job could be told it failed (seen in CI on a fast machine)."""
+    reason = celery_failure(meta_raw)
+    if reason is None:
+        return None
+    result = json.loads(meta_raw or b"{}").get("result")
+    if isinstance(result, dict) and (result.get("exc_module"), result.get("exc_type")) == (
+        JobCancelled.__module__,
+        JobCancelled.__name__,
+    ):
+        return JobState.CANCELLED, CANCELLED["error"]
+    return JobState.FAILED, reason
 
 
 def celery_failure(meta_raw: bytes | None) -> str | None:

@@ -24,7 +24,7 @@ from common.job_record import (
     JobCancelled,
     JobRecord,
     JobState,
-    celery_failure,
+    celery_end,
     decode_record,
     encode_fields,
     now_iso,
@@ -155,9 +155,9 @@ class JobStore:
             return None
         record = decode_record(job_id, raw)
         if not record.state.terminal:
-            reason = celery_failure(meta)
-            if reason:
-                record.state, record.error = JobState.FAILED, reason
+            end = celery_end(meta)
+            if end:
+                record.state, record.error = end
         if record.state is JobState.RUNNING and lost_worker(raw, time.time(), beats_of):
             lost = lost_worker(raw, time.time(), beats_of, self._up_since())  # rare: a stale beat
             if lost:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import redis
 
 from common.job_record import JobState
+from common.job_schema import JobKeys
 from common.jobs import JobStore
 from tests.integration.conftest import Stack
 
@@ -43,3 +45,20 @@ def test_a_missing_record_is_not_recreated(stack: Stack) -> None:
     assert not jobs.mark_running(job_id)
     jobs.mark_failed(job_id, "nothing to fail")
     assert not jobs.client.exists(jobs.key(job_id))
+
+
+def test_a_running_job_whose_task_stopped_for_its_cancel_reads_cancelled_until_its_hook_writes_it(
+    stack: Stack,
+) -> None:
+    """Between Celery storing the coordinator's JobCancelled and `on_failure` recording the end, the job
+    reads cancelled, as it ends (in CI a DELETE answered `failed` in that window)."""
+    jobs, job_id = _store(stack), uuid.uuid4().hex
+    jobs.create(job_id, "ingest", 1, {})
+    assert jobs.mark_running(job_id)
+    jobs.cancel(job_id)
+    result = {"exc_type": "JobCancelled", "exc_module": "common.job_record", "exc_message": [job_id]}
+    jobs.client.set(JobKeys(job_id).celery_meta, json.dumps({"status": "FAILURE", "result": result}))
+    record = jobs.get(job_id)
+    assert record is not None and (record.state, record.error) == (JobState.CANCELLED, "cancelled by request")
+    jobs.mark_cancelled(job_id)  # the hook: the stored end is the one read before
+    assert (jobs.get(job_id).state, jobs.get(job_id).error) == (record.state, record.error)  # type: ignore[union-attr]

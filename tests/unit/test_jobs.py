@@ -9,6 +9,7 @@ from common.isolation import describe
 from common.job_record import (
     JobRecord,
     JobState,
+    celery_end,
     celery_failure,
     decode_record,
     encode_fields,
@@ -70,3 +71,18 @@ def test_a_domain_failure_recorded_by_celery_reads_as_the_task_records_it() -> N
     meta = {"status": "FAILURE", "result": {"exc_type": "InvalidRequest", "exc_module": "common.errors"}}
     meta["result"]["exc_message"] = [detail]  # type: ignore[index]
     assert celery_failure(json.dumps(meta).encode()) == detail == describe(InvalidRequest(detail))
+
+
+def test_a_task_stopped_at_a_cancellation_checkpoint_reads_cancelled_before_its_hook_runs() -> None:
+    """Celery stores JobCancelled as a FAILURE; `on_failure` then records the job cancelled. A read in
+    between must say cancelled (the end the job gets), never failed."""
+    cancelled = {"exc_type": "JobCancelled", "exc_module": "common.job_record", "exc_message": ["j"]}
+    meta = json.dumps({"status": "FAILURE", "result": cancelled}).encode()
+    assert celery_end(meta) == (JobState.CANCELLED, "cancelled by request")
+    other = {"exc_type": "JobCancelled", "exc_module": "somewhere.else", "exc_message": ["j"]}
+    assert celery_end(json.dumps({"status": "FAILURE", "result": other}).encode()) == (
+        JobState.FAILED,
+        "JobCancelled: j",
+    )
+    assert celery_end(json.dumps({"status": "SUCCESS", "result": cancelled}).encode()) is None
+    assert celery_end(None) is None
