@@ -61,4 +61,5 @@ def test_a_running_job_whose_task_stopped_for_its_cancel_reads_cancelled_until_i
     record = jobs.get(job_id)
     assert record is not None and (record.state, record.error) == (JobState.CANCELLED, "cancelled by request")
     jobs.mark_cancelled(job_id)  # the hook: the stored end is the one read before
-    assert (jobs.get(job_id).state, jobs.get(job_id).error) == (record.state, record.error)  # type: ignore[union-attr]
+    ended = jobs.get(job_id)
+    assert ended is not None and (ended.state, ended.error) == (record.state, record.error)
