@@ -76,8 +76,9 @@ TASK_SECONDS = MetricSpec(
 STAGE_SECONDS = MetricSpec(
     "quarry_stage_duration_seconds",
     "histogram",
-    "Time of one pipeline stage over one batch (ingest: parse, chunk, embed, write, flush, and gave_way: "
-    "embedding paused for questions; ask: embed, search, rerank)",
+    "Time of one pipeline stage over one batch (ingest: parse, chunk, embed, write, flush, gave_way: "
+    "embedding paused for questions, and ran_through: embedding ran on through questions that held the "
+    "device too long; ask: embed, search, rerank)",
     ("pipeline", "stage"),
     STAGE_BUCKETS,
 )

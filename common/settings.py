@@ -250,7 +250,19 @@ class Settings(BaseSettings):
         "multiplies while a question is answered (workers/gate.py)",
     )
     question_gate_max_wait_s: float = Field(
-        10.0, gt=0, description="longest bulk embedding waits for questions before one more multiply runs"
+        10.0,
+        gt=0,
+        description="longest bulk embedding waits for questions in a period of waits (gaps or not); then "
+        "it runs on without waiting until the period ends (QUESTION_GATE_BULK_SHARE)",
+    )
+    question_gate_bulk_share: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="part of a period of waits (QUESTION_GATE_MAX_WAIT_S / (1 - share) long) in which bulk "
+        "embedding runs without waiting, so that questions keeping the device (a flood, a hung ask worker) "
+        "slow ingestion but cannot stop it; 0: questions always first; unset: 0.5 on a CPU (the ingest "
+        "worker's lower priority still gives questions most of the cores then), 0.1 on a GPU",
     )
     device_gate: Path | None = Field(
         None,

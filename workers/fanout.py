@@ -133,7 +133,7 @@ def run_batch(  # noqa: PLR0917 - the batch task's own arguments
                 clear=lambda doc_ids: fences.clear(name, doc_ids),
             )
 
-    paused_before = rt.gate.waited_s
+    paused_before, through_before = rt.gate.waited_s, rt.gate.ran_through_s
     outcomes = ingest_documents(
         items,
         collection=collection,
@@ -146,6 +146,8 @@ def run_batch(  # noqa: PLR0917 - the batch task's own arguments
     )
     if rt.gate.waited_s > paused_before:  # how long this batch's embedding paused for questions
         metrics.emit(metrics.stage("ingest", "gave_way", rt.gate.waited_s - paused_before))
+    if rt.gate.ran_through_s > through_before:  # and ran on through questions that kept the device
+        metrics.emit(metrics.stage("ingest", "ran_through", rt.gate.ran_through_s - through_before))
     rt.reports.record(job_id, outcomes)
     fault_point(rt.settings, "before_ledger")
     return outcomes

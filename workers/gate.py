@@ -10,11 +10,18 @@ releases when its holder dies however it dies:
 - an ask worker holds it *shared* while it answers a batch of questions (embed, search, rerank);
 - an ingest worker, before each matrix multiply of a transformer layer (forward pre-hooks, `check_points`;
   before each forward pass for a model without layers), tries to take it *exclusive* without blocking;
-  when a question holds it, the ingest worker waits until no question does (polling, at most
-  `question_gate_max_wait_s` at a time, so a hung peer can only slow ingestion), and carries on.
+  when a question holds it, the ingest worker waits until no question does (polling), and carries on.
   A question so waits at most for the multiply in progress, never for a whole batch.
+Questions that keep the device (a flood of them, or a hung ask worker) would stop bulk work for good, and
+its batches would fail at their time limit: measured on 2 CPU cores, eight clients asking nonstop let a
+200-document ingest finish no batch in two minutes, though short gaps between their batches let a multiply
+through now and then. So bulk work has a floor, `question_gate_bulk_share`: in a period that starts with a
+wait, it waits at most `question_gate_max_wait_s` in all, gaps or not, then runs on without waiting until
+the period ends, which makes that share of it (`DeviceGate.give_way`). Questions still go first; a flood
+slows ingestion but cannot stop it.
 On a CPU the ingest worker also runs at a lower priority (`ingest_nice`), so even that multiply yields the
-cores. The alternatives measured against this (bench/device.py) are in docs/benchmarks.md, "Device use".
+cores (and during such a slice the kernel still gives questions most of them). The alternatives measured
+against this (bench/device.py) are in docs/benchmarks.md, "Device use".
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -37,19 +44,35 @@ from common.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 _POLL_S = (0.001, 0.002, 0.005, 0.01)  # the ingest side's polls: short first, a question ends soon
+CPU_BULK_SHARE, GPU_BULK_SHARE = 0.5, 0.1  # `bulk_share` when QUESTION_GATE_BULK_SHARE is unset
+AUTOGROUP = Path("/proc/self/autogroup")  # the scheduler's group of this process's session (`renice_session`)
 
 
 class DeviceGate:
     """One process's handle on its device's lock file (opened lazily: after the fork, never before)."""
 
-    def __init__(self, path: Path, max_wait_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        max_wait_s: float = 10.0,
+        bulk_share: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_wait_s <= 0 or not 0 <= bulk_share < 1:
+            raise ValueError("max_wait_s must be > 0 and bulk_share in [0, 1)")
         self.path = path
         self.max_wait_s = max_wait_s
+        self.period_s = max_wait_s / (1 - bulk_share)  # waits of at most max_wait_s, and bulk's share
+        self._clock = clock
         self._fd: int | None = None
         self._pid = 0
         self._held = 0  # question batches of this process in flight (the lock is shared once for all)
         self._lock = threading.Lock()
+        self._period_ends = float("-inf")  # the end of the current period of waits (`give_way`)
+        self._wait_left = 0.0  # of the period's max_wait_s
+        self._runs_until = float("-inf")  # the end of a slice bulk runs without waiting
         self.waited_s = 0.0  # total time this process's bulk work gave way (logs and benchmarks)
+        self.ran_through_s = 0.0  # total time it ran on through questions for its share (logs, benchmarks)
 
     def _file(self) -> int:
         if self._fd is None or self._pid != os.getpid():  # a forked child opens its own description
@@ -86,25 +109,46 @@ class DeviceGate:
             fcntl.flock(fd, fcntl.LOCK_UN)
             return False
 
+    def running_through(self) -> bool:
+        """Whether bulk work is in a slice it runs without waiting (its share of a period of waits)."""
+        return self._clock() < self._runs_until
+
     def give_way(self) -> float:
-        """Bulk work's check point: return at once when no question runs, else once none does (or after
-        `max_wait_s`). Returns the seconds waited."""
-        if not self.questions_waiting():
+        """Bulk work's check point: return at once when no question runs or bulk is in its slice, else once
+        no question does or the period's wait is used up, which starts the slice. Returns seconds waited."""
+        if self.running_through() or not self.questions_waiting():
             return 0.0
-        start = time.monotonic()
+        start = self._clock()
+        if start >= self._period_ends:  # this wait starts a period
+            self._period_ends, self._wait_left = start + self.period_s, self.max_wait_s
         polls = 0
-        while time.monotonic() - start < self.max_wait_s and self.questions_waiting():
+        while self._clock() - start < self._wait_left and self.questions_waiting():
             time.sleep(_POLL_S[min(polls, len(_POLL_S) - 1)])
             polls += 1
-        waited = time.monotonic() - start
-        self.waited_s += waited
-        return waited
+        end = self._clock()
+        self._wait_left -= end - start
+        self.waited_s += end - start
+        if self._wait_left <= 0 and end < self._period_ends:
+            self._start_slice(end)
+        return end - start
+
+    def _start_slice(self, now: float) -> None:
+        self._runs_until = self._period_ends
+        self.ran_through_s += self._period_ends - now
+        log.warning(
+            "questions held the device for %.1f s of %.1f: bulk work runs %.1f s without waiting "
+            "(QUESTION_GATE_BULK_SHARE)",
+            self.max_wait_s,
+            now - (self._period_ends - self.period_s),
+            self._period_ends - now,
+        )
 
 
 class NoGate:
     """QUESTION_GATE=false: both kinds of work share the device as the OS (or the GPU) schedules them."""
 
     waited_s = 0.0
+    ran_through_s = 0.0
 
     @contextmanager
     def questions(self) -> Iterator[None]:
@@ -121,11 +165,21 @@ Gate = DeviceGate | NoGate
 
 
 def gate_for(settings: Settings) -> Gate:
-    return (
-        DeviceGate(settings.gate_path, settings.question_gate_max_wait_s)
-        if settings.question_gate
-        else NoGate()
-    )
+    if not settings.question_gate:
+        return NoGate()
+    return DeviceGate(settings.gate_path, settings.question_gate_max_wait_s, bulk_share(settings))
+
+
+def bulk_share(settings: Settings) -> float:
+    """QUESTION_GATE_BULK_SHARE, or by device. On a CPU the ingest worker runs niced, so in its share it
+    still gets a tenth of the cores beside questions: measured on 2 cores under eight clients asking
+    nonstop, a share of 0.1 kept their throughput (516 questions in 300 s against 514 without a share) but
+    finished no 64-document batch in 300 s. On a GPU nothing else orders the two, so its share is smaller."""
+    if settings.question_gate_bulk_share is not None:
+        return settings.question_gate_bulk_share
+    from workers.device import choose_device  # noqa: PLC0415 - workers.device imports this module
+
+    return CPU_BULK_SHARE if choose_device(settings).device == "cpu" else GPU_BULK_SHARE
 
 
 def transformer_layers(model: Any) -> list[Any]:
@@ -175,7 +229,29 @@ def renice(settings: Settings, consumes: set[str]) -> bool:
     if not settings.ingest_nice or not ingest_only(consumes):
         return False
     os.nice(settings.ingest_nice)
-    log.info("ingest worker reniced by %d: questions win the cores", settings.ingest_nice)
+    grouped = renice_session(settings.ingest_nice)
+    log.info(
+        "ingest worker reniced by %d%s: questions win the cores",
+        settings.ingest_nice,
+        ", its session's autogroup too" if grouped else "",
+    )
+    return True
+
+
+def renice_session(nice: int, autogroup: Path = AUTOGROUP) -> bool:
+    """Renice this process's autogroup when the process leads its session (`make run`, the test stacks and
+    a service manager start each worker in a session of its own); a worker sharing a session, a shell's,
+    leaves it alone, or it would lower its neighbours too. Where autogroups are on (Linux's
+    sched_autogroup_enabled), the kernel shares the CPU between sessions first and a nice value only orders
+    the processes of one session: measured on 2 cores, two spinning processes at nice 10, each in a session
+    of its own, got 2.96-3.00 CPU-s of 6 s like two at nice 0 beside them; with their autogroups at nice 10,
+    0.61 against 5.33-5.37. So until 2026-12-05 `INGEST_NICE` did nothing under `make run`."""
+    if os.getsid(0) != os.getpid():
+        return False
+    try:
+        autogroup.write_text(str(nice), encoding="ascii")
+    except OSError:  # a kernel without autogroups, or one that refuses: the nice value alone stands
+        return False
     return True
 
 

@@ -78,6 +78,30 @@ def test_the_ingest_pool_yields_to_questions_and_splits_the_cores(stack: Stack) 
     split = f"torch intra-op threads set to {share} ({children} process(es) share the cores; nice {nice})"
     lines = log_lines(stack.logs, "ingest-worker")
     assert sum(split in line for line in lines) == children, "\n".join(lines[-40:])
+    # Each leads its session, whose autogroup the kernel weighs against the ask worker's (workers.gate).
+    groups = {pid: autogroup(pid) for pid in ingest_processes()}
+    assert len(groups) >= 1 + children and all(
+        g is None or g.endswith(f" nice {nice}") for g in groups.values()
+    )
+
+
+def ingest_processes() -> list[int]:
+    """The ingest workers' processes running now (main and pool children, of any stack)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0") if entry.name.isdigit() else []
+        except OSError:  # gone meanwhile
+            continue
+        if b"workers.app" in argv and argv[argv.index(b"-Q") + 1 : argv.index(b"-Q") + 2] == [b"ingest"]:
+            found.append(int(entry.name))
+    return found
+
+
+def autogroup(pid: int) -> str | None:
+    """Its session's scheduling group and that group's nice value; None without autogroups."""
+    path = Path(f"/proc/{pid}/autogroup")
+    return path.read_text().strip() if path.exists() else None
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
+import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event as ProcessEvent
 from pathlib import Path
@@ -36,17 +38,19 @@ def events(log: Path) -> list[str]:
 
 
 def _hold_questions(path: Path, log: Path, orders: Connection, held: ProcessEvent) -> None:
-    """The ask worker's part: hold the device for questions from the order "take" to "release".
+    """The ask worker's part: hold the device for questions from each order "take" to the next "release",
+    as long as orders to take it come.
 
     Orders come by pipe, not by an Event: a process SIGKILLed while it waits on a multiprocessing
     Event leaves the Event's condition waiting for it, and the next set() hangs."""
-    if not (orders.poll(DEADLINE_S) and orders.recv() == "take"):
-        return
-    with DeviceGate(path).questions():
-        log_event(log, "question-held")
-        held.set()
-        orders.poll(DEADLINE_S)
-        log_event(log, "question-released")  # still inside: the lock goes only after this line
+    gate = DeviceGate(path)
+    while orders.poll(DEADLINE_S) and orders.recv() == "take":
+        with gate.questions():
+            log_event(log, "question-held")
+            held.set()
+            if orders.poll(DEADLINE_S):
+                orders.recv()
+            log_event(log, "question-released")  # still inside: the lock goes only after this line
 
 
 class QuestionPeer:
@@ -62,6 +66,7 @@ class QuestionPeer:
         return self
 
     def hold(self) -> None:
+        self.held.clear()  # set again once the peer holds the device this time
         self._send.send("take")
         assert self.held.wait(DEADLINE_S), "the peer never took the gate"
 
@@ -70,7 +75,8 @@ class QuestionPeer:
 
     def __exit__(self, *exc: object) -> None:
         if self.process.is_alive():
-            self._send.send("release")
+            self._send.send("release")  # of a hold in progress, or read as the order not to take it again
+            self._send.send("stop")
         self.process.join(DEADLINE_S)
         if self.process.is_alive():
             self.process.kill()
@@ -96,8 +102,14 @@ class WatchedGate(DeviceGate):
     """The bulk side's gate; `polling` is set once give_way found the gate held three times in a row,
     i.e. it is inside its wait loop, not merely started."""
 
-    def __init__(self, path: Path, max_wait_s: float = DEADLINE_S) -> None:
-        super().__init__(path, max_wait_s)
+    def __init__(
+        self,
+        path: Path,
+        max_wait_s: float = DEADLINE_S,
+        bulk_share: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(path, max_wait_s, bulk_share, clock)
         self.busy_checks = 0
         self.polling = threading.Event()
 

@@ -286,6 +286,8 @@ def test_cpu_override_moves_both_model_workers_to_the_cpu() -> None:
         assert "TORCH_THREADS" not in worker["environment"], name  # both get every core and take turns
         # The API picks each question's reranker: it must default to the one the worker is set up for.
         assert override["api"]["environment"]["RERANKER_BACKEND"] == worker["environment"]["RERANKER_BACKEND"]
+    # Containers are weighed against each other before any nice value counts: bulk gets nice 10's weight.
+    assert override["ingest-worker"]["cpu_shares"] == 110 and "cpu_shares" not in override["ask-worker"]
 
 
 def _in_image(arg: str) -> str:

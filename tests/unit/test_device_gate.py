@@ -76,7 +76,7 @@ def test_give_way_waits_until_another_process_releases_its_questions(
     tmp_path: Path, bulk: ThreadPoolExecutor
 ) -> None:
     path, log = tmp_path / "device.lock", tmp_path / "events"
-    gate = WatchedGate(path)
+    gate = WatchedGate(path, bulk_share=0.5)
     with QuestionPeer(path, log) as peer:
         resumed = held_while_bulk_polls(peer, gate, log, bulk)
         assert events(log) == ["question-held"]
@@ -85,6 +85,7 @@ def test_give_way_waits_until_another_process_releases_its_questions(
     assert events(log) == ["question-held", "question-released", "bulk-resumed"]
     assert 0 < waited < gate.max_wait_s  # ended by the release, not by the bound
     assert gate.waited_s == waited
+    assert gate.ran_through_s == 0 and not gate.running_through()  # a question that let go owes nothing
 
 
 def test_give_way_returns_at_once_without_a_holder(tmp_path: Path) -> None:
@@ -171,7 +172,72 @@ def test_max_wait_bounds_the_wait_for_a_peer_that_never_releases(tmp_path: Path)
         assert gate.questions_waiting()  # still held: the bound ended each wait, not a release
     assert first >= gate.max_wait_s and second >= gate.max_wait_s
     assert gate.waited_s == first + second
+    assert gate.ran_through_s == 0  # no share: each bound lets one multiply through, then bulk waits again
     assert events(log) == ["question-held", "question-released"]
+
+
+class Clock:
+    """time.monotonic, plus a jump a test makes to the end of a slice (the waits themselves run for real)."""
+
+    def __init__(self) -> None:
+        self.ahead = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.ahead
+
+
+def test_a_peer_that_never_releases_cannot_stop_bulk_work_it_runs_its_share(tmp_path: Path) -> None:
+    """A hung ask worker holds the device without a break: each wait that uses up its period's bound is
+    followed by a slice in which bulk work runs without waiting, the rest of the period."""
+    path, log = tmp_path / "device.lock", tmp_path / "events"
+    clock = Clock()
+    gate = DeviceGate(path, max_wait_s=0.05, bulk_share=0.2, clock=clock)
+    assert gate.period_s == pytest.approx(0.05 / 0.8)  # share = (period - max wait) / period
+    with QuestionPeer(path, log) as peer:
+        peer.hold()
+        first = gate.give_way()
+        assert first >= gate.max_wait_s and gate.running_through()
+        in_slice = [gate.give_way() for _ in range(36)]  # every multiply of a pass of the bundled model
+        assert gate.questions_waiting()  # still held: the slice is not a release
+        clock.ahead += gate.period_s  # the period is over
+        assert not gate.running_through()
+        again = gate.give_way()
+    assert in_slice == [0.0] * 36 and again >= gate.max_wait_s
+    assert gate.waited_s == first + again and 0 < gate.ran_through_s <= 2 * (gate.period_s - gate.max_wait_s)
+    assert events(log) == ["question-held", "question-released"]
+
+
+def test_a_flood_with_gaps_uses_up_the_periods_wait_in_pieces_then_bulk_runs_through(
+    tmp_path: Path, bulk: ThreadPoolExecutor
+) -> None:
+    """Questions that come in batches with short gaps between them end each wait by a release, yet keep
+    the device: the waits of one period add up to its bound, and then bulk runs through the rest of it."""
+    path, log = tmp_path / "device.lock", tmp_path / "events"
+    clock = Clock()
+    gate = WatchedGate(path, max_wait_s=1.0, bulk_share=0.8, clock=clock)  # a 5 s period: 1 s of waits
+    waits = []
+    with QuestionPeer(path, log) as peer:
+        for _ in range(2):  # two questions, each ended by a release: 0.4 s of the period's wait each
+            resumed = held_while_bulk_polls(peer, gate, log, bulk)
+            clock.ahead += 0.4
+            peer.release()
+            waits.append(resumed.result(DEADLINE_S))
+            gate.polling.clear()
+        assert not gate.running_through()  # 0.8 s of 1 s used: still questions first
+        resumed = held_while_bulk_polls(peer, gate, log, bulk)
+        clock.ahead += 0.4  # the third question outlasts what is left: the bound ends this wait
+        waits.append(resumed.result(DEADLINE_S))
+        assert gate.running_through() and gate.questions_waiting()
+        assert gate.give_way() == 0.0  # while the third question still holds the device
+    assert all(0.4 <= waited < 1.0 for waited in waits[:2]) and 0.2 <= waits[2] < 1.0
+    assert events(log).count("question-released") == 3
+    assert 3.0 < gate.ran_through_s < gate.period_s - gate.max_wait_s  # the rest of the 5 s period
+
+
+@pytest.mark.parametrize(("wait", "share"), [(0.0, 0.2), (1.0, 1.0), (1.0, -0.1)])
+def test_a_gate_refuses_a_share_or_wait_that_would_stop_either_side(wait: float, share: float) -> None:
+    with pytest.raises(ValueError, match="bulk_share"):
+        DeviceGate(Path("unused.lock"), max_wait_s=wait, bulk_share=share)
 
 
 @pytest.fixture(scope="module")

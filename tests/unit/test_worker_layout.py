@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,8 +11,17 @@ import pytest
 from common import contracts
 from common.settings import Settings
 from devstack.processes import gpu_expected, service_workers
-from workers import gate
-from workers.gate import DeviceGate, NoGate, core_sharers, gate_for, renice, share_cores
+from workers import device, gate
+from workers.gate import (
+    DeviceGate,
+    NoGate,
+    bulk_share,
+    core_sharers,
+    gate_for,
+    renice,
+    renice_session,
+    share_cores,
+)
 
 
 def _flag(argv: list[str], flag: str) -> str:
@@ -46,8 +57,9 @@ def test_only_an_ingest_only_worker_lowers_its_priority(
 ) -> None:
     calls: list[int] = []
     monkeypatch.setattr(gate.os, "nice", calls.append)
+    monkeypatch.setattr(gate, "renice_session", calls.append)  # this test process's session is not its own
     assert renice(Settings(), consumes) is reniced
-    assert calls == ([10] if reniced else [])
+    assert calls == ([10, 10] if reniced else [])
     assert renice(Settings(ingest_nice=0), consumes) is False  # the earlier design: no renice
 
 
@@ -56,6 +68,19 @@ def test_the_gate_follows_its_setting(tmp_path: object) -> None:
     on = gate_for(settings)
     assert isinstance(on, DeviceGate) and on.path == settings.data_dir / "gate" / "device.lock"
     assert isinstance(gate_for(Settings(question_gate=False)), NoGate)
+
+
+def test_bulk_keeps_half_of_a_period_on_a_cpu_a_tenth_on_a_gpu_unless_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a CPU the niced ingest worker gets a tenth of the cores in its share; on a GPU, the device."""
+    assert bulk_share(Settings(device="cpu")) == 0.5
+    assert (
+        isinstance(on := gate_for(Settings(device="cpu")), DeviceGate) and on.period_s == 20.0
+    )  # 10 s / 0.5
+    monkeypatch.setattr(device, "cuda_available", lambda: True)
+    assert bulk_share(Settings(device="cuda")) == 0.1
+    assert bulk_share(Settings(device="cuda", question_gate_bulk_share=0)) == 0.0
 
 
 @pytest.mark.parametrize(("device", "processes"), [("cpu", "2"), ("cuda", "1")])
@@ -82,3 +107,25 @@ def test_only_an_ingest_only_workers_children_share_the_cores(
 ) -> None:
     monkeypatch.setattr(gate, "_sharers", 1)
     assert share_cores(consumes, 2) == sharers == core_sharers()
+
+
+@pytest.mark.parametrize("own_session", [True, False])
+def test_a_worker_renices_its_sessions_autogroup_only_when_it_leads_the_session(
+    tmp_path: Path, own_session: bool
+) -> None:
+    """A worker that shares its session (a shell's) must not lower its neighbours' priority with its own."""
+    autogroup = tmp_path / "autogroup"
+    code = (
+        "from pathlib import Path; from workers.gate import renice_session; "
+        f"print(renice_session(10, Path({str(autogroup)!r})))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+        start_new_session=own_session,
+    )
+    assert done.stdout.split() == [str(own_session)], done.stderr
+    assert (autogroup.read_text() if own_session else None) == ("10" if own_session else None)
+    assert renice_session(10, tmp_path / "missing" / "autogroup") is False  # no autogroups: nice alone
