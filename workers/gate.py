@@ -172,9 +172,9 @@ def gate_for(settings: Settings) -> Gate:
 
 def bulk_share(settings: Settings) -> float:
     """QUESTION_GATE_BULK_SHARE, or by device. On a CPU the ingest worker runs niced, so in its share it
-    still gets a tenth of the cores beside questions: measured on 2 cores under eight clients asking
-    nonstop, a share of 0.1 kept their throughput (516 questions in 300 s against 514 without a share) but
-    finished no 64-document batch in 300 s. On a GPU nothing else orders the two, so its share is smaller."""
+    gets about a tenth of the cores beside questions: measured on 2 cores under eight clients asking
+    nonstop for 300 s, 0.1 finished no 64-document batch (516 questions, 514 without a share) and 0.5 took
+    136 documents (441 questions; docs/benchmarks.md). On a GPU nothing else orders the two: 0.1."""
     if settings.question_gate_bulk_share is not None:
         return settings.question_gate_bulk_share
     from workers.device import choose_device  # noqa: PLC0415 - workers.device imports this module
