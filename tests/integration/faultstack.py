@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
+import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from common.locks import DocumentLocks
 from devstack.private import FAULT_SETTINGS, private_env
@@ -174,3 +176,15 @@ def batch_in_write_window(fs: FaultStack, job_id: str, collection: str, docs: li
         return None
     beats = list(fs.beats(job_id).values())
     return beats[0] if len(beats) == 1 else None
+
+
+def ingest_stage_seconds(stack: Stack, stage: str) -> float:
+    """The stack's /metrics: seconds the ingest pipeline spent in `stage` so far, over every batch."""
+    text = requests.get(stack.url + "/metrics", timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "quarry_stage_duration_seconds_sum"
+        and sample.labels == {"pipeline": "ingest", "stage": stage}
+    )

@@ -13,10 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-import requests
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.faultstack import FaultStack, documents, fault_stack
+from tests.integration.faultstack import FaultStack, documents, fault_stack, ingest_stage_seconds
 from workers.gate import DeviceGate
 
 MAX_WAIT_S = 2.0
@@ -28,17 +26,6 @@ def flooded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
     extra = {"QUESTION_GATE_MAX_WAIT_S": str(MAX_WAIT_S), "QUESTION_GATE_BULK_SHARE": "0.5"}
     with fault_stack(tmp_path_factory.mktemp("flood"), extra) as stack:
         yield stack
-
-
-def ingest_stage_seconds(stack: FaultStack, stage: str) -> float:
-    text = requests.get(stack.url + "/metrics", timeout=10).text
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "quarry_stage_duration_seconds_sum"
-        and sample.labels == {"pipeline": "ingest", "stage": stage}
-    )
 
 
 def test_a_batch_completes_while_questions_hold_the_device_without_a_break(flooded: FaultStack) -> None:

@@ -11,10 +11,15 @@ import time
 from collections.abc import Iterator
 
 import pytest
-import requests
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.faultstack import FaultStack, batch_in_write_window, documents, fault_stack, wait_for
+from tests.integration.faultstack import (
+    FaultStack,
+    batch_in_write_window,
+    documents,
+    fault_stack,
+    ingest_stage_seconds,
+    wait_for,
+)
 from workers.gate import DeviceGate
 
 QUESTION_S = 4.0  # how long the test's question holds the device (the scenario, not a synchronisation)
@@ -27,21 +32,10 @@ def turns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
         yield stack
 
 
-def gave_way_seconds(stack: FaultStack) -> float:
-    text = requests.get(stack.url + "/metrics", timeout=10).text
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "quarry_stage_duration_seconds_sum"
-        and sample.labels == {"pipeline": "ingest", "stage": "gave_way"}
-    )
-
-
 def test_a_batch_embeds_only_after_the_question_holding_the_device_ends(turns: FaultStack) -> None:
     docs = documents("turn", 4)  # one batch (INGEST_BATCH_DOCUMENTS=4 in fault stacks)
     gate = DeviceGate(turns.tmp / "data" / "gate" / "device.lock")  # the stack's DATA_DIR/gate
-    assert gave_way_seconds(turns) == 0
+    assert ingest_stage_seconds(turns, "gave_way") == 0
     with gate.questions():
         job_id = turns.submit("turns", docs)
         wait_for(lambda: batch_in_write_window(turns, job_id, "turns", docs), 90, "the batch to start")
@@ -57,11 +51,11 @@ def test_a_batch_embeds_only_after_the_question_holding_the_device_ends(turns: F
         doc["id"] for doc in docs
     }
     # The batch paused from when it reached its first pass until the question ended: nearly all of it.
-    assert gave_way_seconds(turns) >= held_s - 1.0
+    assert ingest_stage_seconds(turns, "gave_way") >= held_s - 1.0
 
 
 def test_without_questions_the_batch_never_pauses(turns: FaultStack) -> None:
-    before = gave_way_seconds(turns)
+    before = ingest_stage_seconds(turns, "gave_way")
     job = turns.run("/api/v1/documents", json={"collection": "alone", "documents": documents("alone", 4)})
     assert job["state"] == "succeeded", job
-    assert gave_way_seconds(turns) == before
+    assert ingest_stage_seconds(turns, "gave_way") == before
