@@ -69,8 +69,7 @@ class DeviceGate:
         self._held = 0  # question batches of this process in flight (the lock is shared once for all)
         self._lock = threading.Lock()
         self._period_ends = float("-inf")  # the end of the current period of waits (`give_way`)
-        self._wait_left = 0.0  # of the period's max_wait_s
-        self._runs_until = float("-inf")  # the end of a slice bulk runs without waiting
+        self._wait_left = 0.0  # of the period's max_wait_s; used up: bulk runs through the rest of it
         self.waited_s = 0.0  # total time this process's bulk work gave way (logs and benchmarks)
         self.ran_through_s = 0.0  # total time it ran on through questions for its share (logs, benchmarks)
 
@@ -110,8 +109,9 @@ class DeviceGate:
             return False
 
     def running_through(self) -> bool:
-        """Whether bulk work is in a slice it runs without waiting (its share of a period of waits)."""
-        return self._clock() < self._runs_until
+        """Whether bulk work is in a slice it runs without waiting: the rest of a period whose wait is used
+        up (its share of the period)."""
+        return self._wait_left <= 0 and self._clock() < self._period_ends
 
     def give_way(self) -> float:
         """Bulk work's check point: return at once when no question runs or bulk is in its slice, else once
@@ -133,7 +133,6 @@ class DeviceGate:
         return end - start
 
     def _start_slice(self, now: float) -> None:
-        self._runs_until = self._period_ends
         self.ran_through_s += self._period_ends - now
         log.warning(
             "questions held the device for %.1f s of %.1f: bulk work runs %.1f s without waiting "
