@@ -105,10 +105,11 @@ def celery_end(meta_raw: bytes | None) -> tuple[JobState, str] | None:
     `on_failure` writes the record, so a read in between takes the end the record will get. A task that
     stopped at a cancellation checkpoint (`JobCancelled`) ends cancelled there, not failed: read it so, or a
     client cancelling a running job could be told it failed (seen in CI on a fast machine)."""
-    reason = celery_failure(meta_raw)
+    meta = json.loads(meta_raw) if meta_raw else {}
+    reason = _failure_reason(meta)
     if reason is None:
         return None
-    result = json.loads(meta_raw or b"{}").get("result")
+    result = meta.get("result")
     if isinstance(result, dict) and (result.get("exc_module"), result.get("exc_type")) == (
         JobCancelled.__module__,
         JobCancelled.__name__,
@@ -117,11 +118,8 @@ def celery_end(meta_raw: bytes | None) -> tuple[JobState, str] | None:
     return JobState.FAILED, reason
 
 
-def celery_failure(meta_raw: bytes | None) -> str | None:
-    """The failure reason Celery stored for a task, if it stored one."""
-    if not meta_raw:
-        return None
-    meta = json.loads(meta_raw)
+def _failure_reason(meta: dict[str, Any]) -> str | None:
+    """The failure reason in a task's Celery meta, if it stored a failure."""
     if state_from_celery(str(meta.get("status", ""))) is not JobState.FAILED:
         return None
     result = meta.get("result") or {}

@@ -10,7 +10,6 @@ from common.job_record import (
     JobRecord,
     JobState,
     celery_end,
-    celery_failure,
     decode_record,
     encode_fields,
     state_from_celery,
@@ -58,10 +57,10 @@ def test_worker_lost_failure_recorded_by_celery_is_noticed() -> None:
             "exc_message": ["Worker exited prematurely: signal 9 (SIGKILL)."],
         },
     }
-    reason = celery_failure(json.dumps(meta).encode())
-    assert reason == "WorkerLostError: Worker exited prematurely: signal 9 (SIGKILL)."
-    assert celery_failure(json.dumps({"status": "STARTED"}).encode()) is None
-    assert celery_failure(None) is None
+    end = celery_end(json.dumps(meta).encode())
+    assert end == (JobState.FAILED, "WorkerLostError: Worker exited prematurely: signal 9 (SIGKILL).")
+    assert celery_end(json.dumps({"status": "STARTED"}).encode()) is None
+    assert celery_end(None) is None
 
 
 def test_a_domain_failure_recorded_by_celery_reads_as_the_task_records_it() -> None:
@@ -70,7 +69,8 @@ def test_a_domain_failure_recorded_by_celery_reads_as_the_task_records_it() -> N
     detail = "quarry.delete: malformed task payload (doc_ids: Input should be a valid list)"
     meta = {"status": "FAILURE", "result": {"exc_type": "InvalidRequest", "exc_module": "common.errors"}}
     meta["result"]["exc_message"] = [detail]  # type: ignore[index]
-    assert celery_failure(json.dumps(meta).encode()) == detail == describe(InvalidRequest(detail))
+    assert celery_end(json.dumps(meta).encode()) == (JobState.FAILED, detail)
+    assert detail == describe(InvalidRequest(detail))
 
 
 def test_a_task_stopped_at_a_cancellation_checkpoint_reads_cancelled_before_its_hook_runs() -> None:
