@@ -28,6 +28,7 @@ from typing import cast
 import redis
 
 from common.errors import ServiceUnavailable
+from common.leases import Hold, check
 from common.redis_client import queue_script, redis_errors
 
 SEQ_KEY = "quarry:seq"
@@ -36,6 +37,12 @@ _TOMB = """
 local current = tonumber(redis.call('get', KEYS[1]) or '0')
 if tonumber(ARGV[1]) > current then redis.call('set', KEYS[1], ARGV[1]) end
 redis.call('expire', KEYS[1], ARGV[2])
+return 1
+"""
+# Extends a writer entry only while it is there: a drain that found it expired removed it for good.
+_EXTEND_WRITER = """
+if not redis.call('zscore', KEYS[1], ARGV[1]) then return 0 end
+redis.call('zadd', KEYS[1], ARGV[2], ARGV[1])
 return 1
 """
 
@@ -52,7 +59,8 @@ class Fences:
         self.ttl_s = ttl_s  # tombstones outlive every job accepted before them (the job TTL)
         self.writer_ttl_ms = max(1, int(writer_ttl_s * 1000))
         self._tomb = client.register_script(_TOMB)
-        self._writers: dict[str, str] = {}  # member -> writers key, for the heartbeat's refresh
+        self._extend = client.register_script(_EXTEND_WRITER)
+        self._writers: dict[str, tuple[str, Hold]] = {}  # member -> writers key and standing (heartbeat)
         self._lock = threading.Lock()
 
     @staticmethod
@@ -118,11 +126,12 @@ class Fences:
     def writing(self, collection: str, seq: int, owner: str) -> Iterator[None]:
         """Count as a live writer of `collection` (check tombstones inside, not before)."""
         key, member = self.writers_key(collection), f"{seq}:{owner}"
+        hold = Hold(f"writer entry in {collection!r}", self.writer_ttl_ms / 1000)
         with redis_errors():
             self.client.zadd(key, {member: self._expiry()})
             self.client.expire(key, self.ttl_s)
         with self._lock:
-            self._writers[member] = key
+            self._writers[member] = (key, hold)
         try:
             yield
         finally:
@@ -132,15 +141,25 @@ class Fences:
                 self.client.zrem(key, member)
 
     def refresh(self) -> None:
-        """Extend this process's writer entries (the worker's heartbeat calls this)."""
+        """Extend this process's writer entries (the worker's heartbeat calls this), and note which still
+        stand (`common.leases`)."""
         with self._lock:
             held = dict(self._writers)
         if held:
             pipe = self.client.pipeline(transaction=False)
-            for member, key in held.items():
-                pipe.zadd(key, {member: self._expiry()}, xx=True)
+            for member, (key, _hold) in held.items():
+                queue_script(pipe, self._extend, [key], [member, self._expiry()])
+            sent_at = time.monotonic()
             with redis_errors():
-                pipe.execute()
+                extended = pipe.execute()
+            for (_key, hold), ok in zip(held.values(), extended, strict=True):
+                hold.renewed(sent_at, bool(ok))
+
+    def check(self) -> None:
+        """Raise HoldLapsed unless every writer entry of this process still stands (before a write)."""
+        with self._lock:
+            holds = [hold for _key, hold in self._writers.values()]
+        check(holds)
 
     def drain(self, collection: str, seq: int, wait_s: float) -> None:
         """Wait until no live writer accepted before `seq` is left in `collection`."""

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 import redis
 
 from common.errors import ServiceUnavailable
+from common.leases import Hold, check
 from common.redis_client import queue_script, redis_errors
 from common.retries import LOCK_POLL_S, WRITE_POLL_S
 
@@ -49,7 +50,7 @@ class DocumentLocks:
         self.client = client
         self.ttl_ms = max(1, int(ttl_s * 1000))
         self.wait_s = wait_s
-        self._held: dict[str, tuple[list[str], str]] = {}  # per hold: its keys and token
+        self._held: dict[str, tuple[list[str], str, Hold]] = {}  # per hold: its keys, token and standing
         self._held_lock = threading.Lock()
         # Queued in pipelines by source (`queue_script`): a Redis restarted mid-send has no cached scripts
         self._acquire_one = client.register_script(_ACQUIRE)
@@ -67,10 +68,11 @@ class DocumentLocks:
         keys = sorted({self.key(collection, doc_id) for doc_id in doc_ids})
         token, handle = owner or uuid.uuid4().hex, uuid.uuid4().hex
         try:
-            if not self._acquire(keys, token, self.wait_s):
+            sent_at = self._acquire(keys, token, self.wait_s)
+            if sent_at is None:
                 raise ServiceUnavailable("documents are being ingested by another job; retrying later")
             with self._held_lock:
-                self._held[handle] = (keys, token)
+                self._held[handle] = (keys, token, self._hold("document locks", sent_at))
             yield
         finally:
             with self._held_lock:
@@ -80,10 +82,11 @@ class DocumentLocks:
     def take(self, key: str, token: str, wait_s: float, poll_s: tuple[float, float] = LOCK_POLL_S) -> bool:
         """Hold `key` for `token` until `give_back` (refreshed like the locks); False when another token
         kept it for `wait_s`, asking again every `poll_s` (jittered). Taking a key one holds succeeds."""
-        if not self._acquire([key], token, wait_s, poll_s):
+        sent_at = self._acquire([key], token, wait_s, poll_s)
+        if sent_at is None:
             return False
         with self._held_lock:
-            self._held[f"{key}\x00{token}"] = ([key], token)
+            self._held[f"{key}\x00{token}"] = ([key], token, self._hold(f"hold of {key}", sent_at))
         return True
 
     def give_back(self, key: str, token: str) -> None:
@@ -93,32 +96,47 @@ class DocumentLocks:
         self._release([key], token)
 
     def refresh(self) -> None:
-        """Extend every lock this process holds by `ttl_s` (the worker's heartbeat calls this)."""
+        """Extend every lock this process holds by `ttl_s` (the worker's heartbeat calls this), and note
+        which still stand (`common.leases`)."""
         with self._held_lock:
             held = list(self._held.values())
         if held:
             pipe = self.client.pipeline(transaction=False)
-            for keys, token in held:
+            for keys, token, _hold in held:
                 for key in keys:
                     queue_script(pipe, self._extend_one, [key], [token, self.ttl_ms])
+            sent_at = time.monotonic()
             with redis_errors():
-                pipe.execute()
+                extended = iter(pipe.execute())
+            for keys, _token, hold in held:
+                hold.renewed(sent_at, all([next(extended) for _key in keys]))
+
+    def check(self) -> None:
+        """Raise HoldLapsed unless every lock and lease of this process still stands (before a write)."""
+        with self._held_lock:
+            holds = [hold for _keys, _token, hold in self._held.values()]
+        check(holds)
+
+    def _hold(self, what: str, sent_at: float) -> Hold:
+        return Hold(what, self.ttl_ms / 1000, confirmed=sent_at)
 
     def _acquire(
         self, keys: list[str], token: str, wait_s: float, poll_s: tuple[float, float] = LOCK_POLL_S
-    ) -> bool:
+    ) -> float | None:
+        """When (monotonic) the attempt that took every key was sent; None when `wait_s` ran out."""
         deadline = time.monotonic() + wait_s
         while True:
             pipe = self.client.pipeline(transaction=False)
             for key in keys:
                 queue_script(pipe, self._acquire_one, [key], [token, self.ttl_ms])
+            sent_at = time.monotonic()
             with redis_errors():
                 acquired = pipe.execute()
             if all(acquired):
-                return True
+                return sent_at
             self._release([key for key, got in zip(keys, acquired, strict=True) if got], token)
             if time.monotonic() > deadline:
-                return False
+                return None
             time.sleep(random.uniform(*poll_s))
 
     def _release(self, keys: list[str], token: str) -> None:

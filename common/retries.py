@@ -16,7 +16,8 @@ Each kind of failure, who tries again, and how:
   `redis_tries` times, which waits out a restart of about `WORKER_REDIS_OUTAGE_S`
   (`common.redis_client.connect_redis_patient`). **In the API**: nobody; a 503 at once, the client decides.
 - **Publishing a task** (API): kombu tries `PUBLISH_RETRY` (2 more tries, 0.2 s then up to 1 s apart),
-  then 503. In `api.services`.
+  then 503. In `api.services`. **In a worker** (a coordinator's batches, a settle, a webhook, a re-send):
+  `worker_publish_retry`, which waits out the same outage as its Redis commands. In `workers.app`.
 - **A webhook POST** without an answer, or answered 429 or 5xx: the webhook task, `webhook_backoff_s`
   (doubling from `WEBHOOK_BACKOFF_S` to `WEBHOOK_BACKOFF_MAX_S`, half jitter), `WEBHOOK_MAX_RETRIES` times.
 - **A document lock or write turn held by another**: the waiting task asks again every `LOCK_POLL_S`
@@ -62,6 +63,18 @@ def redis_tries(outage_s: float) -> int:
     """Tries of a worker's Redis command to wait out an outage of about `outage_s`: the backoff reaches
     its 1 s cap after about four tries, then each try is a second."""
     return int(outage_s) + 4
+
+
+def worker_publish_retry(outage_s: float) -> dict[str, Any]:
+    """kombu's retry policy for a worker's publish: reconnects 0.2 s apart, growing to 1 s, for about
+    `outage_s`. Celery's default gives up after about 0.6 s, so a Redis restart in the middle of a
+    coordinator's fan-out failed the whole job while every Redis command around it waited the restart out."""
+    return {
+        "max_retries": redis_tries(outage_s),
+        "interval_start": 0,
+        "interval_step": 0.2,
+        "interval_max": REDIS_BACKOFF_CAP_S,
+    }
 
 
 def webhook_backoff_s(

@@ -76,7 +76,6 @@ def split_job(
             rt.uploads.write_text(paths[-1], batch_text(batch))
             fault_point(settings, "split")  # test only: a window inside the split
     rt.ledger.start(job_id, len(paths), total)
-    fault_point(settings, "before_enqueue")  # test only: split done, nothing queued yet
     return paths
 
 
@@ -103,6 +102,7 @@ def enqueue_batches(rt: Runtime, send: Any, job_id: str, batches: int, request: 
     """
     if rt.ledger.planned(job_id)[1]:
         return
+    fault_point(rt.settings, "before_enqueue")  # test only: split done, nothing queued yet
     for index in range(batches):
         send(INGEST_BATCH.name, kwargs=batch_kwargs(job_id, index, request))
     rt.ledger.enqueued(job_id)

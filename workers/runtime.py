@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -187,10 +187,19 @@ class Runtime:
     def store(self) -> MilvusStore:
         from store.milvus import MilvusStore  # noqa: PLC0415 - heavy (torch, models, pymilvus): loaded by the processes that use it
 
-        turn = self.milvus_writes.turn if self.settings.milvus_serial_writes else nullcontext
-        store = MilvusStore(self.settings, turn)
+        store = MilvusStore(self.settings, self.write_turn)
         store.ensure_collection(self.embedder.model_name, self.embedder.dimension)
         return store
+
+    @contextmanager
+    def write_turn(self) -> Iterator[None]:
+        """One write request to Milvus: in the collection's turn (MILVUS_SERIAL_WRITES), and only while every
+        hold of this process still stands (`common.leases`: Redis away longer than their TTL may have let
+        another worker take the same documents meanwhile)."""
+        with self.milvus_writes.turn() if self.settings.milvus_serial_writes else nullcontext():
+            self.locks.check()
+            self.fences.check()
+            yield
 
 
 def _send_task(name: str, kwargs: dict[str, Any]) -> Any:

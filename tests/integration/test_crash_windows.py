@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -18,8 +19,10 @@ from common.contracts import INGEST_BATCH_TASK, INGEST_QUEUE
 from common.fences import Fences
 from common.messages import queue_lists
 from common.settings import Settings
-from devstack.processes import start_milvus
+from devstack.private import FAULT_SETTINGS
+from devstack.processes import start_milvus, start_redis
 from ingestion.pipeline import DELETED
+from tests.integration.conftest import healthy
 from tests.integration.crashpoints import (
     Row,
     arm,
@@ -180,6 +183,37 @@ def test_two_ingest_processes_contend_for_the_same_documents(
     v3_clean = reference(crash, "ref-v3", v3[2:6])
     stored = by_doc(rows(crash, collection))
     assert stored == {**{d: clean[2][d] for d in ("d-0", "d-1")}, **v3_clean}
+
+
+def test_a_writer_whose_locks_expired_in_a_redis_outage_writes_nothing_more(
+    crash: FaultStack, clean: dict[int, dict[str, set[Row]]]
+) -> None:
+    """Job A holds d-0..d-3 and pauses between its two upserts; Redis is killed and stays away longer than
+    the locks' TTL, so they are gone when it is back; job B, accepted later (v3 of d-2..d-5), takes them in
+    the other worker and ends. A then goes on: its next upsert and its prune would leave d-2 and d-3 on A's
+    older v2, or half of each (the chaos run left a document with 3 of its 6 chunks this way). It must write
+    nothing more under the lapsed locks; its retry finds B's newer versions and keeps them."""
+    collection, v3 = "lapsed", version("d", 8, 2)
+    arm(crash, "between_upserts")
+    a = replace(crash, collection, V2[:4])
+    paused(crash, "between_upserts")
+    crash.stop("redis", signal.SIGKILL)
+    time.sleep(float(FAULT_SETTINGS["JOB_HEARTBEAT_TIMEOUT_S"]) + 1)  # the outage: longer than the locks' TTL
+    start_redis(crash.sup, crash.redis_url, crash.tmp / "redis")
+    wait_for(lambda: healthy(crash.url), 30, "the API to reach Redis again")
+    b = replace(crash, collection, v3[2:6])
+    job_b = crash.wait_job(b)
+    assert job_b["state"] == "succeeded" and job_b["result"]["succeeded"] == 4, job_b
+    assert by_doc(rows(crash, collection))["d-5"]  # B wrote while A was still paused in the other worker
+    release(crash, "between_upserts")
+    job_a = crash.wait_job(a)
+
+    assert job_a["state"] == "succeeded" and job_a["result"]["failed"] == 0, job_a
+    v3_clean = reference(crash, "ref-v3-lapsed", v3[2:6])
+    stored = by_doc(rows(crash, collection))
+    expected = {**{d: clean[2][d] for d in ("d-0", "d-1")}, **v3_clean}
+    assert held(stored) == held(expected)
+    assert stored == expected
 
 
 def test_a_collection_delete_waits_for_a_write_under_way_and_wins(crash: FaultStack) -> None:
