@@ -7,7 +7,6 @@ failed first request frees its key; a claim whose request died expires after `id
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 import uuid
@@ -26,6 +25,7 @@ from api.services import services, submit
 from common.contracts import ASK_QUEUE, Contract, Payload
 from common.errors import Conflict, InvalidRequest, ServiceUnavailable
 from common.settings import Settings
+from tests.unit.redisdb import REDIS_URL, scratch_redis
 
 
 class Probe(Payload):
@@ -34,20 +34,11 @@ class Probe(Payload):
 
 PROBE = Contract("quarry.test", ASK_QUEUE, Probe)
 
-REDIS_URL = f"redis://127.0.0.1:6379/{os.environ.get('QUARRY_TEST_REDIS_DB', '15')}"
-
 
 @pytest.fixture
 def client() -> Iterator[redis.Redis]:
-    """The test database; only this test's own keys are removed (others may share the server)."""
-    conn = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
-    try:
-        conn.ping()
-    except redis.RedisError:
-        pytest.skip("no Redis on 127.0.0.1:6379 for the idempotency scripts")
-    yield conn
-    for name in conn.scan_iter("quarry:idem:*"):
-        conn.delete(name)
+    with scratch_redis("quarry:idem:*", needed_for="the idempotency scripts") as conn:
+        yield conn
 
 
 def scope() -> str:

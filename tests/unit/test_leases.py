@@ -4,7 +4,6 @@ Redis: a hold that expired or went to another holder while Redis was away stops 
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,22 +15,14 @@ from common.fences import Fences
 from common.leases import WRITE_BUDGET, Hold, HoldLapsed, check
 from common.locks import DocumentLocks
 from common.settings import Settings
-
-REDIS_URL = f"redis://127.0.0.1:6379/{os.environ.get('QUARRY_TEST_REDIS_DB', '15')}"
+from tests.unit.redisdb import REDIS_URL, scratch_redis
 
 
 @pytest.fixture
 def client() -> Iterator[redis.Redis]:
-    """The test database; only the keys these tests write are removed (others may share the server)."""
-    conn = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
-    try:
-        conn.ping()
-    except redis.RedisError:
-        pytest.skip("no Redis on 127.0.0.1:6379 for the lock scripts")
-    yield conn
-    for pattern in ("quarry:lock:*", "quarry:writers:*", "quarry:milvus-writes:*"):
-        for name in conn.scan_iter(pattern):
-            conn.delete(name)
+    patterns = ("quarry:lock:*", "quarry:writers:*", "quarry:milvus-writes:*")
+    with scratch_redis(*patterns, needed_for="the lock scripts") as conn:
+        yield conn
 
 
 def test_a_hold_stands_while_it_is_confirmed_and_lapses_for_good_once_redis_says_it_is_gone() -> None:
