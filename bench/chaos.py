@@ -25,7 +25,7 @@ from typing import Any
 import requests
 
 from bench.chaos_check import expected_rows, job_violations, judge, read_rows
-from bench.chaos_faults import Injector
+from bench.chaos_faults import KINDS, Injector
 from bench.chaos_load import TERMINAL, Load, Op, Universe, fetch_reports, observe
 from bench.chaos_stack import MILVUS_COLLECTION, chaos_stack
 from common.settings import Settings
@@ -43,6 +43,8 @@ class Options:
     settle_s: float = 180
     collections: int = 3
     docs: int = 6
+    only: list[str] = field(default_factory=list)  # fault kinds to draw from (empty: every kind)
+    down_s: tuple[float, float] = (0.2, 2.0)  # a killed process stays down this long before its restart
 
 
 @dataclass
@@ -64,7 +66,19 @@ def run(options: Options, tmp: Path) -> Result:
         expected = expected_rows(universe, *_embedder())
         load = Load(fs.url, universe, options.seed)
         load.requests_left = options.max_requests
-        injector = Injector(fs, options.seed + 1, options.fault_every, lambda: _open_jobs(load))
+        kinds = (
+            {kind: copies for kind, copies in KINDS.items() if kind in options.only}
+            if options.only
+            else KINDS
+        )
+        injector = Injector(
+            fs,
+            options.seed + 1,
+            options.fault_every,
+            lambda: _open_jobs(load),
+            kinds=kinds,
+            down_s=options.down_s,
+        )
         t0 = time.time()
         load_end = _drive(load, injector, options) - t0
         _final_read(fs.url, load.ops)
@@ -218,9 +232,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-requests", type=int, default=5000, help="stop the load after this many")
     parser.add_argument("--settle", type=float, default=180, help="longest wait for jobs to end afterwards")
     parser.add_argument("--json", type=Path, help="write the counts and violations here too")
+    parser.add_argument("--only", action="append", choices=sorted(KINDS), default=[], help="only this fault")
+    parser.add_argument(
+        "--down",
+        type=float,
+        nargs=2,
+        default=(0.2, 2.0),
+        metavar=("MIN", "MAX"),
+        help="seconds a killed process stays down before its restart (longer than JOB_HEARTBEAT_TIMEOUT_S, "
+        "8 s here, lets every lock expire)",
+    )
+    parser.add_argument(
+        "--every",
+        type=float,
+        nargs=2,
+        default=(3.0, 8.0),
+        metavar=("MIN", "MAX"),
+        help="seconds from one fault to the next",
+    )
     args = parser.parse_args(argv)
     options = Options(
-        seconds=args.seconds, seed=args.seed, max_requests=args.max_requests, settle_s=args.settle
+        seconds=args.seconds,
+        seed=args.seed,
+        max_requests=args.max_requests,
+        settle_s=args.settle,
+        only=args.only,
+        down_s=tuple(args.down),
+        fault_every=tuple(args.every),
     )
     tmp = Path(tempfile.mkdtemp(prefix="quarry-chaos-"))
     result = run(options, tmp)

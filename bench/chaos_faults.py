@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from pathlib import Path
 
@@ -45,11 +45,20 @@ class Injector:
     shuffled bag (weights = copies in it), so even a short run sees every kind."""
 
     def __init__(
-        self, fs: ChaosStack, seed: int, every: tuple[float, float], open_jobs: Callable[[], list[str]]
+        self,
+        fs: ChaosStack,
+        seed: int,
+        every: tuple[float, float],
+        open_jobs: Callable[[], list[str]],
+        *,
+        kinds: Mapping[str, int] = KINDS,
+        down_s: tuple[float, float] = (0.2, 2.0),
     ) -> None:
         self.fs = fs
         self.rng = random.Random(seed)
         self.every = every
+        self.kinds = kinds  # fault kind -> copies in the bag
+        self.down_s = down_s  # how long a killed process stays down before its restart
         self.open_jobs = open_jobs  # the load's open jobs, whose beats name the children running them
         self.bag: list[str] = []
         self.counts: Counter[str] = Counter()
@@ -65,7 +74,7 @@ class Injector:
                 continue
             due = time.monotonic() + self.rng.uniform(*self.every)
             if not self.bag:
-                self.bag = [kind for kind, copies in KINDS.items() for _ in range(copies)]
+                self.bag = [kind for kind, copies in self.kinds.items() for _ in range(copies)]
                 self.rng.shuffle(self.bag)
             kind = self.bag.pop()
             detail = getattr(self, kind)()
@@ -80,7 +89,7 @@ class Injector:
             self.fs.revive(name)
 
     def _pause(self) -> None:
-        time.sleep(self.rng.uniform(0.2, 2.0))
+        time.sleep(self.rng.uniform(*self.down_s))
 
     def _kill_group(self, name: str) -> int:
         proc = self.fs.proc(name)
