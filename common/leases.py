@@ -59,6 +59,6 @@ def check(holds: Iterable[Hold]) -> None:
             age = now - hold.confirmed
             why = "was taken over or expired" if hold.gone else f"was last confirmed {age:.1f} s ago"
             raise HoldLapsed(
-                f"this worker's {hold.what} {why} (TTL {hold.ttl_s:g} s; Redis unreachable for a while?); "
-                "the task is retried and writes its documents again"
+                f"this worker's {hold.what} {why} (TTL {hold.ttl_s:g} s: was Redis unreachable that long?); "
+                "it stopped writing, so that two workers never write the same documents at once"
             )
