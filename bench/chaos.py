@@ -233,23 +233,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=180, help="longest wait for jobs to end afterwards")
     parser.add_argument("--json", type=Path, help="write the counts and violations here too")
     parser.add_argument("--only", action="append", choices=sorted(KINDS), default=[], help="only this fault")
-    parser.add_argument(
-        "--down",
-        type=float,
-        nargs=2,
-        default=(0.2, 2.0),
-        metavar=("MIN", "MAX"),
-        help="seconds a killed process stays down before its restart (longer than JOB_HEARTBEAT_TIMEOUT_S, "
-        "8 s here, lets every lock expire)",
-    )
-    parser.add_argument(
-        "--every",
-        type=float,
-        nargs=2,
-        default=(3.0, 8.0),
-        metavar=("MIN", "MAX"),
-        help="seconds from one fault to the next",
-    )
+    spans = {
+        "--down": "seconds a killed process stays down before its restart (longer than "
+        "JOB_HEARTBEAT_TIMEOUT_S, 8 s here, lets every lock expire)",
+        "--every": "seconds from one fault to the next",
+    }
+    for flag, default in (("--down", Options.down_s), ("--every", Options.fault_every)):
+        parser.add_argument(
+            flag, type=float, nargs=2, default=default, metavar=("MIN", "MAX"), help=spans[flag]
+        )
     args = parser.parse_args(argv)
     options = Options(
         seconds=args.seconds,
