@@ -28,7 +28,7 @@ from typing import cast
 import redis
 
 from common.errors import ServiceUnavailable
-from common.leases import Hold, check
+from common.leases import Hold, check_holds
 from common.redis_client import queue_script, redis_errors
 
 SEQ_KEY = "quarry:seq"
@@ -159,7 +159,7 @@ class Fences:
         """Raise HoldLapsed unless every writer entry of this process still stands (before a write)."""
         with self._lock:
             holds = [hold for _key, hold in self._writers.values()]
-        check(holds)
+        check_holds(holds)
 
     def drain(self, collection: str, seq: int, wait_s: float) -> None:
         """Wait until no live writer accepted before `seq` is left in `collection`."""

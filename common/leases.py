@@ -8,7 +8,7 @@ Redis outages against the fault settings' 8 s TTL: a document ended with chunks 
 prune of one job ran between the upserts of another), and a later upload of the same content was skipped
 as "already stored".
 
-So every write request to Milvus first asks whether all holds of its process still stand (`check`): none
+So every write request to Milvus first asks whether all holds of its process still stand (`check_holds`): none
 that Redis said is gone (an extension that found another holder or no key), and none confirmed longer ago
 than `1 - WRITE_BUDGET` of its TTL. A request sent under a hold confirmed that recently has at least a
 quarter of the TTL to finish before another worker could take the hold. A hold that lapsed fails the
@@ -51,7 +51,7 @@ class Hold:
         return self.gone or now - self.confirmed > self.ttl_s * (1 - WRITE_BUDGET)
 
 
-def check(holds: Iterable[Hold]) -> None:
+def check_holds(holds: Iterable[Hold]) -> None:
     """Raise HoldLapsed unless every hold stands with time left for a write."""
     now = time.monotonic()
     for hold in holds:

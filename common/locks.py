@@ -26,7 +26,7 @@ from contextlib import contextmanager
 import redis
 
 from common.errors import ServiceUnavailable
-from common.leases import Hold, check
+from common.leases import Hold, check_holds
 from common.redis_client import queue_script, redis_errors
 from common.retries import LOCK_POLL_S, WRITE_POLL_S
 
@@ -115,7 +115,7 @@ class DocumentLocks:
         """Raise HoldLapsed unless every lock and lease of this process still stands (before a write)."""
         with self._held_lock:
             holds = [hold for _keys, _token, hold in self._held.values()]
-        check(holds)
+        check_holds(holds)
 
     def _hold(self, what: str, sent_at: float) -> Hold:
         return Hold(what, self.ttl_ms / 1000, confirmed=sent_at)

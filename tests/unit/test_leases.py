@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from common.fences import Fences
-from common.leases import WRITE_BUDGET, Hold, HoldLapsed, check
+from common.leases import WRITE_BUDGET, Hold, HoldLapsed, check_holds
 from common.locks import DocumentLocks
 from common.settings import Settings
 from tests.unit.redisdb import REDIS_URL, scratch_redis
@@ -28,16 +28,16 @@ def client() -> Iterator[redis.Redis]:
 def test_a_hold_stands_while_it_is_confirmed_and_lapses_for_good_once_redis_says_it_is_gone() -> None:
     now = time.monotonic()
     hold = Hold("document locks", ttl_s=8, confirmed=now)
-    check([hold])
+    check_holds([hold])
     old = Hold("document locks", ttl_s=8, confirmed=now - 8 * (1 - WRITE_BUDGET) - 0.1)
     with pytest.raises(HoldLapsed, match=r"last confirmed 6\.\d s ago \(TTL 8 s"):
-        check([hold, old])
+        check_holds([hold, old])
     old.renewed(time.monotonic(), held=True)
-    check([hold, old])  # confirmed again in time: it stands
+    check_holds([hold, old])  # confirmed again in time: it stands
     old.renewed(time.monotonic(), held=False)
     old.renewed(time.monotonic(), held=True)  # a later answer cannot undo "taken over"
     with pytest.raises(HoldLapsed, match="taken over or expired"):
-        check([old])
+        check_holds([old])
 
 
 def test_a_lock_taken_by_another_while_redis_was_away_stops_its_first_holder(client: redis.Redis) -> None:
