@@ -37,6 +37,10 @@ class Chunk:
     text: str
     title: str = ""
     metadata: Metadata = field(default_factory=dict)
+    # The model's ids of `embedding_text(chunk)`, special tokens left out, where chunking knows them to be
+    # exactly what tokenising that text gives (`ingestion.chunking`): the embedder then skips tokenising the
+    # text again, about as much CPU as chunking itself. None: the embedder tokenises the text.
+    token_ids: tuple[int, ...] | None = field(default=None, compare=False, repr=False)
 
 
 def title_prefix(title: str, include_title: bool) -> str:
@@ -93,10 +97,25 @@ class Ranked:
     model_score: float
 
 
+@dataclass(frozen=True)
+class Tokens:
+    """A text's tokens as chunking reads them, no special tokens: each one's character span; and, from a
+    tokenizer that can vouch for them, the model's ids and which tokens begin a word (a WordPiece token
+    that does not continue the one before). A run of whole words then has the ids its text would get."""
+
+    spans: list[tuple[int, int]]
+    ids: list[int] | None = None
+    word_starts: list[bool] | None = None
+
+
 class Tokenizer(Protocol):
     """What chunking needs from a tokenizer: character spans of the tokens, no special tokens."""
 
     def token_spans(self, text: str) -> list[tuple[int, int]]: ...
+
+    def tokens(self, text: str) -> Tokens:
+        """The spans of `token_spans`, with ids and word starts where the tokenizer vouches for them."""
+        ...
 
     @property
     def splits_at_word_edges(self) -> bool:
@@ -111,13 +130,19 @@ class Embedder(Protocol):
     dimension: int
     max_tokens: int
 
-    def embed_documents(self, texts: Sequence[str]) -> npt.NDArray[np.float32]: ...
+    def embed_documents(
+        self, texts: Sequence[str], token_ids: Sequence[Sequence[int] | None] | None = None
+    ) -> npt.NDArray[np.float32]:
+        """Unit vectors of `texts`; `token_ids`, where given, are the ids of the text (`Chunk.token_ids`)."""
+        ...
 
     def embed_queries(self, texts: Sequence[str]) -> npt.NDArray[np.float32]: ...
 
     def token_vectors(self, texts: Sequence[str], *, query: bool) -> list[npt.NDArray[np.float32]]: ...
 
     def token_spans(self, text: str) -> list[tuple[int, int]]: ...
+
+    def tokens(self, text: str) -> Tokens: ...
 
     @property
     def splits_at_word_edges(self) -> bool: ...

@@ -1,8 +1,9 @@
 """Token-aware chunking: split a Document into Chunks that fit the embedding model's window.
 
-Windows are counted in the embedding model's own tokens (via `Tokenizer.token_spans`) so no chunk is
+Windows are counted in the embedding model's own tokens (via `Tokenizer.tokens`) so no chunk is
 silently truncated by the model. Ends prefer sentence ends, then word boundaries, so chunks read well
-and re-tokenise to the same tokens.
+and re-tokenise to the same tokens. A chunk of whole words carries those tokens' ids (`Chunk.token_ids`),
+so that the embedder need not tokenise its text a second time.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import unicodedata
 
 from common.errors import DocumentError
 from common.fields import CHUNK_FIELD_BYTES, utf8_len
-from common.types import Chunk, Document, Tokenizer, title_prefix
+from common.types import Chunk, Document, Tokenizer, Tokens, title_prefix
 
 SPECIAL_TOKENS = 2
 """[CLS] and [SEP] (or <s> and </s>) that the model adds around every embedded text."""
@@ -46,21 +47,46 @@ def chunk_document(
     """
     if not doc.text.strip():
         raise DocumentError(f"document {doc.id} has no text")
-    budget = _token_budget(doc, tokenizer, chunk_tokens, max_tokens, include_title)
+    prefix = title_prefix(doc.title, include_title)
+    head = tokenizer.tokens(prefix) if prefix else Tokens([], [], [])
+    # +1: the "\n" separator may become a token of its own in some tokenizers (SentencePiece).
+    budget = _token_budget(doc, len(head.spans) + 1 if prefix else 0, chunk_tokens, max_tokens)
     overlap = max(0, min(overlap_tokens, budget - 1))
-    text = doc.text
-    spans = tokenizer.token_spans(text)
-    if not spans:  # text the tokenizer ignores entirely: nothing to split
-        pieces = [text.strip()]
-    else:
-        windows = _windows(text, spans, budget, overlap, tokenizer)
-        pieces = [_window_text(text, spans, w) for w in windows]
-    room = CHUNK_FIELD_BYTES - utf8_len(title_prefix(doc.title, include_title))
-    pieces = [part for piece in pieces if piece for part in _split_bytes(piece, room)]
-    return [
-        Chunk(doc_id=doc.id, index=i, text=p, title=doc.title, metadata=dict(doc.metadata))
-        for i, p in enumerate(pieces)
-    ]
+    room = CHUNK_FIELD_BYTES - utf8_len(prefix)
+    chunks: list[Chunk] = []
+    for piece, ids in _pieces(doc.text, tokenizer, budget, overlap):
+        parts = _split_bytes(piece, room) if piece else []
+        token_ids = _joined(head, ids) if len(parts) == 1 else None  # a piece cut by bytes: tokenised again
+        for part in parts:
+            chunks.append(Chunk(doc.id, len(chunks), part, doc.title, dict(doc.metadata), token_ids))
+    return chunks
+
+
+def _pieces(text: str, tokenizer: Tokenizer, budget: int, overlap: int) -> list[tuple[str, list[int] | None]]:
+    """Each window's text, with its ids where they are exactly what tokenising that text gives."""
+    tokens = tokenizer.tokens(text)
+    if not tokens.spans:  # text the tokenizer ignores entirely: nothing to split
+        return [(text.strip(), None)]
+    windows = _windows(text, tokens.spans, budget, overlap, tokenizer)
+    return [(_window_text(text, tokens.spans, w), _whole_words(tokens, w)) for w in windows]
+
+
+def _whole_words(tokens: Tokens, window: Window) -> list[int] | None:
+    """The window's ids when it begins and ends at word starts (WordPiece tokens that continue no other).
+    Its text is then whole words, which tokenise alone as they did in the document: the tokenizer splits
+    only within a word (`splits_at_word_edges`). A window cut inside a word is tokenised again."""
+    if tokens.ids is None or tokens.word_starts is None:
+        return None
+    start, end = window
+    starts = tokens.word_starts
+    if not starts[start] or (end < len(starts) and not starts[end]):
+        return None
+    return tokens.ids[start:end]
+
+
+def _joined(head: Tokens, ids: list[int] | None) -> tuple[int, ...] | None:
+    """The ids of the title prefix and the text together: the prefix ends in a newline, a word edge."""
+    return None if head.ids is None or ids is None else (*head.ids, *ids)
 
 
 def _split_bytes(text: str, room: int) -> list[str]:
@@ -77,15 +103,10 @@ def _split_bytes(text: str, room: int) -> list[str]:
     return [piece for piece in (*pieces, text) if piece]
 
 
-def _token_budget(
-    doc: Document, tokenizer: Tokenizer, chunk_tokens: int, max_tokens: int, include_title: bool
-) -> int:
+def _token_budget(doc: Document, title_tokens: int, chunk_tokens: int, max_tokens: int) -> int:
     """Text tokens per chunk: the configured size, shrunk so special tokens and the title still fit."""
     if chunk_tokens < 1 or max_tokens <= SPECIAL_TOKENS:
         raise ValueError(f"invalid chunking limits: chunk_tokens={chunk_tokens}, max_tokens={max_tokens}")
-    prefix = title_prefix(doc.title, include_title)
-    # +1: the "\n" separator may become a token of its own in some tokenizers (SentencePiece).
-    title_tokens = len(tokenizer.token_spans(prefix)) + 1 if prefix else 0
     budget = min(chunk_tokens, max_tokens - SPECIAL_TOKENS - title_tokens)
     if budget < min(chunk_tokens, MIN_CHUNK_TOKENS):
         raise DocumentError(

@@ -74,8 +74,9 @@ def _embed(
     """One embedding call over every chunk of the batch; a failure is narrowed down to its documents."""
 
     def run(part: Sequence[Pending]) -> list[npt.NDArray[np.float32]]:
-        texts = [embedding_text(c, settings.chunk_include_title) for item in part for c in item.chunks]
-        vectors = embedder.embed_documents(texts)
+        chunks = [c for item in part for c in item.chunks]
+        texts = [embedding_text(c, settings.chunk_include_title) for c in chunks]
+        vectors = embedder.embed_documents(texts, [c.token_ids for c in chunks])  # ids chunking made
         bounds = np.cumsum([0] + [len(item.chunks) for item in part])
         return [vectors[bounds[i] : bounds[i + 1]] for i in range(len(part))]
 

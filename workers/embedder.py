@@ -15,8 +15,10 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
 from common.settings import OFFLINE_EMBEDDING_MODEL, Settings
+from common.types import Tokens
 from workers.device import DeviceConfig, choose_device
 from workers.gate import Gate, NoGate, install_give_way
+from workers.special_tokens import Specials, continuing_ids
 
 log = logging.getLogger(__name__)
 
@@ -145,13 +147,20 @@ class SentenceTransformerEmbedder:
         self._span_tokenizer.no_padding()
         self.splits_at_word_edges = splits_at_word_edges(self._span_tokenizer)
         self._lower = bool(getattr(model[0], "do_lower_case", False))
+        self._wrap = Specials.of(self._tokenizer, self._span_tokenizer)
+        # Chunking may take a window's ids as its text's only from a WordPiece tokenizer (a token that begins
+        # a word tells itself apart) whose ids this embedder would make of the same text: no lowercasing.
+        vouches = self.splits_at_word_edges and not self._lower and self._wrap is not None
+        self._continuing = continuing_ids(self._span_tokenizer) if vouches else None
         self.model_name = model_name
         self.instruction = instruction
         self.dimension = int(model.get_embedding_dimension() or 0)
         self.max_tokens = int(model.max_seq_length or self._tokenizer.model_max_length)
 
-    def embed_documents(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        return self._sentence_vectors(texts)
+    def embed_documents(
+        self, texts: Sequence[str], token_ids: Sequence[Sequence[int] | None] | None = None
+    ) -> npt.NDArray[np.float32]:
+        return self._sentence_vectors(texts, token_ids)
 
     def embed_queries(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         return self._sentence_vectors([self.instruction + t for t in texts])
@@ -181,20 +190,38 @@ class SentenceTransformerEmbedder:
         return frozenset(int(i) for i in self._tokenizer.all_special_ids)
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
-        encoding = self._span_tokenizer.encode(text, add_special_tokens=False)
-        return [(int(a), int(b)) for a, b in encoding.offsets]
+        return self.tokens(text).spans
 
-    def _sentence_vectors(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        rows = self._run(list(texts), tokens=False)
+    def tokens(self, text: str) -> Tokens:
+        encoding = self._span_tokenizer.encode(text, add_special_tokens=False)
+        spans = [(int(a), int(b)) for a, b in encoding.offsets]
+        if self._continuing is None:
+            return Tokens(spans)
+        ids = encoding.ids
+        return Tokens(spans, ids, [i not in self._continuing for i in ids])
+
+    def _inputs(
+        self, texts: list[str], given: Sequence[Sequence[int] | None] | None
+    ) -> tuple[list[list[int]], list[list[int]] | None]:
+        if given is None or self._wrap is None:
+            return self._encode(texts)
+        return self._wrap.inputs(texts, given, self._encode, self.max_tokens)
+
+    def _sentence_vectors(
+        self, texts: Sequence[str], given: Sequence[Sequence[int] | None] | None = None
+    ) -> npt.NDArray[np.float32]:
+        rows = self._run(list(texts), tokens=False, given=given)
         if not rows:
             return np.zeros((0, self.dimension), dtype=np.float32)
         return np.stack(rows).astype(np.float32, copy=False)
 
-    def _run(self, texts: list[str], *, tokens: bool) -> list[npt.NDArray[np.float32]]:
+    def _run(
+        self, texts: list[str], *, tokens: bool, given: Sequence[Sequence[int] | None] | None = None
+    ) -> list[npt.NDArray[np.float32]]:
         """Tokenize once, run length-sorted budgeted batches, return per-text results in input order."""
         if not texts:
             return []
-        ids, types = self._encode(texts)
+        ids, types = self._inputs(texts, given)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
         widths = [self._device.padded_width(len(ids[i]), self.max_tokens) for i in order]
         spans = plan_passes(widths, self._device.token_budget, self._device.max_batch)

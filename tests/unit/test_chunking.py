@@ -13,7 +13,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import models, pre_tokenizers
 
 from common.errors import DocumentError
-from common.types import Chunk, Document, embedding_text
+from common.types import Chunk, Document, Tokens, embedding_text
 from ingestion.chunking import chunk_document
 from workers.embedder import splits_at_word_edges
 
@@ -38,6 +38,9 @@ class HFTokenSpans:
             text, add_special_tokens=False, truncation=False, return_offsets_mapping=True, verbose=False
         )
         return [(int(a), int(b)) for a, b in encoded["offset_mapping"]]
+
+    def tokens(self, text: str) -> Tokens:
+        return Tokens(self.token_spans(text))  # no ids: every chunk's text is tokenised by the embedder
 
     def count_with_special(self, text: str) -> int:
         encoded = self.tokenizer(text, add_special_tokens=True, truncation=False, verbose=False)

@@ -16,7 +16,7 @@ import pytest
 from common.errors import ServiceUnavailable
 from common.reports import Outcome
 from common.settings import Settings
-from common.types import Chunk, Document
+from common.types import Chunk, Document, Tokens
 from ingestion.formats.common import Failure, item_id
 from ingestion.pipeline import ingest_documents
 from ingestion.validation import checked, document_problem
@@ -36,7 +36,12 @@ class FakeEmbedder:
             start += len(word) + 1
         return [span for span in spans if span[1] > span[0]]
 
-    def embed_documents(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+    def tokens(self, text: str) -> Tokens:
+        return Tokens(self.token_spans(text))
+
+    def embed_documents(
+        self, texts: Sequence[str], token_ids: Sequence[Sequence[int] | None] | None = None
+    ) -> npt.NDArray[np.float32]:
         self.calls += 1
         if self.poison and any(self.poison in text for text in texts):
             raise RuntimeError("the model refused one text of the batch")
