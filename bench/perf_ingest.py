@@ -44,7 +44,9 @@ def service(client: Client, docs: Sequence[dict[str, Any]], timeout_s: float) ->
 
 def bare(texts: Sequence[str], embedder: Embedder, passes: int = 1) -> dict[str, Any]:
     """The service's own embedder (same dtype, token budget, length sorting) with nothing around it; with
-    `passes`, the median of that many passes (one pass varied by up to ±9 % on a shared 2-core VM)."""
+    `passes`, the median of that many passes (one pass varied by up to ±9 % on a shared 2-core VM). It
+    tokenises the texts, as a loop around `model.encode` does; the service tokenises each document once,
+    when it chunks it (`Chunk.token_ids`)."""
     embedder.embed_documents(texts[:16])  # warm-up: first-call allocations
     timings = []
     for _ in range(passes):
