@@ -111,10 +111,8 @@ class Tokens:
 class Tokenizer(Protocol):
     """What chunking needs from a tokenizer: character spans of the tokens, no special tokens."""
 
-    def token_spans(self, text: str) -> list[tuple[int, int]]: ...
-
     def tokens(self, text: str) -> Tokens:
-        """The spans of `token_spans`, with ids and word starts where the tokenizer vouches for them."""
+        """Each token's span, with ids and word starts where the tokenizer vouches for them."""
         ...
 
     @property
@@ -139,8 +137,6 @@ class Embedder(Protocol):
     def embed_queries(self, texts: Sequence[str]) -> npt.NDArray[np.float32]: ...
 
     def token_vectors(self, texts: Sequence[str], *, query: bool) -> list[npt.NDArray[np.float32]]: ...
-
-    def token_spans(self, text: str) -> list[tuple[int, int]]: ...
 
     def tokens(self, text: str) -> Tokens: ...
 

@@ -154,7 +154,7 @@ def _fit(text: str, spans: list[Span], window: Window, budget: int, tokenizer: T
     if end - start <= budget and tokenizer.splits_at_word_edges and _word_edges(text, spans, window):
         return end
     while end > start + 1:
-        excess = len(tokenizer.token_spans(_window_text(text, spans, (start, end)))) - budget
+        excess = len(tokenizer.tokens(_window_text(text, spans, (start, end))).spans) - budget
         if excess <= 0:
             break
         end = max(start + 1, end - excess)

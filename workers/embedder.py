@@ -189,9 +189,6 @@ class SentenceTransformerEmbedder:
     def special_ids(self) -> frozenset[int]:
         return frozenset(int(i) for i in self._tokenizer.all_special_ids)
 
-    def token_spans(self, text: str) -> list[tuple[int, int]]:
-        return self.tokens(text).spans
-
     def tokens(self, text: str) -> Tokens:
         encoding = self._span_tokenizer.encode(text, add_special_tokens=False)
         spans = [(int(a), int(b)) for a, b in encoding.offsets]

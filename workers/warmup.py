@@ -106,7 +106,7 @@ def exercise(rt: Runtime, *, questions: bool) -> dict[str, float]:
         embedder = rt.embedder
     with _timed(timings, "passes"):
         embedder.embed_documents([WARM_PASSAGE])
-        embedder.token_spans(WARM_PASSAGE)  # chunking's tokenizer
+        embedder.tokens(WARM_PASSAGE)  # chunking's tokenizer
         vectors = embedder.embed_queries([WARM_QUESTION]) if questions else None
     backend = rt.settings.reranker_backend
     if questions and backend != "none":

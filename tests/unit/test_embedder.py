@@ -150,14 +150,14 @@ def test_token_spans_cover_the_whole_text_silently(
 ) -> None:
     text = "Hello, world! " * 200
     with caplog.at_level(logging.WARNING):
-        spans = embedder.token_spans(text)
+        spans = embedder.tokens(text).spans
     assert len(spans) == 800 > embedder.max_tokens  # no truncation, no special tokens
     assert [text[a:b] for a, b in spans[:4]] == ["Hello", ",", "world", "!"]
     assert spans[-1][1] == len(text.rstrip())
     assert not [r for r in caplog.records if "longer than" in r.getMessage()]
     # The main path truncates; spans must stay untruncated afterwards too.
     embedder.embed_documents([text])
-    assert len(embedder.token_spans(text)) == 800
+    assert len(embedder.tokens(text).spans) == 800
 
 
 def test_run_halving_splits_on_oom_and_keeps_order() -> None:

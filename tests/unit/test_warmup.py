@@ -14,6 +14,7 @@ import pytest
 from celery.concurrency.prefork import TaskPool
 from celery.concurrency.thread import TaskPool as ThreadPool
 
+from common.types import Tokens
 from workers.batcher import MicroBatcher
 from workers.warmup import WARM_COLLECTION, WARM_RERANKS, WARM_SHAPE_GROUPS, WarmChildren, is_prefork, warm
 
@@ -35,9 +36,9 @@ class FakeEmbedder:
 
     splits_at_word_edges = False
 
-    def token_spans(self, text: str) -> list[tuple[int, int]]:
+    def tokens(self, text: str) -> Tokens:
         self._seen("spans")
-        return [(0, len(text))]
+        return Tokens([(0, len(text))])
 
 
 class FakeRuntime:
