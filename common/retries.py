@@ -7,7 +7,8 @@ change them.
 Each kind of failure, who tries again, and how:
 - **A task's step hit an outage** (`RETRIABLE_ERRORS`): Celery retries the whole task, doubling from
   `TASK_RETRY_BACKOFF_S` to `TASK_RETRY_BACKOFF_MAX_S` with full jitter, `TASK_MAX_RETRIES` times
-  (`SETTLE_MAX_RETRIES` for settling a failed batch). In `workers.tasks.RetryPolicy`.
+  (`SETTLE_MAX_RETRIES` for settling a failed batch); in its body by Celery's autoretry, as it starts
+  (`before_start`) alike. In `workers.tasks.RetryPolicy`.
 - **Milvus unreachable**: `milvus_unavailable` (gRPC `UNAVAILABLE` or `DEADLINE_EXCEEDED`, or a message
   naming an outage) makes it `ServiceUnavailable`, retried as above. In `store.connection.milvus_errors`.
 - **A broken Milvus channel** (GOAWAY): the client opens a fresh channel and tries the call once more; gRPC

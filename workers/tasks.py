@@ -11,7 +11,8 @@ import time
 from typing import Any
 
 from celery import Task
-from celery.exceptions import Ignore, SoftTimeLimitExceeded
+from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded
+from celery.utils.time import get_exponential_backoff_interval
 
 from common import tracing
 from common.contracts import ASK, DELETE, INGEST, INGEST_BATCH, SETTLE, IngestBatch, Settle
@@ -64,6 +65,18 @@ class RetryPolicy(Task):  # type: ignore[misc]
     retry_backoff_max = _settings.task_retry_backoff_max_s
     retry_jitter = TASK_RETRY_JITTER
 
+    def retry_outage(self, exc: Exception) -> Retry:
+        """The retry Celery's autoretry makes of an outage in the body (same backoff, same limit), for the
+        `before_start` hooks, which it does not wrap: there an outage failed the job for good, where the
+        same outage a step later, in the body, was retried (past the limit it raises `exc`: the job fails)."""
+        fault_point(runtime().settings, "start_outage")  # test only: the outage met, nothing retried yet
+        countdown = None  # Celery's default_retry_delay, as autoretry without a backoff
+        if self.retry_backoff:
+            factor = int(max(1.0, self.retry_backoff))
+            retries, cap, jitter = self.request.retries, self.retry_backoff_max, self.retry_jitter
+            countdown = get_exponential_backoff_interval(factor, retries, cap, full_jitter=jitter)
+        return self.retry(exc=exc, countdown=countdown)
+
 
 class RetriableTask(RetryPolicy):
     """The retry policy, and what every job's task does for liveness: count its deliveries, beat while it
@@ -74,6 +87,16 @@ class RetriableTask(RetryPolicy):
     def job_of(self, task_id: str, kwargs: dict[str, Any]) -> str:
         """The job whose record tracks this task (job id = task id, except for batches)."""
         return task_id
+
+    def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
+        fault_point(runtime().settings, "task_start")  # test only: a task about to reach Redis
+        try:
+            self.start(task_id, kwargs)
+        except RETRIABLE_ERRORS as exc:
+            raise self.retry_outage(exc) from exc
+
+    def start(self, task_id: str, kwargs: dict[str, Any]) -> None:
+        """Whether and how this delivery runs (`Ignore` skips the body); an outage here is retried."""
 
     def start_running(self, task_id: str, kwargs: dict[str, Any]) -> None:
         """Count this delivery (raises WorkerLost past the limit), then beat until the task ends."""
@@ -113,7 +136,7 @@ class RetriableTask(RetryPolicy):
 class JobTask(RetriableTask):
     """Base task that mirrors Celery's lifecycle into the job record (job id = task id)."""
 
-    def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
+    def start(self, task_id: str, kwargs: dict[str, Any]) -> None:
         self.unless_ended(task_id, task_id)
         jobs = runtime().jobs
         jobs.check_cancelled(task_id)  # raising here skips the body: work not started does not run
@@ -186,7 +209,7 @@ class BatchTask(RetriableTask):
     def lease(task_id: str, batch: IngestBatch, pid: int | None = None) -> tuple[str, str]:
         return lease_key(batch.job_id, batch.index), delivery_token(task_id, pid)
 
-    def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
+    def start(self, task_id: str, kwargs: dict[str, Any]) -> None:
         batch = self.batch(kwargs)
         if batch is None:
             return  # the body fails it by name
