@@ -5,7 +5,8 @@ For each configuration (`--configs`; bench/device_report.py lists them) a privat
 temp dir, all copied from one seed so each starts from the same state) and measured:
   (a) seconds from start to /readyz 200 and to the first answered question; the first question's latency
       after ready against the median of the next 9;
-  (b) ingestion chunks/s through the API (`--docs` documents into a scratch collection);
+  (b) ingestion chunks/s through the API (`--docs` documents into a scratch collection), and the seconds a
+      small job (40 documents, under one batch) takes, median of 5 in turn;
   (c) reranked and plain question p50/p95 at 1 client, idle and while a `--load-docs` ingest runs.
 Once per run, in this process and with no stack running, the bare model on every core embeds the chunks
 of (b), three passes back to back (their median is the figure). Nothing needs to be running first; no
@@ -41,6 +42,7 @@ from bench.device_measure import (
     bodies,
     idle,
     ingest_rate,
+    small_jobs,
     under_ingest,
     warm_start,
 )
@@ -53,6 +55,7 @@ from devstack.processes import gpu_expected
 
 ASK_COLLECTION = "bench-ask"
 WARM_DOCS = 2  # the first ingest after start: as small as the (its model load shows)
+SMALL_DOCS, SMALL_RUNS = 40, 5  # a small job, under one batch (64 documents), timed this many times
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
@@ -124,7 +127,9 @@ def measure(name: str, overrides: Mapping[str, str], work: Path, data: Path, pla
         )
         log(f"{name}: ready in {result['startup']['ready_s']:.1f} s; ingesting {len(plan.docs)} documents")
         result["ingest"] = ingest_rate(client, plan.docs, plan.timeout_s)
-        log(f"{name}: {result['ingest']['chunks_per_s']:.1f} chunks/s; questions, idle")
+        log(f"{name}: {result['ingest']['chunks_per_s']:.1f} chunks/s; {SMALL_RUNS} small jobs")
+        result["small_ingest"] = small_jobs(client, plan.docs[:SMALL_DOCS], SMALL_RUNS, plan.timeout_s)
+        log(f"{name}: a small job in {result['small_ingest']['median_s']:.2f} s; questions, idle")
         result["idle"] = idle(client, modes, rest[: plan.idle_questions], plan.timeout_s)
         log(f"{name}: questions while {len(plan.load_docs)} documents are ingested")
         result["under_ingest"] = under_ingest(

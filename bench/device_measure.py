@@ -168,6 +168,19 @@ def ingest_rate(client: Client, docs: Sequence[dict[str, Any]], timeout_s: float
     return {"documents": len(docs), **perf_ingest.service(client, docs, timeout_s)}
 
 
+def small_jobs(client: Client, docs: Sequence[dict[str, Any]], runs: int, timeout_s: float) -> dict[str, Any]:
+    """Seconds from upload to done of a small job (under one batch's worth), `runs` times in turn: how much of
+    the device a job that small gets (`INGEST_SMALL_JOB_BATCHES`)."""
+    passes = [perf_ingest.service(client, docs, timeout_s) for _ in range(runs)]
+    seconds = [p["seconds"] for p in passes]
+    return {
+        "documents": len(docs),
+        "chunks": passes[0]["chunks"],
+        "runs_s": seconds,
+        "median_s": statistics.median(seconds),
+    }
+
+
 def bare_around(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
     """The bare model's figure from its passes before and after the stacks, as the median of them all: the
     stacks are measured in between, so a machine that speeds up or slows down during the run (a shared VM

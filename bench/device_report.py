@@ -14,7 +14,13 @@ from bench.metrics import percentile
 from common.settings import Settings
 
 # The settings each configuration decides; every other one is the environment's, as for `make run`.
-CONTROLLED = ("TORCH_THREADS", "INGEST_CONCURRENCY", "QUESTION_GATE", "INGEST_NICE")
+CONTROLLED = (
+    "TORCH_THREADS",
+    "INGEST_CONCURRENCY",
+    "QUESTION_GATE",
+    "INGEST_NICE",
+    "INGEST_SMALL_JOB_BATCHES",
+)
 # Never inherited: each stack has its own broker, uploads, lock file and metrics under its temp dir, and an
 # open API on loopback (the benchmark's client sends no key).
 NOT_INHERITED = (
@@ -36,7 +42,8 @@ def configs(cores: int) -> dict[str, dict[str, str]]:
     `device` is `make run`'s defaults (TORCH_THREADS unset: every core for the ask worker, shared by the
     ingest worker's processes); `split` the previous design (one ingest process, half the cores each, no
     turn-taking); `none`, `nice` and `gate` the question-priority options alone, on all cores;
-    `flush-each-batch` the defaults with the previous flushing (a Milvus flush after every ingest batch).
+    `flush-each-batch` the defaults with the previous flushing (a Milvus flush after every ingest batch);
+    `one-batch` the defaults with a small upload cut into one batch, as before 2026-12-05.
     """
     half = str(max(1, cores // 2))
     return {
@@ -51,6 +58,7 @@ def configs(cores: int) -> dict[str, dict[str, str]]:
         "nice": {"QUESTION_GATE": "false", "INGEST_NICE": "10"},
         "gate": {"QUESTION_GATE": "true", "INGEST_NICE": "0"},
         "flush-each-batch": {"QUESTION_GATE": "true", "INGEST_NICE": "10", "MILVUS_FLUSH_INTERVAL_S": "0"},
+        "one-batch": {"QUESTION_GATE": "true", "INGEST_NICE": "10", "INGEST_SMALL_JOB_BATCHES": "1"},
     }
 
 
@@ -255,13 +263,15 @@ def _ingest_rows(report: Mapping[str, Any]) -> list[str]:
     r = report["ratios"]
     rows = [
         "ingestion through the API: alone, and while questions are asked",
-        f"{'config':<7} {'chunks':>7} {'chunks/s':>9} {'svc/bare':>8} {'under questions':>16}",
+        f"{'config':<7} {'chunks':>7} {'chunks/s':>9} {'svc/bare':>8} {'under questions':>16} "
+        f"{'small job s':>11}",
     ]
     for name, res in report["configs"].items():
-        ing, under = res.get("ingest", {}), res.get("under_ingest", {})
+        ing, under, small = res.get("ingest", {}), res.get("under_ingest", {}), res.get("small_ingest", {})
         rows.append(
             f"{name:<7} {ing.get('chunks', '-'):>7} {_f(ing.get('chunks_per_s'), 1):>9} "
-            f"{_x(r['service_over_bare'].get(name)):>8} {_f(under.get('chunks_per_s'), 1):>16}"
+            f"{_x(r['service_over_bare'].get(name)):>8} {_f(under.get('chunks_per_s'), 1):>16} "
+            f"{_f(small.get('median_s'), 2):>11}"
         )
     return rows
 

@@ -383,6 +383,13 @@ class Settings(BaseSettings):
         "and a cursor to go on",
     )
     ingest_batch_documents: int = Field(64, description="documents per ingest batch task")
+    ingest_small_job_batches: int = Field(
+        2,
+        ge=1,
+        description="an upload of at most this many batches' worth of documents is cut into this many "
+        "near-equal batches, so that a small job keeps this many ingest processes busy instead of one: the "
+        "ingest processes there are (2 on a CPU host under make run, 1 per GPU); 1 = plain batches",
+    )
     milvus_write_batch: int = Field(1000, ge=1, description="rows per Milvus upsert request")
     milvus_flush_interval_s: float = Field(
         10.0,

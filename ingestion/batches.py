@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterable, Iterator
 from itertools import islice
@@ -39,7 +40,18 @@ def parse_batch(text: str) -> list[Item]:
     return items
 
 
-def split_into_batches(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
+def split_into_batches(items: Iterable[Item], size: int, spread: int = 1) -> Iterator[list[Item]]:
+    """Batches of `size` items, in order. An upload of at most `spread` batches' worth is cut into `spread`
+    near-equal batches instead (fewer when it holds fewer items): one batch would keep one ingest process
+    busy while the others idle, and a job ends with its slowest batch. A larger upload is cut as before:
+    its batches keep every process busy until its last few. At most `spread * size + 1` items are held."""
     iterator = iter(items)
-    while batch := list(islice(iterator, size)):
+    head = list(islice(iterator, spread * size + 1))
+    if len(head) <= spread * size:
+        parts = min(spread, len(head))
+        bounds = [len(head) * part // parts for part in range(parts + 1)] if parts else [0]
+        yield from (head[start:end] for start, end in itertools.pairwise(bounds))
+        return
+    rest = itertools.chain(head, iterator)
+    while batch := list(islice(rest, size)):
         yield batch

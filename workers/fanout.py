@@ -59,7 +59,9 @@ def split_job(
         return [batch_path(job_id, index) for index in range(planned)]
     settings, paths, total = rt.settings, [], 0
     documents = load_documents(source, settings, rt.uploads, only)
-    batches = split_into_batches(documents, settings.ingest_batch_documents)
+    batches = split_into_batches(
+        documents, settings.ingest_batch_documents, settings.ingest_small_job_batches
+    )
     with metrics.timed("ingest", "parse"):  # documents are parsed as the batches are read
         for index, batch in enumerate(batches):
             rt.jobs.check_cancelled(job_id)

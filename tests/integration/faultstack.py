@@ -1,8 +1,8 @@
 """A stack of its own for the fault tests: it kills and restarts processes, so it never shares them.
 
 Its settings are shrunk so each fault resolves in seconds: small batches that pause mid-write
-(`TEST_BATCH_DELAY_S`), heartbeats every 0.5 s (lost after 8 s), two deliveries per task, two quick
-retries, a 20 s visibility timeout.
+(`TEST_BATCH_DELAY_S`; a small upload is not spread over two), heartbeats every 0.5 s (lost after 8 s),
+two deliveries per task, two quick retries, a 20 s visibility timeout.
 """
 
 from __future__ import annotations
@@ -35,7 +35,12 @@ from store.connection import connect
 from tests.integration.conftest import Stack, start_service
 
 MILVUS_COLLECTION = "quarry_faults"
-FAULT_TEST_SETTINGS = {**FAULT_SETTINGS, "INGEST_BATCH_DOCUMENTS": "4", "TEST_BATCH_DELAY_S": "1.5"}
+FAULT_TEST_SETTINGS = {
+    **FAULT_SETTINGS,
+    "INGEST_BATCH_DOCUMENTS": "4",
+    "INGEST_SMALL_JOB_BATCHES": "1",  # an upload of 4 documents is one batch: the tests stage faults in it
+    "TEST_BATCH_DELAY_S": "1.5",
+}
 
 
 @dataclass(kw_only=True)

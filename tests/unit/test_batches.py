@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,3 +35,36 @@ def test_split_into_batches() -> None:
     docs = [Document(str(i), "t") for i in range(5)]
     assert [len(batch) for batch in split_into_batches(docs, 2)] == [2, 2, 1]
     assert list(split_into_batches([], 2)) == []
+
+
+@pytest.mark.parametrize(
+    ("count", "sizes"),
+    [
+        (0, []),
+        (1, [1]),
+        (3, [1, 2]),
+        (64, [32, 32]),
+        (101, [50, 51]),
+        (128, [64, 64]),  # two batches' worth: still spread
+        (129, [64, 64, 1]),  # more: plain batches, every process busy until the last few
+        (300, [64, 64, 64, 64, 44]),
+    ],
+)
+def test_a_small_upload_is_spread_over_near_equal_batches(count: int, sizes: list[int]) -> None:
+    docs = [Document(str(i), "t") for i in range(count)]
+    batches = list(split_into_batches(iter(docs), 64, spread=2))
+    assert [len(batch) for batch in batches] == sizes
+    assert [doc for batch in batches for doc in batch] == docs  # every item once, in order
+
+
+def test_spread_holds_at_most_its_batches_worth_before_the_first_batch() -> None:
+    taken = 0
+
+    def items() -> Iterator[Document]:
+        nonlocal taken
+        for i in range(1000):
+            taken += 1
+            yield Document(str(i), "t")
+
+    first = next(split_into_batches(items(), 4, spread=3))
+    assert (len(first), taken) == (4, 13)

@@ -31,7 +31,7 @@ from common.settings import Settings
 
 def test_every_configuration_sets_what_it_compares() -> None:
     found = configs(8)
-    assert list(found) == ["device", "split", "none", "nice", "gate", "flush-each-batch"]
+    assert list(found) == ["device", "split", "none", "nice", "gate", "flush-each-batch", "one-batch"]
     shared = {"torch_threads": 8, "ingest_processes": 2, "ingest_threads": 4}  # the ingest pair shares them
     assert {name: effective(env, 8) for name, env in found.items()} == {
         "device": shared | {"question_gate": True, "ingest_nice": 10},
@@ -41,8 +41,11 @@ def test_every_configuration_sets_what_it_compares() -> None:
         "nice": shared | {"question_gate": False, "ingest_nice": 10},
         "gate": shared | {"question_gate": True, "ingest_nice": 0},
         "flush-each-batch": shared | {"question_gate": True, "ingest_nice": 10},
+        "one-batch": shared | {"question_gate": True, "ingest_nice": 10},
     }
     assert found["flush-each-batch"]["MILVUS_FLUSH_INTERVAL_S"] == "0"  # otherwise the device defaults
+    assert found["one-batch"]["INGEST_SMALL_JOB_BATCHES"] == "1"
+    assert Settings.model_fields["ingest_small_job_batches"].default == 2  # `device` spreads a small job
     assert configs(1)["split"]["TORCH_THREADS"] == "1"  # never 0 threads
     assert effective({}, 8, gpu=True)["ingest_processes"] == 1  # one model copy on a GPU
 
@@ -141,6 +144,7 @@ def test_report_is_strict_json_and_prints_every_part() -> None:
     machine = {"date": "d", "cpu": "cpu", "cores": 2, "device": "cpu", "dtype": "float32", "torch": "t"}
     machine |= {"embedding_model": "m", "cpu_flags": {"avx512_bf16": False, "amx_bf16": False}}
     results = {"device": _config(60.0, 100.0, 130.0), "split": {"settings": effective({}, 2), "error": "x"}}
+    results["device"]["small_ingest"] = {"documents": 40, "runs_s": [1.2, 1.25, 1.3], "median_s": 1.25}
     report = build(machine, {"docs": "10"}, {"chunks": 100, "chunks_per_s": 80.0, "threads": 2}, results)
     assert set(report) == {"machine", "args", "targets", "bare", "configs", "ratios"}
     assert report["targets"] == TARGETS
@@ -148,6 +152,7 @@ def test_report_is_strict_json_and_prints_every_part() -> None:
     text = table(report)
     for needle in ("80.0 chunks/s", "split: FAILED", "0.75x", "1.30x", "target >= 1.4", "target <= 1.5"):
         assert needle in text
+    assert "small job s" in text and " 1.25\n" in text  # the small job's median, at the device row's end
     assert "device  worker stages of the 1st question / again, ms: embed 9/10, rerank 442/-" in text
     assert "split   worker stages of the 1st question / again, ms: -" in text
     assert "bare model: not run" in table(build(machine, {}, None, {}))
@@ -168,7 +173,7 @@ def test_bare_figure_is_the_median_of_its_passes_before_and_after_the_stacks() -
 def test_defaults_are_the_full_size_run() -> None:
     args = device.parse_args([])
     assert (args.docs, args.load_docs) == (1000, 1500)
-    assert args.configs == "device,split,none,nice,gate,flush-each-batch"
+    assert args.configs == "device,split,none,nice,gate,flush-each-batch,one-batch"
     assert args.data_dir == Path("../shared/data/scifact-train")
     assert args.json.name.startswith("device-") and args.json.suffix == ".json"
 
