@@ -3,10 +3,9 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections.abc import Iterable, Iterator
-from itertools import islice
+from itertools import chain, islice, pairwise
 
 from common.types import Document
 from ingestion.parsing import Failure, Item
@@ -50,8 +49,8 @@ def split_into_batches(items: Iterable[Item], size: int, spread: int = 1) -> Ite
     if len(head) <= spread * size:
         parts = min(spread, len(head))
         bounds = [len(head) * part // parts for part in range(parts + 1)] if parts else [0]
-        yield from (head[start:end] for start, end in itertools.pairwise(bounds))
+        yield from (head[start:end] for start, end in pairwise(bounds))
         return
-    rest = itertools.chain(head, iterator)
+    rest = chain(head, iterator)
     while batch := list(islice(rest, size)):
         yield batch
