@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from itertools import chain, islice, pairwise
+from itertools import chain, islice
 
 from common.types import Document
 from ingestion.parsing import Failure, Item
@@ -47,9 +47,8 @@ def split_into_batches(items: Iterable[Item], size: int, spread: int = 1) -> Ite
     iterator = iter(items)
     head = list(islice(iterator, spread * size + 1))
     if len(head) <= spread * size:
-        parts = min(spread, len(head))
-        bounds = [len(head) * part // parts for part in range(parts + 1)] if parts else [0]
-        yield from (head[start:end] for start, end in pairwise(bounds))
+        n, parts = len(head), min(spread, len(head))
+        yield from (head[n * part // parts : n * (part + 1) // parts] for part in range(parts))
         return
     rest = chain(head, iterator)
     while batch := list(islice(rest, size)):

@@ -62,13 +62,7 @@ class FaultStack(Stack):
         return redis.Redis.from_url(self.redis_url, decode_responses=True)
 
     def beats(self, job_id: str) -> dict[str, dict[str, Any]]:
-        """Heartbeats of the job's running batches (task id -> beat)."""
-        raw = self.redis().hgetall(f"quarry:job:{job_id}")
-        return {
-            name.removeprefix("beat:"): json.loads(value)
-            for name, value in raw.items()
-            if name.startswith("beat:") and name != f"beat:{job_id}"
-        }
+        return batch_beats(self.redis(), job_id)
 
     def deliveries(self, job_id: str) -> list[int]:
         """How often each attempt of each of the job's tasks was delivered."""
@@ -127,6 +121,16 @@ class FaultStack(Stack):
         finally:
             client.close()
         return int(count), rows
+
+
+def batch_beats(client: redis.Redis, job_id: str) -> dict[str, dict[str, Any]]:
+    """Heartbeats of the job's running batches (task id -> beat), from a client that decodes."""
+    raw = client.hgetall(f"quarry:job:{job_id}")
+    return {
+        name.removeprefix("beat:"): json.loads(value)
+        for name, value in raw.items()
+        if name.startswith("beat:") and name != f"beat:{job_id}"
+    }
 
 
 def wait_for(check: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.1) -> Any:

@@ -4,25 +4,22 @@ left the other idle (`INGEST_SMALL_JOB_BATCHES`); a larger upload is cut into pl
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 
 import pytest
 import redis
 
-from common.job_schema import BEAT_PREFIX, Field, JobKeys
+from common.job_schema import Field, JobKeys
 from tests.integration.conftest import Stack
-from tests.integration.faultstack import documents
+from tests.integration.faultstack import batch_beats, documents
 
 pytestmark = pytest.mark.integration
 
 
 def _running_pids(client: redis.Redis, job_id: str) -> set[int]:
     """The processes whose batches of the job beat right now."""
-    raw = client.hgetall(JobKeys(job_id).record)
-    beats = [json.loads(v) for k, v in raw.items() if k.startswith(BEAT_PREFIX) and k != BEAT_PREFIX + job_id]
-    return {int(beat["pid"]) for beat in beats}
+    return {int(beat["pid"]) for beat in batch_beats(client, job_id).values()}
 
 
 def test_a_small_upload_keeps_both_ingest_processes_busy(stack: Stack) -> None:
