@@ -10,17 +10,14 @@ import logging
 import time
 from typing import Any
 
-from celery import Task
-from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded
-from celery.utils.time import get_exponential_backoff_interval
+from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
 from common import tracing
 from common.contracts import ASK, DELETE, INGEST, INGEST_BATCH, SETTLE, IngestBatch, Settle
 from common.errors import InvalidRequest
 from common.faultpoints import fault_point
-from common.isolation import describe
 from common.job_record import JobCancelled, JobRecord
-from common.retries import RETRIABLE_ERRORS, TASK_RETRY_JITTER
+from common.retries import RETRIABLE_ERRORS
 from common.settings import get_settings
 from ingestion.pipeline import count
 from workers.app import app
@@ -37,45 +34,13 @@ from workers.fanout import (
     settle_documents,
     split_job,
 )
-from workers.reliability import LostChildRequest, WorkerLost, check_delivery, delivery_token
+from workers.reliability import LostChildRequest, check_delivery, delivery_token
 from workers.retrieval import Question
+from workers.retry_policy import RetryPolicy, failure_reason
 from workers.runtime import runtime
 
 log = logging.getLogger(__name__)
 _settings = get_settings()
-
-
-def failure_reason(exc: BaseException) -> str:
-    """What a client reads in the job's `error`."""
-    if isinstance(exc, WorkerLost):
-        return str(exc)
-    if isinstance(exc, SoftTimeLimitExceeded):
-        limit = _settings.task_soft_time_limit_s
-        return f"the task ran past its time limit (TASK_SOFT_TIME_LIMIT_S={limit} s) and was stopped"
-    return describe(exc)
-
-
-class RetryPolicy(Task):  # type: ignore[misc]
-    """Retry only retriable errors (infrastructure unreachable), with exponential backoff and jitter
-    (the policy: `common.retries`)."""
-
-    autoretry_for = RETRIABLE_ERRORS
-    max_retries = _settings.task_max_retries
-    retry_backoff = _settings.task_retry_backoff_s
-    retry_backoff_max = _settings.task_retry_backoff_max_s
-    retry_jitter = TASK_RETRY_JITTER
-
-    def retry_outage(self, exc: Exception) -> Retry:
-        """The retry Celery's autoretry makes of an outage in the body (same backoff, same limit), for the
-        `before_start` hooks, which it does not wrap: there an outage failed the job for good, where the
-        same outage a step later, in the body, was retried (past the limit it raises `exc`: the job fails)."""
-        fault_point(runtime().settings, "start_outage")  # test only: the outage met, nothing retried yet
-        countdown = None  # Celery's default_retry_delay, as autoretry without a backoff
-        if self.retry_backoff:
-            factor = int(max(1.0, self.retry_backoff))
-            retries, cap, jitter = self.request.retries, self.retry_backoff_max, self.retry_jitter
-            countdown = get_exponential_backoff_interval(factor, retries, cap, full_jitter=jitter)
-        return self.retry(exc=exc, countdown=countdown)
 
 
 class RetriableTask(RetryPolicy):
@@ -134,7 +99,8 @@ class RetriableTask(RetryPolicy):
 
 
 class JobTask(RetriableTask):
-    """Base task that mirrors Celery's lifecycle into the job record (job id = task id)."""
+    """Base task that keeps the job record in step (job id = task id): running as it starts (`start`),
+    succeeded by the body's last step (`succeed`), failed or cancelled when it raises (`on_failure`)."""
 
     def start(self, task_id: str, kwargs: dict[str, Any]) -> None:
         self.unless_ended(task_id, task_id)
@@ -144,11 +110,17 @@ class JobTask(RetriableTask):
             raise Ignore()  # cancelled between the checks above and now: a start never reopens an end
         self.start_running(task_id, kwargs)
 
-    completes_job = True  # False for a coordinator whose batches end the job
-
-    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
-        if self.completes_job:
-            runtime().jobs.mark_succeeded(task_id, retval)
+    def succeed(self, result: dict[str, Any]) -> dict[str, Any]:
+        """Store the job's result as the last step of its body, where an outage is retried as anywhere in
+        the body. In `on_success` Celery retries nothing and only logs an error: an outage there that
+        outlasted the patient Redis client lost the answer, and a broker that took the acknowledgement
+        (RabbitMQ) left the job `running` for good."""
+        fault_point(runtime().settings, "task_end")  # test only: a result about to be stored
+        try:
+            runtime().jobs.mark_succeeded(self.request.id, result)
+        except RETRIABLE_ERRORS as exc:
+            raise self.retry_outage(exc) from exc
+        return result
 
     def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         super().on_retry(exc, task_id, args, kwargs, einfo)
@@ -162,9 +134,9 @@ class JobTask(RetriableTask):
         runtime().jobs.mark_failed(task_id, failure_reason(exc))
 
 
-@app.task(name=INGEST.name, base=JobTask, bind=True, completes_job=False)
+@app.task(name=INGEST.name, base=JobTask, bind=True)
 def ingest(self: JobTask, **kwargs: Any) -> dict[str, Any]:
-    """Coordinator: parse the upload into batch files and fan out one task per batch.
+    """Coordinator: parse the upload into batch files and fan out one task per batch (they end the job).
 
     At its soft time limit the job fails with that reason and its batch files go (never swallowed: a
     swallowed limit would run on into the hard kill, and a killed coordinator is delivered again).
@@ -310,7 +282,7 @@ def ask(self: JobTask, **kwargs: Any) -> dict[str, Any]:
     )
     result = rt.questions.call(item, timeout_s=rt.settings.task_soft_time_limit_s)
     rt.jobs.set_progress(self.request.id, {"done": 1, "total": 1})
-    return result
+    return self.succeed(result)
 
 
 @app.task(name=DELETE.name, base=JobTask, bind=True)
@@ -319,4 +291,4 @@ def delete(self: JobTask, **kwargs: Any) -> dict[str, Any]:
     rt, job = runtime(), DELETE.parse(kwargs)
     deleted = delete_documents(rt, job.collection, job.doc_ids, job.seq)
     rt.jobs.set_progress(self.request.id, {"done": 1, "total": 1})
-    return {"collection": job.collection, "doc_ids": job.doc_ids, "deleted_chunks": deleted}
+    return self.succeed({"collection": job.collection, "doc_ids": job.doc_ids, "deleted_chunks": deleted})

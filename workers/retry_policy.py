@@ -1,0 +1,51 @@
+"""How a task meets failure: which errors it retries, with what backoff, and the reason a client reads
+(the policy itself: `common.retries`)."""
+
+from __future__ import annotations
+
+from celery import Task
+from celery.exceptions import Retry, SoftTimeLimitExceeded
+from celery.utils.time import get_exponential_backoff_interval
+
+from common.faultpoints import fault_point
+from common.isolation import describe
+from common.retries import RETRIABLE_ERRORS, TASK_RETRY_JITTER
+from common.settings import get_settings
+from workers.reliability import WorkerLost
+from workers.runtime import runtime
+
+_settings = get_settings()
+
+
+def failure_reason(exc: BaseException) -> str:
+    """What a client reads in the job's `error`."""
+    if isinstance(exc, WorkerLost):
+        return str(exc)
+    if isinstance(exc, SoftTimeLimitExceeded):
+        limit = _settings.task_soft_time_limit_s
+        return f"the task ran past its time limit (TASK_SOFT_TIME_LIMIT_S={limit} s) and was stopped"
+    return describe(exc)
+
+
+class RetryPolicy(Task):  # type: ignore[misc]
+    """Retry only retriable errors (infrastructure unreachable), with exponential backoff and jitter
+    (the policy: `common.retries`)."""
+
+    autoretry_for = RETRIABLE_ERRORS
+    max_retries = _settings.task_max_retries
+    retry_backoff = _settings.task_retry_backoff_s
+    retry_backoff_max = _settings.task_retry_backoff_max_s
+    retry_jitter = TASK_RETRY_JITTER
+
+    def retry_outage(self, exc: Exception) -> Retry:
+        """The retry Celery's autoretry makes of an outage in the body (same backoff, same limit), for the
+        `before_start` hooks, which it does not wrap: there an outage failed the job for good, where the
+        same outage a step later, in the body, was retried (past the limit it raises `exc`: the job fails).
+        Also for the body's last step (`JobTask.succeed`), where a test acts between the outage and retry."""
+        fault_point(runtime().settings, "retry_outage")  # test only: the outage met, nothing retried yet
+        countdown = None  # Celery's default_retry_delay, as autoretry without a backoff
+        if self.retry_backoff:
+            factor = int(max(1.0, self.retry_backoff))
+            retries, cap, jitter = self.request.retries, self.retry_backoff_max, self.retry_jitter
+            countdown = get_exponential_backoff_interval(factor, retries, cap, full_jitter=jitter)
+        return self.retry(exc=exc, countdown=countdown)
