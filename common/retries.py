@@ -9,7 +9,8 @@ Each kind of failure, who tries again, and how:
   `TASK_RETRY_BACKOFF_S` to `TASK_RETRY_BACKOFF_MAX_S` with full jitter, `TASK_MAX_RETRIES` times
   (`SETTLE_MAX_RETRIES` for settling a failed batch); in its body by Celery's autoretry, as it starts
   (`before_start`) alike. A job's result is stored by the body's last step (`JobTask.succeed`), not in
-  `on_success`, which Celery runs outside its retries. In `workers.retry_policy.RetryPolicy`.
+  `on_success`, which Celery runs outside its retries. A retry that cannot be sent (the broker away)
+  puts its message back in the queue, where Celery would drop it. In `workers.retry_policy.RetryPolicy`.
 - **Milvus unreachable**: `milvus_unavailable` (gRPC `UNAVAILABLE` or `DEADLINE_EXCEEDED`, or a message
   naming an outage) makes it `ServiceUnavailable`, retried as above. In `store.connection.milvus_errors`.
 - **A broken Milvus channel** (GOAWAY): the client opens a fresh channel and tries the call once more; gRPC

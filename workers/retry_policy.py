@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Task
-from celery.exceptions import Retry, SoftTimeLimitExceeded
+from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
 
 from common.faultpoints import fault_point
@@ -49,3 +51,15 @@ class RetryPolicy(Task):  # type: ignore[misc]
             retries, cap, jitter = self.request.retries, self.retry_backoff_max, self.retry_jitter
             countdown = get_exponential_backoff_interval(factor, retries, cap, full_jitter=jitter)
         return self.retry(exc=exc, countdown=countdown)
+
+    def retry(self, *args: Any, **kwargs: Any) -> Retry:
+        """Celery's retry, but a retry it cannot send (the broker away past the publish retries) puts the
+        message back instead of dropping it. Celery rejects it without requeueing, which under late acks
+        lost the task: a batch came back only by the lost-batch sweep, minutes later, a question never.
+        Requeued, it is delivered again (a delivery of the same attempt, counted towards MAX_DELIVERIES)."""
+        try:
+            return super().retry(*args, **kwargs)  # type: ignore[no-any-return]
+        except Reject as exc:
+            if exc.requeue:
+                raise
+            raise Reject(exc.reason, requeue=True) from exc

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
+from celery.signals import task_postrun
 
 from common import tracing
 from common.contracts import ASK, DELETE, INGEST, INGEST_BATCH, SETTLE, IngestBatch, Settle
@@ -68,6 +71,25 @@ class RetriableTask(RetryPolicy):
         rt, job_id = runtime(), self.job_of(task_id, kwargs)
         check_delivery(rt.liveness, job_id, task_id, self.request.retries, rt.settings.max_deliveries)
         rt.heartbeat.begin(job_id, task_id)
+        self.hold(partial(rt.heartbeat.end, job_id, task_id))
+
+    def hold(self, release: Callable[[], None]) -> None:
+        """Something this delivery holds until it ends (its beat, a batch's lease): `release_held` lets go."""
+        self.request.quarry_held = [*(getattr(self.request, "quarry_held", None) or []), release]
+
+    def release_held(self) -> None:
+        """Let go of what this delivery holds, however it ended: at `task_postrun`, which Celery sends after
+        every end. Its hooks do not all run: no `after_return` after a retry or a reject (a retry it could
+        not publish, Redis away), nor after a hook or result write that raised. A beat or lease outliving
+        its delivery lived for good: this process beat it and refreshed it, and the batch's next delivery
+        found it held by "another delivery" and skipped it; the job never ended."""
+        fault_point(runtime().settings, "released")  # test only: a delivery about to let go
+        held, self.request.quarry_held = getattr(self.request, "quarry_held", None) or [], []
+        for release in reversed(held):
+            try:
+                release()
+            except Exception as exc:  # Redis away: what this process no longer refreshes expires by its TTL
+                log.warning("task %s: could not let go of what it held: %s", self.request.id, exc)
 
     def unless_ended(self, job_id: str, task_id: str) -> JobRecord | None:
         """The job's record; Ignore when the job already ended, so a redelivered or late message never
@@ -81,14 +103,6 @@ class RetriableTask(RetryPolicy):
             rt.jobs.settle(record)
             raise Ignore()
         return record
-
-    def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        runtime().heartbeat.end(self.job_of(task_id, kwargs), task_id)
-
-    def after_return(  # noqa: PLR0917 - Celery's signature
-        self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any
-    ) -> None:
-        runtime().heartbeat.end(self.job_of(task_id, kwargs), task_id)
 
     def on_child_lost(self, task_id: str, kwargs: dict[str, Any], pid: int) -> None:
         """In the worker's main process, once the child `pid` running this task died (before the requeue)."""
@@ -123,7 +137,6 @@ class JobTask(RetriableTask):
         return result
 
     def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        super().on_retry(exc, task_id, args, kwargs, einfo)
         runtime().jobs.note_retry(task_id, failure_reason(exc))
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
@@ -197,6 +210,7 @@ class BatchTask(RetriableTask):
         except Ignore:
             rt.locks.give_back(key, token)
             raise
+        self.hold(partial(rt.locks.give_back, key, token))
         self.start_running(task_id, kwargs)
 
     @staticmethod
@@ -210,19 +224,9 @@ class BatchTask(RetriableTask):
         return True
 
     def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        super().on_retry(exc, task_id, args, kwargs, einfo)
         batch = self.batch(kwargs)
         if batch is not None:
-            runtime().locks.give_back(*self.lease(task_id, batch))
             runtime().jobs.note_retry(batch.job_id, f"batch {batch.index}: {failure_reason(exc)}")
-
-    def after_return(  # noqa: PLR0917 - Celery's signature
-        self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any
-    ) -> None:
-        super().after_return(status, retval, task_id, args, kwargs, einfo)
-        batch = self.batch(kwargs)
-        if batch is not None:
-            runtime().locks.give_back(*self.lease(task_id, batch))
 
     def on_child_lost(self, task_id: str, kwargs: dict[str, Any], pid: int) -> None:
         batch = self.batch(kwargs)
@@ -251,6 +255,12 @@ def ingest_batch(self: BatchTask, **kwargs: Any) -> dict[str, int]:
     outcomes = run_batch(rt, batch.job_id, batch.path, batch.collection, batch.on_duplicate, batch.seq)
     finish_batch(rt, batch.job_id, batch.index, outcomes, batch.collection)
     return count(outcomes)
+
+
+@task_postrun.connect(weak=False)  # type: ignore[misc]
+def _release_held(task: Any = None, **_: Any) -> None:
+    if isinstance(task, RetriableTask):
+        task.release_held()
 
 
 def send_settle(collection: str, doc_ids: list[str], owner: str) -> None:

@@ -178,6 +178,13 @@ def documents(prefix: str, count: int) -> list[dict[str, Any]]:
     ]
 
 
+def stored_once(fs: FaultStack, collection: str, docs: list[dict[str, Any]]) -> None:
+    """Every document has rows in Milvus, and no chunk is stored twice (Milvus's count agrees)."""
+    count, rows = fs.chunks(collection)
+    assert count == len(rows) == len({row["pk"] for row in rows}) > len(docs)
+    assert {row["doc_id"] for row in rows} == {doc["id"] for doc in docs}
+
+
 def batch_in_write_window(fs: FaultStack, job_id: str, collection: str, docs: list[dict[str, Any]]) -> Any:
     """The beat of the batch holding these documents' locks (between embedding and writing), or None."""
     locks = [DocumentLocks.key(collection, doc["id"]) for doc in docs]

@@ -21,7 +21,14 @@ from common.contracts import TASK_QUEUES
 from devstack.processes import port_open, start_redis
 from tests.integration.conftest import healthy
 from tests.integration.crashpoints import arm, disarm, paused, release
-from tests.integration.faultstack import FaultStack, batch_in_write_window, documents, fault_stack, wait_for
+from tests.integration.faultstack import (
+    FaultStack,
+    batch_in_write_window,
+    documents,
+    fault_stack,
+    stored_once,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -81,12 +88,6 @@ def _outage_at_the_paused(fs: FaultStack, point: str) -> None:
     release(fs, "retry_outage")
 
 
-def _stored_once(fs: FaultStack, collection: str, docs: list[dict[str, str]]) -> None:
-    count, rows = fs.chunks(collection)
-    assert count == len(rows) == len({row["pk"] for row in rows}) > len(docs)
-    assert {row["doc_id"] for row in rows} == {doc["id"] for doc in docs}
-
-
 def test_an_outage_as_a_job_starts_is_retried_like_one_in_its_body(outages: FaultStack) -> None:
     docs = documents("o", 8)
     arm(outages, "task_start")
@@ -98,7 +99,7 @@ def test_an_outage_as_a_job_starts_is_retried_like_one_in_its_body(outages: Faul
     assert job["state"] == "succeeded" and job["result"]["succeeded"] == 8, job  # before: failed
     deliveries = outages.redis().hgetall(f"quarry:job:{job_id}:deliveries")
     assert deliveries.get(f"{job_id}:1") == "1" and f"{job_id}:0" not in deliveries, deliveries  # a retry ran
-    _stored_once(outages, "start-outage", docs)
+    stored_once(outages, "start-outage", docs)
 
 
 def test_an_outage_as_a_batch_starts_is_retried_and_its_documents_are_not_failed(outages: FaultStack) -> None:
@@ -113,7 +114,7 @@ def test_an_outage_as_a_batch_starts_is_retried_and_its_documents_are_not_failed
     assert job["state"] == "succeeded", job
     assert (job["result"]["succeeded"], job["result"]["failed"]) == (8, 0), job  # before: batch 1's 4 failed
     assert [1] in outages.attempts(job_id), outages.attempts(job_id)  # batch 1 ran as a retry, never failed
-    _stored_once(outages, "batch-outage", docs)
+    stored_once(outages, "batch-outage", docs)
 
 
 @pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
