@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import signal
+import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import kombu
 import pytest
-from amqp.exceptions import ChannelError
 
-from common.contracts import TASK_QUEUES
 from devstack.processes import port_open, start_redis
 from tests.integration.conftest import healthy
 from tests.integration.crashpoints import arm, disarm, paused, release
@@ -33,7 +33,6 @@ from tests.integration.faultstack import (
 pytestmark = pytest.mark.integration
 
 POINTS = ["task_start", "task_end", "retry_outage"]
-RABBIT = "amqp://guest:guest@127.0.0.1:5672//"
 
 
 def _stack(tmp: Path, broker: dict[str, str]) -> contextlib.AbstractContextManager[FaultStack]:
@@ -55,26 +54,31 @@ def outages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
 def rabbit_outages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
     """The same with RabbitMQ as the broker: it stays up while Redis is away, so it takes the
     acknowledgement of a task whose end Redis never got, and nothing delivers that task again."""
-    if not port_open("127.0.0.1", 5672):
-        pytest.skip(f"no RabbitMQ at {RABBIT}")
-    _purge(RABBIT)  # the default vhost: no message of an earlier run may reach these workers
-    try:
-        with _stack(tmp_path_factory.mktemp("task-outages-amqp"), {"BROKER_URL": RABBIT}) as fs:
+    if not port_open("127.0.0.1", 5672) or shutil.which("rabbitmqctl") is None:
+        pytest.skip("no RabbitMQ at 127.0.0.1:5672 with rabbitmqctl to give the test a vhost of its own")
+    with _private_vhost() as vhost:
+        broker = {"BROKER_URL": f"amqp://guest:guest@127.0.0.1:5672/{vhost}"}
+        with _stack(tmp_path_factory.mktemp("task-outages-amqp"), broker) as fs:
             for point in POINTS:
                 disarm(fs, point)
             yield fs
+
+
+@contextlib.contextmanager
+def _private_vhost() -> Iterator[str]:
+    """A RabbitMQ vhost of this test's own, removed afterwards: Quarry's queue names are fixed, and the
+    default vhost may hold another deployment's (or an earlier run's) messages."""
+    vhost = f"quarry-test-{uuid.uuid4().hex[:12]}"
+    add = ["rabbitmqctl", "-q", "add_vhost", vhost]
+    added = subprocess.run(add, check=False, capture_output=True, text=True, timeout=60)
+    if added.returncode:
+        pytest.skip(f"rabbitmqctl could not add a vhost: {added.stderr.strip()[:200]}")
+    try:
+        permissions = ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"]
+        subprocess.run(permissions, check=True, timeout=60)
+        yield vhost
     finally:
-        _purge(RABBIT)
-
-
-def _purge(url: str) -> None:
-    """Empty Quarry's queues on this broker (a queue not declared yet has nothing to empty)."""
-    with kombu.Connection(url) as connection:
-        for queue in sorted(set(TASK_QUEUES.values())):
-            try:
-                kombu.Queue(queue, channel=connection.channel()).purge()
-            except ChannelError:
-                continue
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], check=False, timeout=60)
 
 
 def _outage_at_the_paused(fs: FaultStack, point: str) -> None:
