@@ -42,9 +42,7 @@ class RetryPolicy(Task):  # type: ignore[misc]
     def retry_outage(self, exc: Exception) -> Retry:
         """The retry Celery's autoretry makes of an outage in the body (same backoff, same limit), for the
         `before_start` hooks, which it does not wrap: there an outage failed the job for good, where the
-        same outage a step later, in the body, was retried (past the limit it raises `exc`: the job fails).
-        Also for the body's last step (`JobTask.succeed`), where a test acts between the outage and retry."""
-        fault_point(runtime().settings, "retry_outage")  # test only: the outage met, nothing retried yet
+        same outage a step later, in the body, was retried (past the limit it raises `exc`: the job fails)."""
         countdown = None  # Celery's default_retry_delay, as autoretry without a backoff
         if self.retry_backoff:
             factor = int(max(1.0, self.retry_backoff))
@@ -56,7 +54,9 @@ class RetryPolicy(Task):  # type: ignore[misc]
         """Celery's retry, but a retry it cannot send (the broker away past the publish retries) puts the
         message back instead of dropping it. Celery rejects it without requeueing, which under late acks
         lost the task: a batch came back only by the lost-batch sweep, minutes later, a question never.
-        Requeued, it is delivered again (a delivery of the same attempt, counted towards MAX_DELIVERIES)."""
+        Requeued, it is delivered again (a delivery of the same attempt, counted towards MAX_DELIVERIES).
+        Every retry comes here: autoretry's of the body, and `retry_outage`'s of the start."""
+        fault_point(runtime().settings, "retry_outage")  # test only: the outage met, nothing retried yet
         try:
             return super().retry(*args, **kwargs)  # type: ignore[no-any-return]
         except Reject as exc:

@@ -130,10 +130,7 @@ class JobTask(RetriableTask):
         outlasted the patient Redis client lost the answer, and a broker that took the acknowledgement
         (RabbitMQ) left the job `running` for good."""
         fault_point(runtime().settings, "task_end")  # test only: a result about to be stored
-        try:
-            runtime().jobs.mark_succeeded(self.request.id, result)
-        except RETRIABLE_ERRORS as exc:
-            raise self.retry_outage(exc) from exc
+        runtime().jobs.mark_succeeded(self.request.id, result)
         return result
 
     def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
