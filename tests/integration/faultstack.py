@@ -32,7 +32,7 @@ from devstack.processes import (
     start_redis,
 )
 from store.connection import connect
-from tests.integration.conftest import Stack, start_service
+from tests.integration.conftest import Stack, healthy, start_service
 
 MILVUS_COLLECTION = "quarry_faults"
 FAULT_TEST_SETTINGS = {
@@ -97,6 +97,11 @@ class FaultStack(Stack):
         response = self.post("/api/v1/documents", json={"collection": collection, "documents": docs})
         assert response.status_code == 202, response.text
         return str(response.json()["job_id"])
+
+    def restart_redis(self) -> None:
+        """Start the stack's redis-server again (same port and data), once the API reaches it."""
+        start_redis(self.sup, self.redis_url, self.tmp / "redis")
+        wait_for(lambda: healthy(self.url), 30, "the API to reach Redis again")
 
     def start_ingest_worker(self) -> None:
         self.sup.start("ingest-worker", celery_argv("ingest", 1))

@@ -20,9 +20,8 @@ from common.fences import Fences
 from common.messages import queue_lists
 from common.settings import Settings
 from devstack.private import FAULT_SETTINGS
-from devstack.processes import start_milvus, start_redis
+from devstack.processes import start_milvus
 from ingestion.pipeline import DELETED
-from tests.integration.conftest import healthy
 from tests.integration.crashpoints import (
     Row,
     arm,
@@ -199,8 +198,7 @@ def test_a_writer_whose_locks_expired_in_a_redis_outage_writes_nothing_more(
     paused(crash, "between_upserts")
     crash.stop("redis", signal.SIGKILL)
     time.sleep(float(FAULT_SETTINGS["JOB_HEARTBEAT_TIMEOUT_S"]) + 1)  # the outage: longer than the locks' TTL
-    start_redis(crash.sup, crash.redis_url, crash.tmp / "redis")
-    wait_for(lambda: healthy(crash.url), 30, "the API to reach Redis again")
+    crash.restart_redis()
     b = replace(crash, collection, v3[2:6])
     job_b = crash.wait_job(b)
     assert job_b["state"] == "succeeded" and job_b["result"]["succeeded"] == 4, job_b

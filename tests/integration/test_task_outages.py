@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from devstack.processes import port_open, start_redis
-from tests.integration.conftest import healthy
+from devstack.processes import port_open
 from tests.integration.crashpoints import arm, disarm, paused, release
 from tests.integration.faultstack import (
     FaultStack,
@@ -87,8 +86,7 @@ def _outage_at_the_paused(fs: FaultStack, point: str) -> None:
     fs.stop("redis", signal.SIGKILL)
     release(fs, point)
     paused(fs, "retry_outage")  # its Redis command gave up; nothing was retried or failed yet
-    start_redis(fs.sup, fs.redis_url, fs.tmp / "redis")
-    wait_for(lambda: healthy(fs.url), 30, "the API to reach Redis again")
+    fs.restart_redis()
     release(fs, "retry_outage")
 
 

@@ -13,10 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from devstack.processes import start_redis
-from tests.integration.conftest import healthy
 from tests.integration.crashpoints import arm, disarm, paused, release
-from tests.integration.faultstack import FaultStack, documents, fault_stack, stored_once, wait_for
+from tests.integration.faultstack import FaultStack, documents, fault_stack, stored_once
 from workers.fanout import lease_key
 
 pytestmark = pytest.mark.integration
@@ -47,8 +45,7 @@ def test_a_batch_whose_retry_could_not_be_sent_lets_go_and_runs_again(
     unsent.stop("redis", signal.SIGKILL)
     release(unsent, "before_ledger")
     paused(unsent, "released")  # the write gave up, the retry found no broker: the delivery ended
-    start_redis(unsent.sup, unsent.redis_url, unsent.tmp / "redis")
-    wait_for(lambda: healthy(unsent.url), 30, "the API to reach Redis again")
+    unsent.restart_redis()
     arm(unsent, "task_start")
     release(unsent, "released")
     paused(unsent, "task_start")  # the message is back: its next delivery, before it asks Redis anything
